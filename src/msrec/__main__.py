@@ -1,0 +1,3 @@
+from msrec.cli import main
+
+main()

@@ -1,0 +1,124 @@
+"""The Python API behind every CLI command: `msrec.train(config)`, `msrec.evaluate(run_dir)`, ..."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+from rich.console import Console
+
+from msrec.config import Config, load_config, parse_config
+from msrec.data.encode import Encoder
+from msrec.data.io import read_table, write_table
+from msrec.data.prepare import load_splits
+from msrec.data.table import TensorTable
+from msrec.errors import MsrecError
+from msrec.models.registry import build_model, parse_options
+from msrec.train.run import Run, check_run_dir_free, default_run_dir, load_run, write_run
+from msrec.train.trainer import Trainer
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path | None
+    metrics: dict
+    model: torch.nn.Module
+    encoder: Encoder
+
+
+@dataclass
+class EncodedData:
+    encoder: Encoder
+    tables: dict[str, TensorTable]
+
+
+def as_config(config: Config | dict | str | Path, overrides: list[str] | None = None) -> Config:
+    if isinstance(config, Config):
+        return config if not overrides else as_config(config.to_dict(), overrides)
+    if isinstance(config, dict):
+        from msrec.config import apply_overrides
+
+        return parse_config(apply_overrides(dict(config), overrides or []))
+    return load_config(config, overrides)
+
+
+def prepare_data(cfg: Config) -> EncodedData:
+    """Load the splits, fit the encoder on the training split only, encode every split."""
+    raw = load_splits(cfg.data, cfg.train.seed)
+    encoder = Encoder(raw.schema, cfg.data.min_freq, cfg.data.list_max_len).fit(raw.tables["train"], raw.sources["train"])
+    tables = {split: encoder.transform(t, raw.sources[split]) for split, t in raw.tables.items()}
+    return EncodedData(encoder, tables)
+
+
+def train(config: Config | dict | str | Path, out: str | Path | None = None, overrides: list[str] | None = None,
+          overwrite: bool = False, save: bool = True, console: Console | None = None,
+          data: EncodedData | None = None) -> TrainResult:
+    """Train the configured model; write a run directory (unless `save=False`) and return its metrics."""
+    cfg = as_config(config, overrides)
+    options = parse_options(cfg.model.name, cfg.model.options())  # fail on a bad option before loading data
+    run_dir = Path(out) if out else (default_run_dir(cfg.model.name) if save else None)
+    if save:
+        check_run_dir_free(run_dir, overwrite)
+    data = data or prepare_data(cfg)
+    torch.manual_seed(cfg.train.seed)
+    spec = data.encoder.spec()
+    model = build_model(cfg.model.name, spec, options)
+    trainer = Trainer(model, cfg.train, spec.scenarios, spec.tasks, console)
+    fit = trainer.fit(data.tables["train"], data.tables["val"])
+    metrics: dict[str, Any] = {"val": trainer.evaluate(data.tables["val"])}
+    if "test" in data.tables:
+        metrics["test"] = trainer.evaluate(data.tables["test"])
+    metrics["train"] = {"epochs": fit.epochs, "best_epoch": fit.best_epoch, "seconds": fit.seconds,
+                        "samples_per_second": fit.samples_per_second,
+                        "parameters": sum(p.numel() for p in model.parameters()), "history": fit.history}
+    metrics["model"] = cfg.model.name
+    if save:
+        write_run(run_dir, cfg, data.encoder, model, metrics, overwrite)
+    return TrainResult(run_dir, metrics, model, data.encoder)
+
+
+def _score(run: Run, table: pa.Table, source: str, with_labels: bool) -> tuple[TensorTable, torch.Tensor]:
+    encoded = run.encoder.transform(table, source, with_labels=with_labels)
+    trainer = Trainer(run.model, run.config.train.model_copy(update={"progress": False}),
+                      run.encoder.scenario_names, run.encoder.schema.labels)
+    return encoded, trainer.predict(encoded)
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict:
+    """Metrics of a saved run on a labelled file, or (without one) on its own configured test split."""
+    run = load_run(run_dir)
+    trainer = Trainer(run.model, run.config.train.model_copy(update={"progress": False}),
+                      run.encoder.scenario_names, run.encoder.schema.labels)
+    if data is None:
+        raw = load_splits(run.config.data, run.config.train.seed)
+        split = "test" if "test" in raw.tables else "val"
+        return trainer.evaluate(run.encoder.transform(raw.tables[split], raw.sources[split]))
+    schema = run.encoder.schema
+    table = read_table(data, string_columns=[*schema.sparse, *schema.lists, schema.scenario])
+    return trainer.evaluate(run.encoder.transform(table, str(data)))
+
+
+def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path | None = None,
+            keep_columns: bool = True) -> pa.Table:
+    """Score a file: one `score_<task>` column per task, appended to the input columns (or alone)."""
+    run = load_run(run_dir)
+    schema = run.encoder.schema
+    table = read_table(input_path, string_columns=[*schema.sparse, *schema.lists, schema.scenario])
+    _, scores = _score(run, table, str(input_path), with_labels=False)
+    out = table if keep_columns else pa.table({})
+    for j, task in enumerate(schema.labels):
+        out = out.append_column(f"score_{task}", pa.array(scores[:, j].numpy()))
+    if output_path is not None:
+        write_table(out, output_path)
+    return out
+
+
+def score_table(run: Run, table: pa.Table, source: str = "request") -> torch.Tensor:
+    """Probabilities `[N, T]` for raw rows, with the run's own encoder (the serving path)."""
+    return _score(run, table, source, with_labels=False)[1]
+
+
+__all__ = ["MsrecError", "TrainResult", "evaluate", "load_run", "predict", "prepare_data", "score_table", "train"]

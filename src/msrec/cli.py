@@ -1,0 +1,104 @@
+"""The `msrec` command. Every command is a thin shell over `msrec.api`; user errors end in one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from msrec.errors import MsrecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Multi-scenario recommendation: train, evaluate, predict, compare.")
+out = Console()
+
+
+@app.command()
+def train(config: Path, out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory to write")] = None,
+          set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key, e.g. train.epochs=3")] = None,
+          overwrite: bool = typer.Option(False, help="Replace an existing run directory (only once training succeeds)")):
+    """Train the model of CONFIG and write a run directory."""
+    from msrec.api import train as run_train
+    from msrec.report.tables import scenario_table
+
+    result = run_train(config, out=out_dir, overrides=set_ or [], overwrite=overwrite)
+    split = "test" if "test" in result.metrics else "val"
+    tasks = result.encoder.schema.labels
+    for task in tasks if len(tasks) > 1 else [None]:
+        out.print(scenario_table({result.metrics["model"]: result.metrics[split]},
+                                 f"{split} AUC per scenario" + (f" - {task}" if task else ""), task))
+    out.print(f"run written to {result.run_dir}")
+
+
+@app.command()
+def evaluate(run_dir: Path, data: Annotated[Optional[Path], typer.Option(help="Labelled CSV/Parquet file")] = None,
+             as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON")):
+    """Evaluate a saved run on DATA (default: its configured test split)."""
+    from msrec.api import evaluate as run_evaluate
+    from msrec.report.tables import scenario_table
+    from msrec.train.run import load_run
+
+    metrics = run_evaluate(run_dir, data)
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    name = load_run(run_dir).config.model.name
+    tasks = list(metrics["tasks"]) if "tasks" in metrics else [None]
+    for task in tasks:
+        out.print(scenario_table({name: metrics}, "AUC per scenario" + (f" - {task}" if task else ""), task))
+
+
+@app.command()
+def predict(run_dir: Path, input_path: Path, output_path: Path,
+            scores_only: bool = typer.Option(False, help="Write only the score columns")):
+    """Score INPUT_PATH with a saved run; write OUTPUT_PATH (CSV or Parquet) with one score column per task."""
+    from msrec.api import predict as run_predict
+
+    table = run_predict(run_dir, input_path, output_path, keep_columns=not scores_only)
+    out.print(f"{table.num_rows:,} rows scored -> {output_path}")
+
+
+@app.command()
+def datasets():
+    """List the built-in datasets."""
+    from msrec.data.datasets import DATASETS
+
+    for d in DATASETS.values():
+        out.print(f"[bold]{d.name}[/bold]  {d.description}")
+
+
+@app.command()
+def models():
+    """List the models with a one-line description."""
+    from msrec.models import list_models
+
+    for entry in list_models():
+        out.print(f"[bold]{entry.name:<16}[/bold] {entry.description}", highlight=False)
+
+
+@app.command()
+def demo(rows: int = typer.Option(300_000, help="Synthetic rows"),
+         epochs: int = typer.Option(5, help="Epochs per model"),
+         model: Annotated[Optional[list[str]], typer.Option(help="Models to run (default: all)")] = None):
+    """Train every model on the synthetic default and print the per-scenario AUC table with the oracle row."""
+    from msrec.demo import run_demo
+
+    run_demo(rows=rows, epochs=epochs, models=model, console=out)
+
+
+def main() -> None:
+    try:
+        app()
+    except MsrecError as err:
+        Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

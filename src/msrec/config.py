@@ -1,0 +1,153 @@
+"""The run configuration: one YAML file with `data`, `model` and `train` sections, validated by pydantic.
+
+Unknown keys are errors (a misspelt `batch_sise` must not silently fall back to a default). The model
+section is checked twice: here for its common keys, and by the registry against the chosen model's own
+typed options class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from msrec.errors import MsrecError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    """Where the data is and what each column means.
+
+    Either `train` (with optional `val` / `test`) or `dataset` (a built-in name, with `path` and
+    `options`). Schema keys left unset take the built-in dataset's defaults.
+    """
+
+    dataset: str | None = None
+    path: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_seed: int | None = None
+    sparse: list[str] | None = None
+    dense: list[str] | None = None
+    lists: dict[str, str] | None = None
+    list_max_len: int = 32
+    scenario: str | None = None
+    scenario_features: list[str] | None = None
+    labels: list[str] | None = None
+    user: str | None = None
+    truth: dict[str, str] | None = None
+    min_freq: int = 1
+
+    @model_validator(mode="after")
+    def _source(self) -> DataConfig:
+        if self.dataset is None and self.train is None:
+            raise ValueError("data needs either `train` (a CSV/Parquet path) or `dataset` (a built-in name)")
+        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
+            raise ValueError(f"data.split must be three non-negative fractions summing to 1, got {self.split}")
+        if self.min_freq < 1:
+            raise ValueError("data.min_freq must be >= 1")
+        return self
+
+
+class ModelConfig(BaseModel):
+    """`name` picks the model; every other key is one of that model's options (checked by the registry)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "dnn"
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(4096, ge=1)
+    eval_batch_size: int = Field(65536, ge=1)
+    lr: float = Field(0.001, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    scheduler: Literal["none", "cosine", "step"] = "none"
+    step_gamma: float = 0.5
+    warmup_epochs: int = Field(0, ge=0)
+    patience: int = Field(3, ge=1)
+    monitor: Literal["macro_auc", "auc", "logloss"] = "macro_auc"
+    seed: int = 2022
+    task_weights: list[float] | None = None
+    threads: int | None = None
+    progress: bool = True
+
+    @field_validator("task_weights")
+    @classmethod
+    def _weights(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(w < 0 for w in v):
+            raise ValueError("train.task_weights must be non-negative")
+        return v
+
+
+class Config(_Strict):
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key `{where}`"
+    return f"{source}: `{where}`: {first['msg']}" if where else f"{source}: {first['msg']}"
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
+    if not isinstance(raw, dict):
+        raise MsrecError(f"{source}: expected a mapping with data/model/train sections")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise MsrecError(_format_validation_error(err, source)) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`--set train.epochs=3`: the value is read as YAML, so numbers, lists and booleans keep their type."""
+    for item in overrides:
+        if "=" not in item:
+            raise MsrecError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise MsrecError(f"--set {key}: `{part}` is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise MsrecError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise MsrecError(f"{path}: not valid YAML ({err})") from None
+    raw = apply_overrides(raw, overrides or [])
+    cfg = parse_config(raw, str(path))
+    # Relative data paths are read relative to the config file, so configs travel with their data.
+    base = path.parent
+    for key in ("train", "val", "test", "path"):
+        value = getattr(cfg.data, key)
+        if value and not Path(value).is_absolute() and not Path(value).exists() and (base / value).exists():
+            setattr(cfg.data, key, str(base / value))
+    return cfg

@@ -1,0 +1,291 @@
+"""Encoder: raw columns -> model inputs. Fitted on the training split only, saved as JSON beside the model.
+
+- sparse ids: a vocabulary of values seen at least `min_freq` times; index 0 = unknown or rare.
+- lists (multi-hot strings): split on their separator, one vocabulary, padded to a fixed length (0 = pad;
+  unknown values are dropped).
+- dense: standardized with the training mean and std; a missing value becomes 0 and sets a flag column.
+- scenario: values -> ids 0..S-1 with their names kept; an unseen scenario is an error, never a guess.
+- labels: checked to be 0/1 with nothing missing.
+
+All of it is whole-column pyarrow / numpy work: no Python per row.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from msrec.data.table import TensorTable
+from msrec.errors import MsrecError
+from msrec.schema import FeatureSpec, Schema
+
+ENCODER_VERSION = 1
+
+
+def _column(table: pa.Table, name: str, source: str) -> pa.ChunkedArray:
+    if name not in table.column_names:
+        raise MsrecError(f"{source}: missing column `{name}` (columns: {', '.join(table.column_names)})")
+    return table[name]
+
+
+def _first_row(mask: pa.ChunkedArray | pa.Array) -> int:
+    return int(pc.index(mask, True).as_py())
+
+
+def _check_no_missing(col: pa.ChunkedArray, name: str, source: str, what: str) -> None:
+    missing = pc.is_null(col, nan_is_null=True) if pa.types.is_floating(col.type) else pc.is_null(col)
+    if pc.any(missing).as_py():
+        raise MsrecError(f"{source}: column `{name}` row {_first_row(missing) + 1}: missing {what}")
+
+
+def _id_kind(col: pa.ChunkedArray) -> str:
+    """Ids are compared as int64 when they are integers (also integral floats), otherwise as text."""
+    if pa.types.is_integer(col.type) or pa.types.is_boolean(col.type):
+        return "int"
+    if pa.types.is_floating(col.type):
+        filled = pc.fill_null(col, 0.0)
+        return "int" if pc.all(pc.equal(pc.floor(filled), filled)).as_py() else "str"
+    return "str"
+
+
+def _as_kind(col: pa.ChunkedArray, kind: str, name: str, source: str) -> pa.ChunkedArray:
+    target = pa.int64() if kind == "int" else pa.string()
+    if col.type == target:
+        return col
+    try:
+        return pc.cast(col, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        if kind == "int":  # text ids that are not numbers, where training ids were: none can match
+            bad = next(i for i, v in enumerate(col.to_pylist()) if v is not None and not _is_int(v))
+            raise MsrecError(f"{source}: column `{name}` row {bad + 1}: {col[bad].as_py()!r} is not an integer id "
+                             "(the training data had integer ids)") from None
+        raise
+
+
+def _is_int(value: Any) -> bool:
+    try:
+        int(str(value))
+        return True
+    except ValueError:
+        return False
+
+
+def _vocabulary(values: pa.ChunkedArray | pa.Array, min_freq: int) -> list:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    counts = pc.value_counts(values.drop_null())
+    vocab = pc.filter(counts.field("values"), pc.greater_equal(counts.field("counts"), min_freq))
+    return pc.take(vocab, pc.sort_indices(vocab)).to_pylist()
+
+
+def _lookup(values: pa.ChunkedArray | pa.Array, vocab: list, kind: str) -> np.ndarray:
+    """Vocabulary index per value, 1-based; 0 where unknown."""
+    value_set = pa.array(vocab, type=pa.int64() if kind == "int" else pa.string())
+    idx = pc.index_in(values, value_set=value_set)
+    return pc.fill_null(pc.add(idx, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def _numeric(col: pa.ChunkedArray, name: str, source: str) -> np.ndarray:
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type) or \
+            pa.types.is_null(col.type):
+        return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+    try:
+        return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        values = col.to_pylist()  # error path only: find the first value that is not a number
+        for i, v in enumerate(values):
+            try:
+                if v is not None:
+                    float(v)
+            except (TypeError, ValueError):
+                raise MsrecError(f"{source}: column `{name}` row {i + 1}: {v!r} is not a number") from None
+        raise MsrecError(f"{source}: column `{name}` has type {col.type}, expected numbers") from None
+
+
+def _split_lists(col: pa.ChunkedArray, sep: str, name: str, source: str) -> pa.ListArray:
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        try:
+            col = pc.cast(col, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise MsrecError(f"{source}: column `{name}` must hold text lists separated by {sep!r}") from None
+    col = pc.fill_null(col, "").combine_chunks()
+    return pc.split_pattern(col, pattern=sep)
+
+
+class Encoder:
+    """fit / transform in the scikit-learn sense; `spec()` tells models the sizes they need."""
+
+    def __init__(self, schema: Schema, min_freq: int = 1, list_max_len: int = 32):
+        self.schema = schema
+        self.min_freq = min_freq
+        self.list_max_len = list_max_len
+        self.sparse: dict[str, dict[str, Any]] = {}
+        self.lists: dict[str, dict[str, Any]] = {}
+        self.dense: dict[str, dict[str, float]] = {}
+        self.scenario: dict[str, Any] = {}
+        self.fitted = False
+
+    # ----------------------------------------------------------------- fit
+    def fit(self, table: pa.Table, source: str = "train") -> Encoder:
+        s = self.schema
+        for name in s.sparse:
+            col = _column(table, name, source)
+            _check_no_missing(col, name, source, "id")
+            kind = _id_kind(col)
+            self.sparse[name] = {"kind": kind, "vocab": _vocabulary(_as_kind(col, kind, name, source), self.min_freq)}
+        for name, sep in s.lists.items():
+            lists = _split_lists(_column(table, name, source), sep, name, source)
+            flat = pc.utf8_trim_whitespace(lists.flatten())
+            flat = pc.filter(flat, pc.not_equal(flat, ""))
+            lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+            max_len = int(min(self.list_max_len, max(1, lengths.max(initial=1))))
+            self.lists[name] = {"sep": sep, "kind": "str", "max_len": max_len,
+                                "vocab": _vocabulary(flat, self.min_freq)}
+        for name in s.dense:
+            values = _numeric(_column(table, name, source), name, source)
+            ok = values[~np.isnan(values)]
+            mean = float(ok.mean()) if ok.size else 0.0
+            std = float(ok.std()) if ok.size else 1.0
+            self.dense[name] = {"mean": mean, "std": std if std > 1e-12 else 1.0}
+        col = _column(table, s.scenario, source)
+        _check_no_missing(col, s.scenario, source, "scenario")
+        kind = _id_kind(col)
+        values = pc.unique(_as_kind(col, kind, s.scenario, source))
+        values = pc.take(values, pc.sort_indices(values)).to_pylist()
+        self.scenario = {"kind": kind, "values": values, "names": [str(v) for v in values]}
+        for name in s.labels:
+            self._labels(table, name, source)
+        self.fitted = True
+        return self
+
+    # ----------------------------------------------------------- transform
+    def _labels(self, table: pa.Table, name: str, source: str) -> np.ndarray:
+        col = _column(table, name, source)
+        _check_no_missing(col, name, source, "label")
+        values = _numeric(col, name, source)
+        bad = ~((values == 0) | (values == 1))
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise MsrecError(f"{source}: column `{name}` row {row + 1}: label {values[row]:g} is not 0 or 1")
+        return values
+
+    def transform(self, table: pa.Table, source: str = "data", with_labels: bool = True) -> TensorTable:
+        if not self.fitted:
+            raise MsrecError("encoder: transform called before fit")
+        s = self.schema
+        n = table.num_rows
+        sparse = np.zeros((n, len(s.sparse)), dtype=np.int64)
+        for j, name in enumerate(s.sparse):
+            col = _column(table, name, source)
+            _check_no_missing(col, name, source, "id")
+            info = self.sparse[name]
+            sparse[:, j] = _lookup(_as_kind(col, info["kind"], name, source), info["vocab"], info["kind"])
+        id_dtype = torch.int32 if max((len(v["vocab"]) for v in self.sparse.values()), default=0) < 2**31 - 1 \
+            else torch.int64
+        lists = [self._pad_list(table, name, source) for name in s.lists]
+        dense = np.zeros((n, 2 * len(s.dense)), dtype=np.float32)
+        for j, name in enumerate(s.dense):
+            values = _numeric(_column(table, name, source), name, source)
+            missing = np.isnan(values)
+            info = self.dense[name]
+            dense[:, j] = np.where(missing, 0.0, (values - info["mean"]) / info["std"])
+            dense[:, len(s.dense) + j] = missing
+        col = _column(table, s.scenario, source)
+        _check_no_missing(col, s.scenario, source, "scenario")
+        scen = _lookup(_as_kind(col, self.scenario["kind"], s.scenario, source), self.scenario["values"],
+                       self.scenario["kind"]) - 1
+        if (scen < 0).any():
+            row = int(np.argmax(scen < 0))
+            raise MsrecError(f"{source}: column `{s.scenario}` row {row + 1}: unknown scenario {col[row].as_py()!r} "
+                             f"(known: {', '.join(self.scenario['names'])})")
+        labels = truth = user = None
+        if with_labels:
+            labels = torch.from_numpy(np.stack([self._labels(table, c, source) for c in s.labels], 1)
+                                      .astype(np.float32))
+            if s.truth and all(c in table.column_names for c in s.truth.values()):
+                truth = torch.from_numpy(np.stack(
+                    [_numeric(table[s.truth[c]], s.truth[c], source) if c in s.truth else np.full(n, np.nan)
+                     for c in s.labels], 1).astype(np.float32))
+        if s.user and s.user in table.column_names:
+            codes = pc.dictionary_encode(table[s.user].combine_chunks()).indices
+            user = torch.from_numpy(codes.to_numpy(zero_copy_only=False).astype(np.int64))
+        return TensorTable(
+            sparse=torch.from_numpy(sparse).to(id_dtype),
+            dense=torch.from_numpy(dense),
+            scenario=torch.from_numpy(scen),
+            lists=lists,
+            labels=labels,
+            user=user,
+            truth=truth,
+        )
+
+    def _pad_list(self, table: pa.Table, name: str, source: str) -> torch.Tensor:
+        info = self.lists[name]
+        lists = _split_lists(_column(table, name, source), info["sep"], name, source)
+        flat = pc.utf8_trim_whitespace(lists.flatten())
+        idx = _lookup(flat, info["vocab"], "str")
+        offsets = lists.offsets.to_numpy().astype(np.int64)
+        offsets = offsets - offsets[0]
+        lengths = np.diff(offsets)
+        rows = np.repeat(np.arange(len(lengths)), lengths)
+        pos = np.arange(len(idx)) - np.repeat(offsets[:-1], lengths)
+        keep = (pos < info["max_len"]) & (idx > 0)
+        out = np.zeros((len(lengths), info["max_len"]), dtype=np.int64)
+        out[rows[keep], pos[keep]] = idx[keep]
+        return torch.from_numpy(out)
+
+    # -------------------------------------------------------------- models
+    def spec(self) -> FeatureSpec:
+        s = self.schema
+        return FeatureSpec(
+            sparse_fields=list(s.sparse),
+            sparse_vocab=[len(self.sparse[c]["vocab"]) + 1 for c in s.sparse],
+            list_fields=list(s.lists),
+            list_vocab=[len(self.lists[c]["vocab"]) + 1 for c in s.lists],
+            dense_dim=2 * len(s.dense),
+            scenario_fields=[s.sparse.index(c) for c in s.scenario_features],
+            scenarios=list(self.scenario["names"]),
+            tasks=list(s.labels),
+        )
+
+    @property
+    def scenario_names(self) -> list[str]:
+        return list(self.scenario["names"])
+
+    # ------------------------------------------------------------- storage
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": ENCODER_VERSION, "schema": self.schema.to_dict(), "min_freq": self.min_freq,
+                "list_max_len": self.list_max_len, "sparse": self.sparse, "lists": self.lists,
+                "dense": self.dense, "scenario": self.scenario}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "encoder") -> Encoder:
+        try:
+            if d.get("version") != ENCODER_VERSION:
+                raise MsrecError(f"{source}: encoder version {d.get('version')!r}, expected {ENCODER_VERSION}")
+            enc = cls(Schema(**d["schema"]), d["min_freq"], d["list_max_len"])
+            enc.sparse, enc.lists, enc.dense, enc.scenario = d["sparse"], d["lists"], d["dense"], d["scenario"]
+            missing = [c for c in enc.schema.sparse if c not in enc.sparse]
+            if missing or not enc.scenario.get("names"):
+                raise MsrecError(f"{source}: incomplete encoder (no vocabulary for {missing or 'the scenario'})")
+        except (KeyError, TypeError) as err:
+            raise MsrecError(f"{source}: not a valid encoder file (missing {err})") from None
+        enc.fitted = True
+        return enc
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Encoder:
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()), str(path))
+        except json.JSONDecodeError as err:
+            raise MsrecError(f"{path}: not valid JSON ({err})") from None

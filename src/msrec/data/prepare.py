@@ -1,0 +1,85 @@
+"""From a `data:` config section to raw train/val/test tables and the resolved schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from msrec.config import DataConfig
+from msrec.data.datasets import load_builtin
+from msrec.data.io import read_table
+from msrec.errors import MsrecError
+from msrec.schema import Schema
+
+
+@dataclass
+class RawSplits:
+    schema: Schema
+    tables: dict[str, pa.Table]  # "train", "val" and optionally "test"
+    sources: dict[str, str]  # split -> what to call it in error messages
+
+
+def resolve_schema(cfg: DataConfig, defaults: dict | None = None) -> Schema:
+    d = defaults or {}
+
+    def pick(key: str, fallback):
+        value = getattr(cfg, key)
+        return value if value is not None else d.get(key, fallback)
+
+    scenario = pick("scenario", None)
+    if scenario is None:
+        raise MsrecError("data.scenario: name the column whose values are the scenarios")
+    return Schema(
+        sparse=list(pick("sparse", [])),
+        dense=list(pick("dense", [])),
+        lists=dict(pick("lists", {})),
+        scenario=scenario,
+        scenario_features=list(pick("scenario_features", [scenario])),
+        labels=list(pick("labels", ["label"])),
+        user=pick("user", None),
+        truth=dict(pick("truth", {})),
+    )
+
+
+def split_rows(n: int, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
+    """Seeded random split of row indices; each part keeps the original row order."""
+    perm = np.random.default_rng(seed).permutation(n)
+    bounds = np.round(np.cumsum(fractions)[:-1] * n).astype(int)
+    return [np.sort(part) for part in np.split(perm, bounds)]
+
+
+def load_splits(cfg: DataConfig, seed: int) -> RawSplits:
+    split_seed = cfg.split_seed if cfg.split_seed is not None else seed
+    if cfg.dataset is not None:
+        tables, defaults = load_builtin(cfg.dataset, cfg.path, cfg.options)
+        schema = resolve_schema(cfg, defaults)
+        sources = {k: f"{cfg.dataset}[{k}]" for k in ("all", "train", "val", "test")}
+    else:
+        schema = resolve_schema(cfg)
+        text_columns = [*schema.sparse, *schema.lists, schema.scenario] + ([schema.user] if schema.user else [])
+        tables, sources = {}, {}
+        for split in ("train", "val", "test"):
+            path = getattr(cfg, split)
+            if path:
+                tables[split] = read_table(path, string_columns=text_columns)
+                sources[split] = str(path)
+        sources["all"] = sources["train"]
+    if "all" in tables:
+        full = tables.pop("all")
+        parts = split_rows(full.num_rows, cfg.split, split_seed)
+        for split, rows in zip(("train", "val", "test"), parts):
+            if len(rows):
+                tables[split] = full.take(pa.array(rows))
+                sources[split] = f"{sources['all']} ({split} split)"
+    elif "val" not in tables:
+        full = tables["train"]
+        frac_val = cfg.split[1] / (cfg.split[0] + cfg.split[1])
+        train_rows, val_rows = split_rows(full.num_rows, (1 - frac_val, frac_val), split_seed)
+        tables["train"], tables["val"] = full.take(pa.array(train_rows)), full.take(pa.array(val_rows))
+        sources["val"] = f"{sources['train']} (val split)"
+        sources["train"] = f"{sources['train']} (train split)"
+    if tables["train"].num_rows == 0 or "val" not in tables or tables["val"].num_rows == 0:
+        raise MsrecError(f"{sources.get('train')}: too few rows to hold a training and a validation split")
+    return RawSplits(schema, tables, {k: v for k, v in sources.items() if k in tables})

@@ -1,0 +1,7 @@
+"""Building blocks shared by the models."""
+
+from msrec.nn.embedding import FeatureEmbedding
+from msrec.nn.mlp import MLP
+from msrec.nn.routing import ScenarioRouting
+
+__all__ = ["MLP", "FeatureEmbedding", "ScenarioRouting"]

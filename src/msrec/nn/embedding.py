@@ -1,0 +1,58 @@
+"""One fused embedding table for every sparse field and multi-hot list (per-field offsets into it)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from msrec.data.table import Batch
+from msrec.schema import FeatureSpec
+
+
+class FeatureEmbedding(nn.Module):
+    """Embeds a batch as `[B, F, D]` field vectors (sparse fields, then mean-pooled lists).
+
+    One `nn.Embedding` holds all fields; a field's id `k` lives at row `offset[field] + k`. One lookup per
+    batch instead of one per field. `flat()` gives the model input `e`: field vectors concatenated with
+    the dense values.
+    """
+
+    def __init__(self, spec: FeatureSpec, dim: int, init_std: float = 1e-2):
+        super().__init__()
+        self.dim = dim
+        self.num_sparse = len(spec.sparse_fields)
+        self.num_lists = len(spec.list_fields)
+        self.dense_dim = spec.dense_dim
+        sizes = [*spec.sparse_vocab, *spec.list_vocab]
+        offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0) if sizes else torch.zeros(0)
+        self.register_buffer("offsets", offsets.long(), persistent=False)
+        self.table = nn.Embedding(max(1, sum(sizes)), dim)
+        nn.init.normal_(self.table.weight, std=init_std)
+
+    @property
+    def num_fields(self) -> int:
+        return self.num_sparse + self.num_lists
+
+    @property
+    def flat_dim(self) -> int:
+        return self.num_fields * self.dim + self.dense_dim
+
+    def fields(self, batch: Batch) -> Tensor:
+        parts = []
+        if self.num_sparse:
+            parts.append(self.table(batch.sparse.long() + self.offsets[: self.num_sparse]))
+        for j, ids in enumerate(batch.lists):
+            offset = self.offsets[self.num_sparse + j]
+            mask = (ids > 0).unsqueeze(-1).to(self.table.weight.dtype)
+            pooled = (self.table(ids + offset) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            parts.append(pooled.unsqueeze(1))
+        return torch.cat(parts, 1) if parts else batch.dense.new_zeros(len(batch), 0, self.dim)
+
+    def flat(self, batch: Batch, fields: Tensor | None = None) -> Tensor:
+        fields = self.fields(batch) if fields is None else fields
+        return torch.cat([fields.flatten(1), batch.dense], 1)
+
+    def select(self, batch: Batch, field_indices: list[int]) -> Tensor:
+        """Embeddings of a few sparse fields only (e.g. the scenario-indicator features `z`), flattened."""
+        idx = batch.sparse[:, field_indices].long() + self.offsets[field_indices]
+        return self.table(idx).flatten(1)

@@ -1,0 +1,33 @@
+"""The multilayer perceptron every model is built from."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "prelu": nn.PReLU}
+
+
+class MLP(nn.Module):
+    """Linear -> [BatchNorm] -> activation -> dropout, per hidden layer; an optional linear output layer."""
+
+    def __init__(self, in_dim: int, hidden: list[int], out_dim: int | None = None, dropout: float = 0.0,
+                 activation: str = "relu", batch_norm: bool = False):
+        super().__init__()
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for width in hidden:
+            layers.append(nn.Linear(dim, width))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(width))
+            layers.append(ACTIVATIONS[activation]())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            dim = width
+        if out_dim is not None:
+            layers.append(nn.Linear(dim, out_dim))
+            dim = out_dim
+        self.out_dim = dim
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
