@@ -13,6 +13,7 @@ All of it is whole-column pyarrow / numpy work: no Python per row.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,10 @@ def _first_row(mask: pa.ChunkedArray | pa.Array) -> int:
     return int(pc.index(mask, True).as_py())
 
 
-def _check_no_missing(col: pa.ChunkedArray, name: str, source: str, what: str) -> None:
+def _check_no_missing(col: pa.ChunkedArray, name: str, source: str, what: str, row_offset: int = 0) -> None:
     missing = pc.is_null(col, nan_is_null=True) if pa.types.is_floating(col.type) else pc.is_null(col)
     if pc.any(missing).as_py():
-        raise MsrecError(f"{source}: column `{name}` row {_first_row(missing) + 1}: missing {what}")
+        raise MsrecError(f"{source}: column `{name}` row {row_offset + _first_row(missing) + 1}: missing {what}")
 
 
 def _id_kind(col: pa.ChunkedArray) -> str:
@@ -76,12 +77,57 @@ def _is_int(value: Any) -> bool:
         return False
 
 
-def _vocabulary(values: pa.ChunkedArray | pa.Array, min_freq: int) -> list:
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    counts = pc.value_counts(values.drop_null())
-    vocab = pc.filter(counts.field("values"), pc.greater_equal(counts.field("counts"), min_freq))
-    return pc.take(vocab, pc.sort_indices(vocab)).to_pylist()
+class _ValueCounts:
+    """Value counts merged across chunks; compacted as it grows so memory follows the vocabulary size."""
+
+    def __init__(self) -> None:
+        self.parts: list[pa.Table] = []
+        self.pending_rows = 0
+
+    def add(self, values: pa.ChunkedArray | pa.Array) -> None:
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        vc = pc.value_counts(values.drop_null())
+        self.parts.append(pa.table({"values": vc.field("values"), "counts": vc.field("counts")}))
+        self.pending_rows += len(vc)
+        if len(self.parts) > 16:
+            self.parts = [self._merged()]
+
+    def _merged(self) -> pa.Table:
+        table = pa.concat_tables(self.parts)
+        if len(self.parts) == 1:
+            return table
+        return table.group_by("values").aggregate([("counts", "sum")]).rename_columns(["values", "counts"])
+
+    def vocabulary(self, min_freq: int) -> list:
+        if not self.parts:
+            return []
+        table = self._merged()
+        vocab = pc.filter(table["values"], pc.greater_equal(table["counts"], min_freq))
+        return pc.take(vocab, pc.sort_indices(vocab)).to_pylist()
+
+
+class _Moments:
+    """Count, mean and sum of squared deviations merged chunk by chunk (Chan et al.), NaN skipped."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        ok = values[~np.isnan(values)]
+        if not ok.size:
+            return
+        n, mean = ok.size, float(ok.mean())
+        m2 = float(((ok - mean) ** 2).sum())
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta**2 * self.n * n / total
+        self.n = total
+
+    def scaler(self) -> dict[str, float]:
+        std = float(np.sqrt(self.m2 / self.n)) if self.n else 1.0
+        return {"mean": self.mean if self.n else 0.0, "std": std if std > 1e-12 else 1.0}
 
 
 def _lookup(values: pa.ChunkedArray | pa.Array, vocab: list, kind: str) -> np.ndarray:
@@ -133,46 +179,63 @@ class Encoder:
 
     # ----------------------------------------------------------------- fit
     def fit(self, table: pa.Table, source: str = "train") -> Encoder:
+        return self.fit_chunks([table], source)
+
+    def fit_chunks(self, chunks: Iterable[pa.Table], source: str = "train") -> Encoder:
+        """Fit in one pass over chunks of the training data (e.g. Parquet row groups): value counts,
+        dense moments and scenario values are merged chunk by chunk, so memory stays bounded."""
         s = self.schema
+        counts: dict[str, _ValueCounts] = {}
+        moments = {name: _Moments() for name in s.dense}
+        max_len = dict.fromkeys(s.lists, 1)
+        scenario_values = _ValueCounts()
+        kinds: dict[str, str] = {}
+        offset = 0
+        for table in chunks:
+            for name in s.sparse:
+                col = _column(table, name, source)
+                _check_no_missing(col, name, source, "id", offset)
+                kind = kinds.setdefault(name, _id_kind(col))
+                counts.setdefault(name, _ValueCounts()).add(_as_kind(col, kind, name, source))
+            for name, sep in s.lists.items():
+                lists = _split_lists(_column(table, name, source), sep, name, source)
+                flat = pc.utf8_trim_whitespace(lists.flatten())
+                counts.setdefault(name, _ValueCounts()).add(pc.filter(flat, pc.not_equal(flat, "")))
+                lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+                max_len[name] = max(max_len[name], int(lengths.max(initial=1)))
+            for name in s.dense:
+                moments[name].add(_numeric(_column(table, name, source), name, source))
+            col = _column(table, s.scenario, source)
+            _check_no_missing(col, s.scenario, source, "scenario", offset)
+            kind = kinds.setdefault(s.scenario + "\0scenario", _id_kind(col))
+            scenario_values.add(_as_kind(col, kind, s.scenario, source))
+            for name in s.labels:
+                self._labels(table, name, source, offset)
+            offset += table.num_rows
+        if offset == 0:
+            raise MsrecError(f"{source}: no training rows")
         for name in s.sparse:
-            col = _column(table, name, source)
-            _check_no_missing(col, name, source, "id")
-            kind = _id_kind(col)
-            self.sparse[name] = {"kind": kind, "vocab": _vocabulary(_as_kind(col, kind, name, source), self.min_freq)}
+            self.sparse[name] = {"kind": kinds[name], "vocab": counts[name].vocabulary(self.min_freq)}
         for name, sep in s.lists.items():
-            lists = _split_lists(_column(table, name, source), sep, name, source)
-            flat = pc.utf8_trim_whitespace(lists.flatten())
-            flat = pc.filter(flat, pc.not_equal(flat, ""))
-            lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
-            max_len = int(min(self.list_max_len, max(1, lengths.max(initial=1))))
-            self.lists[name] = {"sep": sep, "kind": "str", "max_len": max_len,
-                                "vocab": _vocabulary(flat, self.min_freq)}
+            self.lists[name] = {"sep": sep, "kind": "str", "max_len": int(min(self.list_max_len, max_len[name])),
+                                "vocab": counts[name].vocabulary(self.min_freq)}
         for name in s.dense:
-            values = _numeric(_column(table, name, source), name, source)
-            ok = values[~np.isnan(values)]
-            mean = float(ok.mean()) if ok.size else 0.0
-            std = float(ok.std()) if ok.size else 1.0
-            self.dense[name] = {"mean": mean, "std": std if std > 1e-12 else 1.0}
-        col = _column(table, s.scenario, source)
-        _check_no_missing(col, s.scenario, source, "scenario")
-        kind = _id_kind(col)
-        values = pc.unique(_as_kind(col, kind, s.scenario, source))
-        values = pc.take(values, pc.sort_indices(values)).to_pylist()
-        self.scenario = {"kind": kind, "values": values, "names": [str(v) for v in values]}
-        for name in s.labels:
-            self._labels(table, name, source)
+            self.dense[name] = moments[name].scaler()
+        values = scenario_values.vocabulary(1)
+        self.scenario = {"kind": kinds[s.scenario + "\0scenario"], "values": values, "names": [str(v) for v in values]}
         self.fitted = True
         return self
 
     # ----------------------------------------------------------- transform
-    def _labels(self, table: pa.Table, name: str, source: str) -> np.ndarray:
+    def _labels(self, table: pa.Table, name: str, source: str, row_offset: int = 0) -> np.ndarray:
         col = _column(table, name, source)
-        _check_no_missing(col, name, source, "label")
+        _check_no_missing(col, name, source, "label", row_offset)
         values = _numeric(col, name, source)
         bad = ~((values == 0) | (values == 1))
         if bad.any():
             row = int(np.argmax(bad))
-            raise MsrecError(f"{source}: column `{name}` row {row + 1}: label {values[row]:g} is not 0 or 1")
+            raise MsrecError(f"{source}: column `{name}` row {row_offset + row + 1}: label {values[row]:g} "
+                             "is not 0 or 1")
         return values
 
     def transform(self, table: pa.Table, source: str = "data", with_labels: bool = True) -> TensorTable:
