@@ -1,0 +1,76 @@
+"""hmoe: Split&Merge whose towers are experts that every scenario's gate can consult (Li et al., 2020).
+
+    h = MLP_bottom(e)
+    S_BA = tower_B(h)            for every tower B and every row of scenario A
+    w_A  = softmax_B(gate_A([h; z]))                       (one softmax over the S towers per task)
+    logit_A = sum_B w_AB * S_BA,   with S_BA (B != A) under stop-gradient
+
+A small scenario borrows the judgement of the other scenarios' towers, weighted by a gate it learns,
+while tower B is still trained only by scenario B's rows: the cross scores are computed under
+`torch.no_grad`, so tower B gets no gradient from A's rows, whereas gate A (through the weights) and
+the shared bottom (through S_AA and the gate) do. This is the one model whose towers see every row:
+each tower runs once per row (its own rows with gradient, the others forward only).
+
+Choices: the towers' scores are logits and the mixture is over logits (the model returns logits; a
+mixture of probabilities would need a clamped inverse sigmoid); each gate is a linear layer over `h`
+(and the indicator embeddings `z` with `gate_indicators`) with zero-initialized weights, so training
+starts from a uniform mixture; one softmax per task. Tower dropout applies to foreign rows too (they
+are scored in the same training pass); towers have no batch norm, so foreign rows never touch a
+tower's state.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from msrec.data.table import Batch
+from msrec.models.registry import ModelOptions, register
+from msrec.nn import MLP, FeatureEmbedding, ScenarioRouting
+from msrec.nn.towers import ScenarioTowers
+from msrec.schema import FeatureSpec
+
+
+class HMoEOptions(ModelOptions):
+    tower_hidden: list[int] = Field(default_factory=lambda: [64])
+    """Hidden widths of each scenario's tower (`hidden` is the shared bottom)."""
+    tower_dropout: float = Field(0.1, ge=0, le=1)
+    gate_indicators: bool = False
+    """Whether the gates also read the scenario-indicator embeddings `z` besides `h`."""
+
+
+@register("hmoe", HMoEOptions,
+          "Split&Merge towers as experts: every tower scores every row (stop-gradient across scenarios), "
+          "a per-scenario gate mixes them")
+class HMoE(nn.Module):
+    def __init__(self, spec: FeatureSpec, options: HMoEOptions):
+        super().__init__()
+        self.num_scenarios, self.num_tasks = spec.num_scenarios, spec.num_tasks
+        self.scenario_fields = list(spec.scenario_fields) if options.gate_indicators else []
+        self.embedding = FeatureEmbedding(spec, options.embed_dim)
+        self.bottom = MLP(self.embedding.flat_dim, options.hidden, None, options.dropout, options.activation,
+                          options.batch_norm)
+        self.towers = ScenarioTowers(self.bottom.out_dim, options.tower_hidden, spec.num_tasks, spec.num_scenarios,
+                                     options.tower_dropout, options.activation)
+        gate_dim = self.bottom.out_dim + len(self.scenario_fields) * options.embed_dim
+        self.gates = nn.ModuleList(nn.Linear(gate_dim, spec.num_scenarios * spec.num_tasks)
+                                   for _ in range(spec.num_scenarios))
+        for gate in self.gates:
+            nn.init.zeros_(gate.weight)
+            nn.init.zeros_(gate.bias)
+
+    def gate_weights(self, grouped: tuple[Tensor, ...]) -> Tensor:
+        """Gate s on scenario s's rows: `[N, S, T]` softmax weights over the towers, in grouped order."""
+        parts = [self.gates[s](x).view(len(x), self.num_scenarios, self.num_tasks)
+                 for s, x in enumerate(grouped) if len(x)]
+        return torch.cat(parts, 0).softmax(1)
+
+    def forward(self, batch: Batch) -> Tensor:
+        h = self.bottom(self.embedding.flat(batch))
+        routing = ScenarioRouting(batch.scenario, self.num_scenarios)
+        gate_in = h if not self.scenario_fields else torch.cat(
+            [h, self.embedding.select(batch, self.scenario_fields)], 1)
+        scores = self.towers.cross_scores(routing.split(h))  # [N, S, T], rows grouped by scenario
+        mixed = (self.gate_weights(routing.split(gate_in)) * scores).sum(1)
+        return routing.merge([mixed])

@@ -1,0 +1,60 @@
+"""scenario_bias: the scenario-indicator features added shallow, beside the main network.
+
+    logit = MLP_main(e) + dropout(MLP_shallow(z)),     z = [emb(indicator_1); ...; emb(indicator_k)]
+
+The main MLP learns what all scenarios share; the shallow tower over the indicator embeddings `z` learns
+a per-scenario shift of the logit (with `z` = the scenario alone and no hidden layer it is exactly a
+learned bias per scenario). Dropout on the shallow tower's *output* keeps the main network from leaning
+on it: in training a dropped row is scored by the main network alone (rate 1.0: the shallow tower is
+never used in training and gets no gradient). The dropout is inverted (kept outputs scaled by 1/(1-p)),
+so evaluation uses the shallow logit unscaled.
+
+Choices: the shallow tower reads the shared embedding table (`FeatureEmbedding.select`), so an
+indicator's embedding is learned from both paths when it also enters the main network
+(`indicators_in_main`, default on); with it off the main network never sees the indicators and the
+scenario can only act through the shallow logit. Multi-task: both parts output one logit per task.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from msrec.data.table import Batch
+from msrec.models.registry import ModelOptions, register
+from msrec.nn import MLP, FeatureEmbedding
+from msrec.schema import FeatureSpec
+
+
+class ScenarioBiasOptions(ModelOptions):
+    shallow_hidden: list[int] = Field(default_factory=list)
+    """Hidden widths of the shallow tower over `z` (empty: a linear layer)."""
+    shallow_dropout: float = Field(0.1, ge=0, le=1)
+    """Dropout rate on the shallow tower's output logit, in training only."""
+    indicators_in_main: bool = True
+    """Whether the indicator features are also fields of the main network's input `e`."""
+
+
+@register("scenario_bias", ScenarioBiasOptions,
+          "Main MLP plus a shallow tower over the scenario indicators whose logit is added (with dropout)")
+class ScenarioBias(nn.Module):
+    def __init__(self, spec: FeatureSpec, options: ScenarioBiasOptions):
+        super().__init__()
+        self.embedding = FeatureEmbedding(spec, options.embed_dim)
+        self.scenario_fields = list(spec.scenario_fields)
+        indicators = set(self.scenario_fields) if not options.indicators_in_main else set()
+        keep = [i for i in range(self.embedding.num_fields) if i not in indicators]
+        self.register_buffer("main_fields", torch.tensor(keep, dtype=torch.long), persistent=False)
+        main_dim = len(keep) * options.embed_dim + spec.dense_dim
+        self.main = MLP(main_dim, options.hidden, spec.num_tasks, options.dropout, options.activation,
+                        options.batch_norm)
+        self.shallow = MLP(len(self.scenario_fields) * options.embed_dim, options.shallow_hidden, spec.num_tasks,
+                           activation=options.activation)
+        self.shallow_dropout = nn.Dropout(options.shallow_dropout)
+
+    def forward(self, batch: Batch) -> Tensor:
+        fields = self.embedding.fields(batch)
+        e = self.embedding.flat(batch, fields.index_select(1, self.main_fields))
+        z = self.embedding.select(batch, self.scenario_fields)
+        return self.main(e) + self.shallow_dropout(self.shallow(z))

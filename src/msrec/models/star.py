@@ -1,0 +1,70 @@
+"""star: Star Topology Adaptive Recommender (Sheng et al., CIKM 2021).
+
+    x      = PN_s(e)              partitioned normalization of the pooled, concatenated embeddings
+    s_main = FCN_s(x)             star FCN, layer i of scenario s: W_s,i * W_i (element-wise), b_s,i + b_i
+    s_aux  = MLP_aux(z)           auxiliary network over the scenario indicators (and chosen extra fields)
+    logit  = s_main + s_aux
+
+    PN_s(x) = (gamma * gamma_s) * (x - mean_s) / sqrt(var_s + eps) + (beta + beta_s)
+
+The shared weights learn what every scenario has in common; each scenario's W_s / b_s (initialized to
+ones / zeros, i.e. starting from the shared network) learn its own correction from its own rows only
+(the FCN is routed: scenario s's layers run on its slice of the batch). PN normalizes each scenario by
+its own statistics: in training those of its rows in the batch, in evaluation its own running mean/var,
+so evaluation does not depend on batch composition. The auxiliary network gives the scenario indicator
+a direct, shallow path to the logit, so the deep network need not learn the scenario's base rate.
+
+Choices (as in the paper unless said): PN is applied once, to the FCN input `e` (the paper's
+"Embedding -> Pooling & Concatenation -> PN -> Star FCN"), with batch-norm momentum 0.1; the output layer
+is a star layer too; the auxiliary network reads the indicator embeddings from the shared embedding
+table (the paper feeds the domain indicator "and other features"; `aux_fields` adds named sparse
+fields); the two logits are summed before the sigmoid. Multi-task: both parts output T logits.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from torch import Tensor, nn
+
+from msrec.data.table import Batch
+from msrec.models.registry import ModelOptions, register
+from msrec.nn import MLP, FeatureEmbedding, ScenarioRouting
+from msrec.nn.norm import PartitionedNorm
+from msrec.nn.star import StarFCN
+from msrec.schema import FeatureSpec
+
+
+class StarOptions(ModelOptions):
+    hidden: list[int] = Field(default_factory=lambda: [256, 128])
+    """Hidden widths of the star-topology FCN."""
+    partitioned_norm: bool = True
+    """Partitioned normalization of the FCN input (off: the raw embeddings feed the FCN)."""
+    norm_momentum: float = Field(0.1, gt=0, le=1)
+    aux_hidden: list[int] = Field(default_factory=lambda: [32])
+    """Hidden widths of the auxiliary network."""
+    aux_fields: list[str] = Field(default_factory=list)
+    """Sparse fields read by the auxiliary network besides the scenario indicators."""
+
+
+@register("star", StarOptions,
+          "Star topology FCN (shared * per-scenario weights), partitioned normalization, auxiliary network")
+class Star(nn.Module):
+    def __init__(self, spec: FeatureSpec, options: StarOptions):
+        super().__init__()
+        self.num_scenarios = spec.num_scenarios
+        self.embedding = FeatureEmbedding(spec, options.embed_dim)
+        dim = self.embedding.flat_dim
+        self.norm = (PartitionedNorm(dim, spec.num_scenarios, momentum=options.norm_momentum)
+                     if options.partitioned_norm else None)
+        self.fcn = StarFCN(dim, options.hidden, spec.num_tasks, spec.num_scenarios, options.dropout,
+                           options.activation)
+        self.aux_fields = list(dict.fromkeys([*spec.scenario_fields, *(spec.sparse_index(f) for f in options.aux_fields)]))
+        self.aux = MLP(len(self.aux_fields) * options.embed_dim, options.aux_hidden, spec.num_tasks,
+                       activation=options.activation)
+
+    def forward(self, batch: Batch) -> Tensor:
+        e = self.embedding.flat(batch)
+        if self.norm is not None:
+            e = self.norm(e, batch.scenario)
+        main = self.fcn(e, ScenarioRouting(batch.scenario, self.num_scenarios))
+        return main + self.aux(self.embedding.select(batch, self.aux_fields))

@@ -1,0 +1,58 @@
+"""Star-topology fully connected network (STAR): every layer is a shared centre plus a scenario's own part.
+
+    layer i of scenario s:  x <- act( x (W_s,i * W_i)^T + (b_s,i + b_i) )      (* = element-wise)
+
+`W_s` starts at ones and `b_s` at zeros, so training starts from the shared network and each scenario
+learns a multiplicative correction of it. Rows are routed: scenario s's weights are formed once per
+batch and applied to its own contiguous slice of rows only.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from msrec.nn.mlp import ACTIVATIONS
+from msrec.nn.routing import ScenarioRouting
+
+
+class StarLinear(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, num_scenarios: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
+        self.bias = nn.Parameter(torch.empty(out_dim))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's initialization
+        bound = 1 / math.sqrt(in_dim)
+        nn.init.uniform_(self.bias, -bound, bound)
+        self.weight_s = nn.Parameter(torch.ones(num_scenarios, out_dim, in_dim))
+        self.bias_s = nn.Parameter(torch.zeros(num_scenarios, out_dim))
+
+    def forward(self, x: Tensor, s: int) -> Tensor:
+        """The layer of scenario `s` on rows that all belong to `s`."""
+        return F.linear(x, self.weight_s[s] * self.weight, self.bias_s[s] + self.bias)
+
+
+class StarFCN(nn.Module):
+    """Hidden star layers (activation, dropout after each) and a star output layer of width `out_dim`."""
+
+    def __init__(self, in_dim: int, hidden: list[int], out_dim: int, num_scenarios: int, dropout: float = 0.0,
+                 activation: str = "relu"):
+        super().__init__()
+        dims = [in_dim, *hidden, out_dim]
+        self.layers = nn.ModuleList(StarLinear(a, b, num_scenarios) for a, b in pairwise(dims))
+        self.act = ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def scenario_forward(self, s: int, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x, s)
+            if i < len(self.layers) - 1:
+                x = self.dropout(self.act(x))
+        return x
+
+    def forward(self, x: Tensor, routing: ScenarioRouting) -> Tensor:
+        return routing.apply(self.scenario_forward, x)

@@ -1,0 +1,45 @@
+"""One MLP tower per scenario over a shared representation (Split&Merge, HMoE)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from msrec.nn.mlp import MLP
+from msrec.nn.routing import ScenarioRouting
+
+
+class ScenarioTowers(nn.Module):
+    def __init__(self, in_dim: int, hidden: list[int], out_dim: int, num_scenarios: int, dropout: float = 0.0,
+                 activation: str = "relu", batch_norm: bool = False):
+        super().__init__()
+        self.num_scenarios = num_scenarios
+        self.towers = nn.ModuleList(MLP(in_dim, hidden, out_dim, dropout, activation, batch_norm)
+                                    for _ in range(num_scenarios))
+
+    def __getitem__(self, s: int) -> nn.Module:
+        return self.towers[s]
+
+    def forward(self, h: Tensor, routing: ScenarioRouting) -> Tensor:
+        """Each row scored by its own scenario's tower only (split, run, merge in row order)."""
+        return routing.apply(lambda s, rows: self.towers[s](rows), h)
+
+    def cross_scores(self, grouped: tuple[Tensor, ...]) -> Tensor:
+        """Every tower on every row: `[N, S, out]` in grouped (scenario-sorted) row order.
+
+        Tower s runs on its own rows with gradient and on all other rows under `torch.no_grad` (the
+        stop-gradient of HMoE), so its parameters learn from its own scenario only and each row costs
+        each tower one forward pass.
+        """
+        counts = [len(g) for g in grouped]
+        h = torch.cat(grouped, 0)
+        columns = []
+        start = 0
+        for s, n in enumerate(counts):
+            end = start + n
+            with torch.no_grad():
+                foreign = self.towers[s](torch.cat([h[:start], h[end:]], 0))
+            own = self.towers[s](h[start:end]) if n else foreign.new_zeros(0, *foreign.shape[1:])
+            columns.append(torch.cat([foreign[:start], own, foreign[start:]], 0))
+            start = end
+        return torch.stack(columns, 1)
