@@ -47,9 +47,34 @@ def as_config(config: Config | dict | str | Path, overrides: list[str] | None = 
 
 def prepare_data(cfg: Config) -> EncodedData:
     """Load the splits, fit the encoder on the training split only, encode every split."""
+    if cfg.data.streaming:
+        return _prepare_streaming(cfg)
     raw = load_splits(cfg.data, cfg.train.seed)
     encoder = Encoder(raw.schema, cfg.data.min_freq, cfg.data.list_max_len).fit(raw.tables["train"], raw.sources["train"])
     tables = {split: encoder.transform(t, raw.sources[split]) for split, t in raw.tables.items()}
+    return EncodedData(encoder, tables)
+
+
+def _prepare_streaming(cfg: Config) -> EncodedData:
+    """Training rows stay on disk (read by row group); the encoder is fitted in one streaming pass;
+    validation and test splits are read into memory."""
+    from msrec.data.prepare import resolve_schema
+    from msrec.data.stream import ParquetStream, parquet_files
+
+    schema = resolve_schema(cfg.data)
+    wanted = [*schema.feature_columns(), *schema.labels, *schema.truth.values(), *([schema.user] if schema.user else [])]
+    import pyarrow.parquet as pq
+
+    present = set(pq.ParquetFile(parquet_files(cfg.data.train)[0]).schema_arrow.names)
+    stream = ParquetStream(cfg.data.train, [c for c in dict.fromkeys(wanted) if c in present], cfg.data.shuffle_buffer)
+    encoder = Encoder(schema, cfg.data.min_freq, cfg.data.list_max_len).fit_chunks(stream.chunks(), str(cfg.data.train))
+    stream.encoder = encoder
+    text_columns = [*schema.sparse, *schema.lists, schema.scenario]
+    tables = {"train": stream}
+    for split in ("val", "test"):
+        path = getattr(cfg.data, split)
+        if path:
+            tables[split] = encoder.transform(read_table(path, string_columns=text_columns), str(path))
     return EncodedData(encoder, tables)
 
 

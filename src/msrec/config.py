@@ -45,6 +45,8 @@ class DataConfig(_Strict):
     user: str | None = None
     truth: dict[str, str] | None = None
     min_freq: int = 1
+    streaming: bool = False  # train from a Parquet file/folder row group by row group (larger than memory)
+    shuffle_buffer: int = Field(1_000_000, ge=1)
 
     @model_validator(mode="after")
     def _source(self) -> DataConfig:
@@ -52,6 +54,8 @@ class DataConfig(_Strict):
             raise ValueError("data needs either `train` (a CSV/Parquet path) or `dataset` (a built-in name)")
         if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0:
             raise ValueError(f"data.split must be three non-negative fractions summing to 1, got {self.split}")
+        if self.streaming and (self.train is None or self.val is None):
+            raise ValueError("data.streaming needs `train` (a Parquet file or folder) and `val` paths")
         if self.min_freq < 1:
             raise ValueError("data.min_freq must be >= 1")
         return self

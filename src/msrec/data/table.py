@@ -87,6 +87,20 @@ class TensorTable:
         return TensorTable(**parts, user=None if self.user is None else self.user.index_select(0, rows),
                            truth=None if self.truth is None else self.truth.index_select(0, rows))
 
+    @classmethod
+    def concat(cls, tables: list[TensorTable]) -> TensorTable:
+        if len(tables) == 1:
+            return tables[0]
+
+        def cat(ts: list[Tensor | None]) -> Tensor | None:
+            return None if ts[0] is None else torch.cat(ts)  # type: ignore[arg-type]
+
+        return cls(sparse=cat([t.sparse for t in tables]), dense=cat([t.dense for t in tables]),
+                   scenario=cat([t.scenario for t in tables]),
+                   lists=[torch.cat(parts) for parts in zip(*[t.lists for t in tables])],
+                   labels=cat([t.labels for t in tables]), user=cat([t.user for t in tables]),
+                   truth=cat([t.truth for t in tables]))
+
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
                 drop_last: bool = False) -> Iterator[Batch]:
         """Shuffled: gather rows of a seeded permutation, one `index_select` per tensor per batch.
