@@ -1,0 +1,77 @@
+"""dynamic_weight: a weight generator turns the scenario representation into the weights of an MLP.
+
+    z = [emb(indicator_1); ...]                           (scenario-indicator features)
+    theta(z) = G(z) -> (W_1, b_1, ..., W_K, b_K)          (G: the generator MLP, output reshaped)
+    f_z(x) = act(W_K(z)^T ... act(W_1(z)^T x + b_1(z)) ... + b_K(z))
+
+    position = "output" (default):  logit = head(f_z(MLP(e)))
+    position = "input":             logit = MLP(f_z(e))
+
+E.g. `generated: [32, 16]` after a shared MLP ending in 64 generates 64*32 + 32*16 weights plus 48 biases.
+Low rank (`rank: r`): `W_k(z) = U_k diag(g_k(z)) V_k`, only the r gains are generated, so the generator
+stays small however wide the layers are.
+
+Choices:
+- `z` depends only on the scenario-indicator ids, so the generator runs once per distinct combination of
+  those ids present in the batch (once per scenario with the default indicator, the scenario itself),
+  and each generated layer is applied to its own rows with one matmul per group.
+- The generator's output bias starts as an ordinary initialisation of the generated weights and its
+  output weights small: the model starts as a plain MLP and learns how far each scenario departs.
+- "output" is the default: the generated layers are then narrow (cheap to generate) and act on a
+  representation the shared MLP learned from every scenario's rows.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from torch import Tensor, nn
+
+from msrec.data.table import Batch
+from msrec.models.registry import ModelOptions, register
+from msrec.nn import MLP, FeatureEmbedding
+from msrec.nn.meta import MetaMLP, condition
+from msrec.schema import FeatureSpec
+
+
+class DynamicWeightOptions(ModelOptions):
+    """`hidden`: the shared MLP; `generated`: widths of the generated layers; `generator_hidden`: the
+    generator MLP's hidden layers; `rank`: low-rank generation when set; `generated_bias`: generate
+    biases too; `position`: where the generated network runs (on `e`, or on the shared MLP's output)."""
+
+    position: Literal["input", "output"] = "output"
+    generated: list[int] = Field(default_factory=lambda: [64, 32], min_length=1)
+    generator_hidden: list[int] = Field(default_factory=lambda: [64])
+    rank: int | None = Field(None, ge=1)
+    generated_bias: bool = True
+
+
+@register("dynamic_weight", DynamicWeightOptions,
+          "A generator maps the scenario features to the weights of an MLP (optionally low rank)")
+class DynamicWeight(nn.Module):
+    def __init__(self, spec: FeatureSpec, options: DynamicWeightOptions):
+        super().__init__()
+        o = options
+        self.scenario_fields = list(spec.scenario_fields)
+        self.position = o.position
+        self.embedding = FeatureEmbedding(spec, o.embed_dim)
+        cond_dim = len(self.scenario_fields) * o.embed_dim
+        if o.position == "output":
+            self.shared = MLP(self.embedding.flat_dim, o.hidden, None, o.dropout, o.activation, o.batch_norm)
+            in_dim = self.shared.out_dim
+        else:
+            in_dim = self.embedding.flat_dim
+        self.generated = MetaMLP(cond_dim, [in_dim, *o.generated], o.generator_hidden, o.rank, o.generated_bias,
+                                 o.activation)
+        self.dropout = nn.Dropout(o.dropout)
+        if o.position == "output":
+            self.head = nn.Linear(o.generated[-1], spec.num_tasks)
+        else:
+            self.head = MLP(o.generated[-1], o.hidden, spec.num_tasks, o.dropout, o.activation, o.batch_norm)
+
+    def forward(self, batch: Batch) -> Tensor:
+        e = self.embedding.flat(batch)
+        groups, z = condition(self.embedding, batch, self.scenario_fields)
+        x = self.shared(e) if self.position == "output" else e
+        return self.head(self.dropout(self.generated(x, z, groups)))

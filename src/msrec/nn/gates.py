@@ -1,0 +1,48 @@
+"""Scaling gates: LHUC (Swietojanski et al. 2016) and the PPNet / PEPNet gate neural unit.
+
+    gate(x) = gamma * sigmoid(MLP(x)),   gamma = 2  ->  one scale in [0, 2] per unit
+
+The output layer starts at zero, so every gate starts at exactly 1 and the gated network starts as the
+plain one; the gate then learns to amplify (up to 2x) or silence units.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from msrec.nn.mlp import MLP
+from msrec.schema import FeatureSpec
+
+
+class ScaleGate(nn.Module):
+    """`gamma * sigmoid(MLP(x))`: `out_dim` scales in `[0, gamma]`."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: list[int], gamma: float = 2.0, activation: str = "relu"):
+        super().__init__()
+        self.gamma = gamma
+        self.net = MLP(in_dim, hidden, out_dim, activation=activation)
+        last = self.net.layers[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.gamma * torch.sigmoid(self.net(x))
+
+
+class SubsetEmbedding(nn.Module):
+    """An embedding table of its own for a few sparse fields (e.g. a gate's inputs), so that training the
+    gate never moves the main model's embeddings. `forward` gives `[B, len(fields) * dim]`."""
+
+    def __init__(self, spec: FeatureSpec, fields: list[int], dim: int, init_std: float = 1e-2):
+        super().__init__()
+        self.fields = list(fields)
+        sizes = [spec.sparse_vocab[f] for f in self.fields]
+        offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0) if sizes else torch.zeros(0)
+        self.register_buffer("offsets", offsets.long(), persistent=False)
+        self.table = nn.Embedding(max(1, sum(sizes)), dim)
+        nn.init.normal_(self.table.weight, std=init_std)
+        self.out_dim = len(self.fields) * dim
+
+    def forward(self, sparse: Tensor) -> Tensor:
+        return self.table(sparse[:, self.fields].long() + self.offsets).flatten(1)
