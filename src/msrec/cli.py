@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from msrec.errors import MsrecError
 
@@ -18,8 +19,8 @@ out = Console()
 
 
 @app.command()
-def train(config: Path, out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory to write")] = None,
-          set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a key, e.g. train.epochs=3")] = None,
+def train(config: Path, out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory to write")] = None,
+          set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key, e.g. train.epochs=3")] = None,
           overwrite: bool = typer.Option(False, help="Replace an existing run directory (only once training succeeds)")):
     """Train the model of CONFIG and write a run directory."""
     from msrec.api import train as run_train
@@ -35,7 +36,7 @@ def train(config: Path, out_dir: Annotated[Optional[Path], typer.Option("--out",
 
 
 @app.command()
-def evaluate(run_dir: Path, data: Annotated[Optional[Path], typer.Option(help="Labelled CSV/Parquet file")] = None,
+def evaluate(run_dir: Path, data: Annotated[Path | None, typer.Option(help="Labelled CSV/Parquet file")] = None,
              as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON")):
     """Evaluate a saved run on DATA (default: its configured test split)."""
     from msrec.api import evaluate as run_evaluate
@@ -83,7 +84,7 @@ def models():
 @app.command()
 def demo(rows: int = typer.Option(300_000, help="Synthetic rows"),
          epochs: int = typer.Option(5, help="Epochs per model"),
-         model: Annotated[Optional[list[str]], typer.Option(help="Models to run (default: all)")] = None):
+         model: Annotated[list[str] | None, typer.Option(help="Models to run (default: all)")] = None):
     """Train every model on the synthetic default and print the per-scenario AUC table with the oracle row."""
     from msrec.demo import run_demo
 
@@ -94,7 +95,8 @@ def main() -> None:
     try:
         app()
     except MsrecError as err:
-        Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        message = " ".join(str(err).split())  # always one line, whatever a library's message held
+        Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -138,6 +138,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def yaml_error(err: yaml.YAMLError) -> str:
+    """PyYAML's error as one line: what is wrong and where (its own text spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     if not path.is_file():
@@ -145,7 +152,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise MsrecError(f"{path}: not valid YAML ({err})") from None
+        raise MsrecError(f"{path}: not valid YAML ({yaml_error(err)})") from None
     raw = apply_overrides(raw, overrides or [])
     cfg = parse_config(raw, str(path))
     # Relative data paths are read relative to the config file, so configs travel with their data.

@@ -39,8 +39,16 @@ def _first_row(mask: pa.ChunkedArray | pa.Array) -> int:
     return int(pc.index(mask, True).as_py())
 
 
+MISSING_TEXT = pa.array(["", "nan", "null", "none"])  # lower-cased; "NA" stays a value (a region, a scenario)
+
+
 def _check_no_missing(col: pa.ChunkedArray, name: str, source: str, what: str, row_offset: int = 0) -> None:
+    """Null, NaN and, in text (ids are read from CSV as text), an empty cell or a written-out NaN/null are
+    all missing: none of them is a usable id."""
     missing = pc.is_null(col, nan_is_null=True) if pa.types.is_floating(col.type) else pc.is_null(col)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        text = pc.utf8_lower(pc.utf8_trim_whitespace(col))
+        missing = pc.or_kleene(missing, pc.is_in(text, value_set=MISSING_TEXT))
     if pc.any(missing).as_py():
         raise MsrecError(f"{source}: column `{name}` row {row_offset + _first_row(missing) + 1}: missing {what}")
 
@@ -164,6 +172,35 @@ def _split_lists(col: pa.ChunkedArray, sep: str, name: str, source: str) -> pa.L
     return pc.split_pattern(col, pattern=sep)
 
 
+def _label_values(table: pa.Table, name: str, source: str, row_offset: int = 0) -> np.ndarray:
+    """A label column as float64, checked to be 0/1 with nothing missing."""
+    col = _column(table, name, source)
+    _check_no_missing(col, name, source, "label", row_offset)
+    values = _numeric(col, name, source)
+    bad = ~((values == 0) | (values == 1))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise MsrecError(f"{source}: column `{name}` row {row_offset + row + 1}: label {values[row]:g} "
+                         "is not 0 or 1")
+    return values
+
+
+def check_table(table: pa.Table, schema: Schema, source: str, with_labels: bool = True) -> None:
+    """Validate raw rows against the schema before any split: a seeded split reorders rows, so errors
+    found later would name a row of the split, not of the user's file. Columns first, then values."""
+    needed = [*schema.sparse, *schema.lists, *schema.dense, schema.scenario, *(schema.labels if with_labels else [])]
+    for name in dict.fromkeys(needed):
+        _column(table, name, source)
+    for name in schema.sparse:
+        _check_no_missing(table[name], name, source, "id")
+    _check_no_missing(table[schema.scenario], schema.scenario, source, "scenario")
+    for name in schema.dense:
+        _numeric(table[name], name, source)
+    if with_labels:
+        for name in schema.labels:
+            _label_values(table, name, source)
+
+
 class Encoder:
     """fit / transform in the scikit-learn sense; `spec()` tells models the sizes they need."""
 
@@ -228,15 +265,7 @@ class Encoder:
 
     # ----------------------------------------------------------- transform
     def _labels(self, table: pa.Table, name: str, source: str, row_offset: int = 0) -> np.ndarray:
-        col = _column(table, name, source)
-        _check_no_missing(col, name, source, "label", row_offset)
-        values = _numeric(col, name, source)
-        bad = ~((values == 0) | (values == 1))
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise MsrecError(f"{source}: column `{name}` row {row_offset + row + 1}: label {values[row]:g} "
-                             "is not 0 or 1")
-        return values
+        return _label_values(table, name, source, row_offset)
 
     def transform(self, table: pa.Table, source: str = "data", with_labels: bool = True) -> TensorTable:
         if not self.fitted:
@@ -329,6 +358,8 @@ class Encoder:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "encoder") -> Encoder:
+        if not isinstance(d, dict):
+            raise MsrecError(f"{source}: not a valid encoder file (expected a JSON object)")
         try:
             if d.get("version") != ENCODER_VERSION:
                 raise MsrecError(f"{source}: encoder version {d.get('version')!r}, expected {ENCODER_VERSION}")
@@ -337,8 +368,9 @@ class Encoder:
             missing = [c for c in enc.schema.sparse if c not in enc.sparse]
             if missing or not enc.scenario.get("names"):
                 raise MsrecError(f"{source}: incomplete encoder (no vocabulary for {missing or 'the scenario'})")
-        except (KeyError, TypeError) as err:
-            raise MsrecError(f"{source}: not a valid encoder file (missing {err})") from None
+            enc.spec()  # every part a model needs is there and well formed
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            raise MsrecError(f"{source}: not a valid encoder file ({type(err).__name__}: {err})") from None
         enc.fitted = True
         return enc
 
@@ -350,5 +382,5 @@ class Encoder:
         path = Path(path)
         try:
             return cls.from_dict(json.loads(path.read_text()), str(path))
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise MsrecError(f"{path}: not valid JSON ({err})") from None

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from msrec.config import DataConfig
 from msrec.data.datasets import load_builtin
+from msrec.data.encode import check_table
 from msrec.data.io import read_table
 from msrec.errors import MsrecError
 from msrec.schema import Schema
@@ -50,6 +52,20 @@ def split_rows(n: int, fractions: tuple[float, ...], seed: int) -> list[np.ndarr
     return [np.sort(part) for part in np.split(perm, bounds)]
 
 
+def _check_split_scenarios(full: pa.Table, train_rows: np.ndarray, other_rows: np.ndarray, scenario: str,
+                           source: str, split: str) -> None:
+    """A scenario whose few rows all fell outside the training split cannot be encoded: say so, naming a
+    row of the user's file (not of the split)."""
+    known = pc.unique(full[scenario].take(pa.array(train_rows)))
+    unseen = pc.invert(pc.is_in(full[scenario].take(pa.array(other_rows)), value_set=known))
+    if pc.any(unseen).as_py():
+        i = int(pc.index(unseen, True).as_py())
+        row = int(other_rows[i])
+        raise MsrecError(f"{source}: column `{scenario}` row {row + 1}: scenario {full[scenario][row].as_py()!r} "
+                         f"has no rows in the training split (all in the {split} split); give it more rows or "
+                         "change data.split / data.split_seed")
+
+
 def load_splits(cfg: DataConfig, seed: int) -> RawSplits:
     split_seed = cfg.split_seed if cfg.split_seed is not None else seed
     if cfg.dataset is not None:
@@ -66,17 +82,23 @@ def load_splits(cfg: DataConfig, seed: int) -> RawSplits:
                 tables[split] = read_table(path, string_columns=text_columns)
                 sources[split] = str(path)
         sources["all"] = sources["train"]
+    for split, table in tables.items():  # before any split, so that errors name rows of the file
+        check_table(table, schema, sources[split])
     if "all" in tables:
         full = tables.pop("all")
         parts = split_rows(full.num_rows, cfg.split, split_seed)
         for split, rows in zip(("train", "val", "test"), parts):
             if len(rows):
+                if split != "train" and len(parts[0]):
+                    _check_split_scenarios(full, parts[0], rows, schema.scenario, sources["all"], split)
                 tables[split] = full.take(pa.array(rows))
                 sources[split] = f"{sources['all']} ({split} split)"
     elif "val" not in tables:
         full = tables["train"]
         frac_val = cfg.split[1] / (cfg.split[0] + cfg.split[1])
         train_rows, val_rows = split_rows(full.num_rows, (1 - frac_val, frac_val), split_seed)
+        if len(train_rows) and len(val_rows):
+            _check_split_scenarios(full, train_rows, val_rows, schema.scenario, sources["train"], "val")
         tables["train"], tables["val"] = full.take(pa.array(train_rows)), full.take(pa.array(val_rows))
         sources["val"] = f"{sources['train']} (val split)"
         sources["train"] = f"{sources['train']} (train split)"

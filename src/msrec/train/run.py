@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from msrec.config import Config, parse_config
+from msrec.config import Config, parse_config, yaml_error
 from msrec.data.encode import Encoder
 from msrec.errors import MsrecError
 from msrec.models.registry import build_model
@@ -98,13 +98,18 @@ def load_run(path: str | Path) -> Run:
     try:
         raw = yaml.safe_load((path / "config.yaml").read_text())
     except yaml.YAMLError as err:
-        raise MsrecError(f"{path / 'config.yaml'}: not valid YAML ({err})") from None
+        raise MsrecError(f"{path / 'config.yaml'}: not valid YAML ({yaml_error(err)})") from None
     config = parse_config(raw, str(path / "config.yaml"))
     encoder = Encoder.load(path / "encoder.json")
     model = build_model(config.model.name, encoder.spec(), config.model.options())
     try:
         missing_keys, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    except (SafetensorError, OSError, RuntimeError) as err:
+    except RuntimeError as err:  # torch: the weights' shapes disagree with the model encoder.json describes
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line),
+                      str(err).splitlines()[0])
+        raise MsrecError(f"{path / 'model.safetensors'}: does not match encoder.json and the config ({detail})") \
+            from None
+    except (SafetensorError, OSError, ValueError) as err:
         raise MsrecError(f"{path / 'model.safetensors'}: cannot be loaded ({str(err).splitlines()[0]})") from None
     if missing_keys or unexpected:
         raise MsrecError(f"{path / 'model.safetensors'}: does not match model {config.model.name} "
@@ -112,6 +117,6 @@ def load_run(path: str | Path) -> Run:
     model.eval()
     try:
         metrics = json.loads((path / "metrics.json").read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise MsrecError(f"{path / 'metrics.json'}: not valid JSON ({err})") from None
     return Run(path, config, encoder, model, metrics)
