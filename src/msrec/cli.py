@@ -64,6 +64,26 @@ def predict(run_dir: Path, input_path: Path, output_path: Path,
 
 
 @app.command()
+def export(run_dir: Path, fmt: str = typer.Option("torchscript", "--format", help="torchscript or onnx"),
+           out_file: Path = typer.Option(..., "--out", help="File to write (.pt / .onnx)")):
+    """Export a saved run's model (every scenario, any batch size) to TorchScript or ONNX."""
+    from msrec.serve.export import export_run
+
+    path = export_run(run_dir, fmt, out_file)
+    out.print(f"{fmt} model written to {path}")
+
+
+@app.command()
+def serve(run_dir: Path, host: str = typer.Option("127.0.0.1", help="Address to listen on"),
+          port: int = typer.Option(8000, help="Port to listen on"),
+          max_records: int = typer.Option(10_000, help="Most records one request may hold")):
+    """Serve a saved run over HTTP: POST /predict, GET /health, GET /metadata."""
+    from msrec.serve.app import serve as run_serve
+
+    run_serve(run_dir, host=host, port=port, max_records=max_records)
+
+
+@app.command()
 def datasets():
     """List the built-in datasets."""
     from msrec.data.datasets import DATASETS

@@ -62,7 +62,7 @@ class HMoE(nn.Module):
 
     def gate_weights(self, grouped: tuple[Tensor, ...]) -> Tensor:
         """Gate s on scenario s's rows: `[N, S, T]` softmax weights over the towers, in grouped order."""
-        parts = [self.gates[s](x).view(len(x), self.num_scenarios, self.num_tasks)
+        parts = [self.gates[s](x).unflatten(1, (self.num_scenarios, self.num_tasks))
                  for s, x in enumerate(grouped) if len(x)]
         return torch.cat(parts, 0).softmax(1)
 

@@ -41,7 +41,7 @@ class Separate(nn.Module):
 
     def forward(self, batch: Batch) -> Tensor:
         routing = ScenarioRouting(batch.scenario, self.num_scenarios)
-        rows = torch.arange(len(batch), device=batch.scenario.device)
+        rows = torch.arange(batch.scenario.shape[0], device=batch.scenario.device)  # shape, not len: traceable
         parts = routing.split(rows)
         outs = [self.models[s](batch.select(idx)) for s, idx in enumerate(parts) if len(idx)]
         return routing.merge(outs)

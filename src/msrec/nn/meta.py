@@ -24,7 +24,7 @@ from msrec.data.table import Batch
 from msrec.errors import MsrecError
 from msrec.nn.embedding import FeatureEmbedding
 from msrec.nn.mlp import ACTIVATIONS, MLP
-from msrec.nn.routing import ScenarioRouting
+from msrec.nn.routing import ScenarioRouting, exporting
 
 GROUP_LOOP_MAX = 16  # up to this many groups: one matmul per group; beyond: gather weights per row
 
@@ -33,6 +33,14 @@ class ConditionGroups:
     """Groups the rows of a batch by their condition ids `[B, k]` (equal ids -> one group)."""
 
     def __init__(self, ids: Tensor):
+        self.per_row = exporting()
+        if self.per_row:
+            # Traced for export: the number of distinct conditions is data-dependent (it would be baked
+            # into the graph), so every row is its own group and weights are generated per row.
+            self.inverse = self.first = torch.arange(ids.shape[0], device=ids.device)
+            self.num_groups = ids.shape[0]
+            self._routing = None
+            return
         uniq, inverse = torch.unique(ids, dim=0, return_inverse=True)
         self.num_groups = uniq.shape[0]
         self.inverse = inverse  # [B] group of each row
@@ -53,10 +61,10 @@ class ConditionGroups:
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """`x [B, ..., in] @ weight[group] + bias[group]`, with `weight [U, in, out]`, `bias [U, out]`."""
-        if self.num_groups == 1:
+        if not self.per_row and self.num_groups == 1:
             out = x @ weight[0]
             return out + bias[0] if bias is not None else out
-        if self.num_groups <= GROUP_LOOP_MAX:
+        if not self.per_row and self.num_groups <= GROUP_LOOP_MAX:
             def one(g: int, rows: Tensor) -> Tensor:
                 out = rows @ weight[g]
                 return out + bias[g] if bias is not None else out

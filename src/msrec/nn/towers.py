@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from msrec.nn.mlp import MLP
-from msrec.nn.routing import ScenarioRouting
+from msrec.nn.routing import ScenarioRouting, exporting
 
 
 class ScenarioTowers(nn.Module):
@@ -31,8 +31,10 @@ class ScenarioTowers(nn.Module):
         stop-gradient of HMoE), so its parameters learn from its own scenario only and each row costs
         each tower one forward pass.
         """
-        counts = [len(g) for g in grouped]
         h = torch.cat(grouped, 0)
+        if exporting():  # an inference graph: no gradient to stop, and no data-dependent slicing to bake in
+            return torch.stack([tower(h) for tower in self.towers], 1)
+        counts = [len(g) for g in grouped]
         columns = []
         start = 0
         for s, n in enumerate(counts):

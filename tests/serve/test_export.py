@@ -1,0 +1,70 @@
+"""Export parity: every registered model, TorchScript and ONNX (through onnxruntime), against its eager
+outputs on batches whose size and scenario mix differ from the example it was traced on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fixtures import SCENARIOS, make_raw
+from typer.testing import CliRunner
+
+from msrec.cli import app
+from msrec.data.table import Batch
+from msrec.errors import MsrecError
+from msrec.models import list_models
+from msrec.serve.export import FORMATS, ExportedModel, batch_inputs, example_batch, export_run
+from msrec.train.run import load_run
+
+MODELS = [entry.name for entry in list_models()]
+SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
+
+
+def parity_batches(encoder) -> dict[str, Batch]:
+    """Other sizes than the traced example (2 rows per scenario), skewed mixes, a missing scenario, one row."""
+    def encode(n: int, seed: int, scenarios: list[str]) -> Batch:
+        return encoder.transform(make_raw(n, seed, scenarios), with_labels=False).batch(slice(0, n))
+
+    return {"skewed": encode(41, 11, ["cart", "cart", "cart", "search", "home"]),
+            "missing_search": encode(23, 12, ["home", "cart"]),
+            "one_scenario": encode(9, 13, ["search"]),
+            "one_row": encode(1, 14, ["cart"])}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", MODELS)
+def test_exported_matches_eager(name, fmt, run_dirs, encoder, tmp_path):
+    run_dir = run_dirs(name)
+    model = load_run(run_dir).model
+    exported = ExportedModel(export_run(run_dir, fmt, tmp_path / f"{name}{SUFFIX[fmt]}"))
+    assert exported.metadata["model"] == name and exported.metadata["scenarios"] == encoder.scenario_names
+    for label, batch in parity_batches(encoder).items():
+        with torch.no_grad():
+            expected = model(batch)
+        logits, scores = exported(*batch_inputs(batch))
+        assert logits.shape == expected.shape == (len(batch), 2), label
+        assert float((logits - expected).abs().max()) < 1e-5, f"{name} {fmt} {label}: logits differ"
+        assert float((scores - torch.sigmoid(expected)).abs().max()) < 1e-5, f"{name} {fmt} {label}"
+
+
+def test_parity_batches_differ_from_the_example(encoder):
+    """The checks above mean something only if the batches are not the traced example's shape and mix."""
+    example = example_batch(encoder.spec())
+    counts = torch.bincount(example.scenario, minlength=len(SCENARIOS))
+    assert (counts > 0).all()
+    for batch in parity_batches(encoder).values():
+        assert len(batch) != len(example)
+        assert not torch.equal(torch.bincount(batch.scenario, minlength=len(SCENARIOS)), counts)
+    missing = parity_batches(encoder)["missing_search"].scenario
+    assert not (missing == encoder.scenario_names.index("search")).any()
+
+
+def test_export_command_writes_a_loadable_file(run_dirs, tmp_path):
+    out = tmp_path / "model.onnx"
+    result = CliRunner().invoke(app, ["export", str(run_dirs("dnn")), "--format", "onnx", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert ExportedModel(out).metadata["format"] == "onnx"
+
+
+def test_unknown_format_is_an_error(run_dirs, tmp_path):
+    with pytest.raises(MsrecError, match="format"):
+        export_run(run_dirs("dnn"), "tflite", tmp_path / "m.tflite")
