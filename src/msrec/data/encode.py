@@ -39,7 +39,7 @@ def _first_row(mask: pa.ChunkedArray | pa.Array) -> int:
     return int(pc.index(mask, True).as_py())
 
 
-MISSING_TEXT = pa.array(["", "nan", "null", "none"])  # lower-cased; "NA" stays a value (a region, a scenario)
+MISSING_TEXT = pa.array(["", "nan", "null"])  # lower-cased; "NA" and "none" stay values (a region; MovieLens's occupation "none")
 
 
 def _check_no_missing(col: pa.ChunkedArray, name: str, source: str, what: str, row_offset: int = 0) -> None:
