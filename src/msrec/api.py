@@ -17,6 +17,7 @@ from msrec.data.prepare import load_splits
 from msrec.data.table import TensorTable
 from msrec.errors import MsrecError
 from msrec.models.registry import build_model, parse_options
+from msrec.train import distributed
 from msrec.train.run import Run, check_run_dir_free, default_run_dir, load_run, write_run
 from msrec.train.trainer import Trainer
 
@@ -81,17 +82,29 @@ def _prepare_streaming(cfg: Config) -> EncodedData:
 def train(config: Config | dict | str | Path, out: str | Path | None = None, overrides: list[str] | None = None,
           overwrite: bool = False, save: bool = True, console: Console | None = None,
           data: EncodedData | None = None) -> TrainResult:
-    """Train the configured model; write a run directory (unless `save=False`) and return its metrics."""
+    """Train the configured model; write a run directory (unless `save=False`) and return its metrics.
+
+    Under torchrun (WORLD_SIZE > 1) every rank calls this; they train together (DDP) and rank 0 alone
+    writes the run directory (`run_dir` is None on the other ranks). See docs/distributed.md.
+    """
     cfg = as_config(config, overrides)
     options = parse_options(cfg.model.name, cfg.model.options())  # fail on a bad option before loading data
+    device = distributed.resolve_device(cfg.train.device, distributed.env_info())
+    info = distributed.setup(cfg.train.dist_timeout, device)
     run_dir = Path(out) if out else (default_run_dir(cfg.model.name) if save else None)
-    if save:
+    if save and info.is_main:
         check_run_dir_free(run_dir, overwrite)
+    with distributed.peer_failures(info):
+        return _train(cfg, options, run_dir, overwrite, save and info.is_main, console, data, device, info)
+
+
+def _train(cfg: Config, options, run_dir: Path | None, overwrite: bool, save: bool, console: Console | None,
+           data: EncodedData | None, device: torch.device, info: distributed.DistInfo) -> TrainResult:
     data = data or prepare_data(cfg)
     torch.manual_seed(cfg.train.seed)
     spec = data.encoder.spec()
     model = build_model(cfg.model.name, spec, options)
-    trainer = Trainer(model, cfg.train, spec.scenarios, spec.tasks, console)
+    trainer = Trainer(model, cfg.train, spec.scenarios, spec.tasks, console, device=device, dist=info)
     fit = trainer.fit(data.tables["train"], data.tables["val"])
     metrics: dict[str, Any] = {"val": trainer.evaluate(data.tables["val"])}
     if "test" in data.tables:
@@ -100,9 +113,12 @@ def train(config: Config | dict | str | Path, out: str | Path | None = None, ove
                         "samples_per_second": fit.samples_per_second,
                         "parameters": sum(p.numel() for p in model.parameters()), "history": fit.history}
     metrics["model"] = cfg.model.name
+    if info.enabled:
+        metrics["train"]["world_size"] = info.world_size
+    model.cpu()  # the run is saved and served from the CPU
     if save:
         write_run(run_dir, cfg, data.encoder, model, metrics, overwrite)
-    return TrainResult(run_dir, metrics, model, data.encoder)
+    return TrainResult(run_dir if save else None, metrics, model, data.encoder)
 
 
 def _score(run: Run, table: pa.Table, source: str, with_labels: bool) -> tuple[TensorTable, torch.Tensor]:

@@ -21,12 +21,21 @@ out = Console()
 @app.command()
 def train(config: Path, out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory to write")] = None,
           set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key, e.g. train.epochs=3")] = None,
-          overwrite: bool = typer.Option(False, help="Replace an existing run directory (only once training succeeds)")):
+          overwrite: bool = typer.Option(False, help="Replace an existing run directory (only once training succeeds)"),
+          nproc: int = typer.Option(1, "--nproc", help="Train with N processes on this machine (wraps torchrun)")):
     """Train the model of CONFIG and write a run directory."""
     from msrec.api import train as run_train
     from msrec.report.tables import scenario_table
+    from msrec.train import distributed
 
+    if nproc != 1 and not distributed.env_info().enabled:
+        args = ["train", str(config), *(["--out", str(out_dir)] if out_dir else []),
+                *[a for s in set_ or [] for a in ("--set", s)], *(["--overwrite"] if overwrite else [])]
+        distributed.launch(nproc, args)
+        return
     result = run_train(config, out=out_dir, overrides=set_ or [], overwrite=overwrite)
+    if not distributed.env_info().is_main:  # rank 0 alone reports
+        return
     split = "test" if "test" in result.metrics else "val"
     tasks = result.encoder.schema.labels
     for task in tasks if len(tasks) > 1 else [None]:

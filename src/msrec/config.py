@@ -87,6 +87,9 @@ class TrainConfig(_Strict):
     task_weights: list[float] | None = None
     threads: int | None = None
     progress: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when CUDA is present (one per rank)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast forward passes (loss and optimizer in fp32)
+    dist_timeout: float = Field(1800, gt=0)  # seconds a distributed rank waits on its peers before failing
 
     @field_validator("task_weights")
     @classmethod

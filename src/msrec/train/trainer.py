@@ -4,14 +4,18 @@
 - Adam or AdamW, optional cosine or step schedule with linear warm-up;
 - early stopping on a validation metric (default: mean of the per-scenario AUCs); the best weights are
   restored at the end whether patience or the epochs ran out;
-- the step itself has no host sync: the running loss is read only when the progress bar refreshes.
+- the step itself has no host sync: the running loss is read only when the progress bar refreshes;
+- distributed (launched by torchrun, see msrec.train.distributed): the model is wrapped in DDP, each rank
+  trains on its share of every global batch, evaluation gathers every rank's scores, rank 0 alone prints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -21,8 +25,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
 from msrec.config import TrainConfig
-from msrec.data.table import TensorTable
+from msrec.data.table import Batch, TensorTable
 from msrec.errors import MsrecError
+from msrec.train import distributed as D
 from msrec.train.metrics import evaluation_report, monitor_value
 
 PROGRESS_EVERY = 20  # batches between progress-bar refreshes (each one reads the loss: one host sync)
@@ -44,13 +49,20 @@ def _fmt(x: float) -> str:
 
 class Trainer:
     def __init__(self, model: nn.Module, cfg: TrainConfig, scenario_names: list[str], tasks: list[str],
-                 console: Console | None = None, device: str | torch.device = "cpu"):
+                 console: Console | None = None, device: str | torch.device = "cpu", dist: D.DistInfo = D.SINGLE):
         self.model = model.to(device)
         self.cfg = cfg
         self.scenario_names = scenario_names
         self.tasks = tasks
         self.device = torch.device(device)
+        self.dist = dist
         self.console = console or Console(stderr=True, quiet=not cfg.progress)
+        if not dist.is_main:  # rank 0 alone prints
+            self.console = Console(stderr=True, quiet=True)
+        # Training steps go through DDP (gradient averaging); evaluation uses the bare model (no collectives).
+        # find_unused_parameters: per-scenario modules get no gradient on a rank whose share lacks the scenario.
+        self.train_model = self.model if not dist.enabled else nn.parallel.DistributedDataParallel(
+            self.model, find_unused_parameters=True)
         weights = cfg.task_weights or [1.0] * len(tasks)
         if len(weights) != len(tasks):
             raise MsrecError(f"train.task_weights: {len(weights)} weights for {len(tasks)} tasks {tasks}")
@@ -64,6 +76,54 @@ class Trainer:
     def _optimizer(self) -> torch.optim.Optimizer:
         cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
         return cls(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def _autocast(self):
+        """bf16 autocast of the forward pass when `train.precision: bf16` (the loss is taken in fp32)."""
+        if self.cfg.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _steps_per_epoch(self, train) -> int:
+        if not self.dist.enabled:
+            return math.ceil(len(train) / self.cfg.batch_size)
+        w, b = self.dist.world_size, self.cfg.batch_size
+        if isinstance(train, TensorTable):  # every global batch with at least one row per rank
+            n = len(train)
+            return n // b + (1 if n % b >= w else 0)
+        local = math.ceil(len(train.shard(self.dist.rank, w)) / max(1, b // w))
+        steps = D.all_reduce_min(local, self.device)  # every rank must take the same number of steps
+        if steps == 0:
+            raise MsrecError(f"{getattr(train, 'path', 'train')}: a rank has no training rows "
+                             f"({len(train.pieces)} row groups for {w} ranks); use fewer ranks or smaller row groups")
+        return steps
+
+    def _train_batches(self, train, steps: int, generator: torch.Generator) -> Iterator[tuple[Batch, float | None]]:
+        """Batches for this rank, with the factor that makes DDP's average the global-batch gradient.
+
+        Single process: the table's own batches, factor None. In memory: each rank takes its contiguous share
+        of every global batch of the same seeded permutation; a share of n_r rows out of n gets the factor
+        world * n_r / n, so the average over ranks of the scaled per-rank mean losses is the global mean.
+        Streaming: each rank reads its own row groups in batches of batch_size // world (factor 1).
+        """
+        cfg, w, r = self.cfg, self.dist.world_size, self.dist.rank
+        if not self.dist.enabled:
+            for batch in train.batches(cfg.batch_size, shuffle=True, generator=generator):
+                yield batch, None
+            return
+        if isinstance(train, TensorTable):
+            n = len(train)
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, steps * cfg.batch_size, cfg.batch_size):
+                rows = order[start:start + cfg.batch_size]
+                share = rows.tensor_split(w)[r]
+                yield train.batch(share), w * len(share) / len(rows)
+            return
+        batches = train.shard(r, w).batches(max(1, cfg.batch_size // w), shuffle=True, generator=generator)
+        try:
+            for _, batch in zip(range(steps), batches):
+                yield batch, 1.0
+        finally:
+            batches.close()  # stops the stream's reader thread when this rank has batches left
 
     def _scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
         cfg = self.cfg
@@ -87,7 +147,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         generator = torch.Generator().manual_seed(cfg.seed)
         optimizer = self._optimizer()
-        steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        steps_per_epoch = self._steps_per_epoch(train)
         scheduler = self._scheduler(optimizer, steps_per_epoch)
         best_score, best_epoch, best_state, best_val = -math.inf, 0, None, {}
         history: list[dict] = []
@@ -96,16 +156,21 @@ class Trainer:
         epoch = 0
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("loss {task.fields[loss]}"),
                       TextColumn("{task.fields[speed]} samples/s"), TimeRemainingColumn(),
-                      console=self.console, transient=True, disable=not cfg.progress) as progress:
+                      console=self.console, transient=True, disable=not cfg.progress or not self.dist.is_main) \
+                as progress:
             for epoch in range(1, cfg.epochs + 1):
                 bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=steps_per_epoch, loss="-", speed="-")
                 self.model.train()
                 loss_sum = torch.zeros((), device=self.device)
                 t0 = time.perf_counter()
                 seen = 0
-                for step, batch in enumerate(train.batches(cfg.batch_size, shuffle=True, generator=generator), 1):
+                for step, (batch, factor) in enumerate(self._train_batches(train, steps_per_epoch, generator), 1):
                     batch = batch.to(self.device)
-                    loss = self.loss(self.model(batch), batch.labels)
+                    with self._autocast():
+                        logits = self.train_model(batch)
+                    loss = self.loss(logits.float(), batch.labels)
+                    if factor is not None:
+                        loss = loss * factor
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -114,7 +179,11 @@ class Trainer:
                     seen += len(batch)
                     if step % PROGRESS_EVERY == 0 or step == steps_per_epoch:
                         progress.update(bar, completed=step, loss=f"{loss_sum.item() / step:.4f}",
-                                        speed=f"{seen / (time.perf_counter() - t0):,.0f}")
+                                        speed=f"{seen * self.dist.world_size / (time.perf_counter() - t0):,.0f}")
+                if self.dist.enabled:  # the epoch's loss and rows over all ranks (one all-reduce per epoch)
+                    totals = D.all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(
+                        float(seen), dtype=torch.float64, device=self.device)]))
+                    loss_sum, seen = totals[0] / self.dist.world_size, int(totals[1].item())
                 epoch_seconds = time.perf_counter() - t0
                 train_seconds += epoch_seconds
                 train_samples += seen
@@ -153,13 +222,25 @@ class Trainer:
     def predict(self, table: TensorTable) -> Tensor:
         """Probabilities `[N, T]` in row order."""
         self.model.eval()
-        outs = [torch.sigmoid(self.model(b.to(self.device))).float().cpu()
-                for b in table.batches(self.cfg.eval_batch_size)]
+        with self._autocast():
+            outs = [torch.sigmoid(self.model(b.to(self.device)).float()).cpu()
+                    for b in table.batches(self.cfg.eval_batch_size)]
         return torch.cat(outs) if outs else torch.zeros(0, len(self.tasks))
 
     def evaluate(self, table: TensorTable) -> dict:
+        """Metrics of the whole table. Distributed: each rank scores a contiguous shard, the scores are
+        gathered, rank 0 computes the report and every rank gets that same report (so that every rank takes
+        the same early-stopping decision)."""
         if table.labels is None:
             raise MsrecError("evaluation needs the label columns")
-        scores = self.predict(table)
-        return evaluation_report(table.labels, scores, table.scenario, self.scenario_names, self.tasks,
-                                 table.user, table.truth)
+        if not self.dist.enabled:
+            return evaluation_report(table.labels, self.predict(table), table.scenario, self.scenario_names,
+                                     self.tasks, table.user, table.truth)
+        shards = torch.arange(len(table)).tensor_split(self.dist.world_size)
+        local = self.predict(table.subset(shards[self.dist.rank]))
+        scores = D.gather_rows(local, [len(s) for s in shards], self.device)
+        report = None
+        if self.dist.is_main:
+            report = evaluation_report(table.labels, scores, table.scenario, self.scenario_names, self.tasks,
+                                       table.user, table.truth)
+        return D.broadcast_object(report, self.dist)

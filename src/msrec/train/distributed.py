@@ -1,0 +1,182 @@
+"""Distributed training on PyTorch's own engine: `torchrun` + DistributedDataParallel.
+
+torchrun (or any launcher that sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT) starts one
+process per rank; `setup()` reads that environment and joins the process group: gloo on CPU, NCCL when the
+rank has a GPU. Without that environment (a plain `msrec train`) nothing here is used and training is the
+single-process path.
+
+How the work is split (see docs/distributed.md):
+- `train.batch_size` is the GLOBAL batch. Every rank draws the same seeded permutation and takes its
+  contiguous share (`tensor_split`) of each global batch, so 1 and N ranks step through the same global
+  batches; the loss is scaled so that DDP's gradient average equals the single-process gradient.
+- validation / test rows are split in contiguous shards, each rank scores its shard, the scores are
+  gathered (all_gather) and rank 0 computes the metrics, which it broadcasts: every rank then takes the same
+  early-stopping decision from the same numbers.
+- only rank 0 prints and writes the run directory.
+
+A rank that crashes makes the others fail too: torchrun stops the remaining workers, and any collective
+that waits on a dead or stuck peer gives up after `train.dist_timeout` seconds (the process-group timeout)
+with an error naming the rank, instead of hanging.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from msrec.errors import MsrecError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    timeout_s: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = DistInfo()
+
+
+def env_info() -> DistInfo:
+    """Rank and world size from the launcher's environment (torchrun sets these); single-process if absent."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError as err:
+        raise MsrecError(f"distributed launch: RANK / WORLD_SIZE / LOCAL_RANK must be integers ({err})") from None
+    if world < 1 or not 0 <= rank < world:
+        raise MsrecError(f"distributed launch: RANK={rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
+    return DistInfo(rank, world, local)
+
+
+def resolve_device(choice: str, info: DistInfo = SINGLE) -> torch.device:
+    """`auto`: this rank's GPU when CUDA is present, else the CPU. `cuda` without a GPU is an error."""
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise MsrecError("train.device: cuda was asked for but no CUDA device is available (use auto or cpu)")
+    count = torch.cuda.device_count()
+    if info.local_rank >= count:
+        raise MsrecError(f"train.device: local rank {info.local_rank} has no GPU ({count} visible); "
+                         f"launch at most {count} processes per node")
+    return torch.device("cuda", info.local_rank)
+
+
+def setup(timeout_s: float, device: torch.device) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); else the single-process info.
+
+    Idempotent: a second `msrec.train()` in the same worker reuses the group.
+    """
+    info = env_info()
+    if not info.enabled:
+        return SINGLE
+    info = DistInfo(info.rank, info.world_size, info.local_rank, timeout_s)
+    if dist.is_initialized():
+        return info
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        raise MsrecError("distributed launch: WORLD_SIZE > 1 but MASTER_ADDR / MASTER_PORT are not set; "
+                         "launch with torchrun (see docs/distributed.md)")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    try:
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
+                                **({"device_id": device} if device.type == "cuda" else {}))
+    except (RuntimeError, ValueError) as err:
+        raise MsrecError(f"rank {info.rank}/{info.world_size}: cannot join the process group at "
+                         f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within {timeout_s:.0f}s "
+                         f"({_first_line(err)})") from None
+    atexit.register(_shutdown)
+    return info
+
+
+def _shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+@contextmanager
+def peer_failures(info: DistInfo):
+    """Turn a collective that failed (a peer died, or stayed silent past the timeout) into one clear error."""
+    try:
+        yield
+    except RuntimeError as err:  # gloo reports a dead or silent peer as a plain RuntimeError
+        if not info.enabled or not (isinstance(err, dist.DistError) or any(k in str(err) for k in _PEER_ERRORS)):
+            raise
+        raise MsrecError(f"rank {info.rank}/{info.world_size}: distributed training stopped: another rank "
+                         f"crashed or did not answer within train.dist_timeout={info.timeout_s:.0f}s "
+                         f"({_first_line(err)}); see the other ranks' output for the cause") from None
+
+
+# What the backends' errors say when a peer died or stayed silent (the other errors pass through unchanged).
+_PEER_ERRORS = ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset", "Timed out", "timed out")
+
+
+def all_reduce_sum(x: Tensor) -> Tensor:
+    out = x.clone()
+    dist.all_reduce(out)
+    return out
+
+
+def all_reduce_min(value: int, device: torch.device) -> int:
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def gather_rows(local: Tensor, sizes: list[int], device: torch.device) -> Tensor:
+    """Concatenate every rank's `local` rows (rank order); `sizes[r]` is rank r's row count (known to all).
+
+    all_gather needs equal shapes, so shards are padded to the largest and trimmed after.
+    """
+    width = max(sizes)
+    padded = torch.zeros(width, *local.shape[1:], dtype=local.dtype, device=device)
+    padded[: len(local)] = local.to(device)
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)]).cpu()
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's `obj` on every rank (small Python objects: a metrics report)."""
+    box = [obj if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def launch(nproc: int, args: list[str]) -> None:
+    """`msrec train --nproc N ...`: torchrun on this machine (N workers, each running `msrec ARGS`)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    if nproc < 1:
+        raise MsrecError(f"--nproc must be >= 1, got {nproc}")
+    launcher = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(nproc), "-m", "msrec", *args])
+    try:
+        run(launcher)
+    except ChildFailedError as err:
+        failures = sorted(err.failures.items(), key=lambda kv: kv[1].timestamp)
+        which = f"rank {failures[0][0]} (exit code {failures[0][1].exitcode})" if failures else "a worker"
+        raise MsrecError(f"distributed training failed: {which} stopped first; its error is printed above") from None
