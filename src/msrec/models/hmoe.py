@@ -41,8 +41,7 @@ class HMoEOptions(ModelOptions):
 
 
 @register("hmoe", HMoEOptions,
-          "Split&Merge towers as experts: every tower scores every row (stop-gradient across scenarios), "
-          "a per-scenario gate mixes them")
+          "Per-scenario towers score every row (stop-gradient across scenarios), mixed by per-scenario gates")
 class HMoE(nn.Module):
     def __init__(self, spec: FeatureSpec, options: HMoEOptions):
         super().__init__()
