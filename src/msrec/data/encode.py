@@ -326,8 +326,11 @@ class Encoder:
         offsets = offsets - offsets[0]
         lengths = np.diff(offsets)
         rows = np.repeat(np.arange(len(lengths)), lengths)
-        pos = np.arange(len(idx)) - np.repeat(offsets[:-1], lengths)
-        keep = (pos < info["max_len"]) & (idx > 0)
+        known = idx > 0  # unknown values are dropped before truncation, so they take no slot
+        rows, idx = rows[known], idx[known]
+        counts = np.bincount(rows, minlength=len(lengths))
+        pos = np.arange(len(idx)) - np.repeat(np.cumsum(counts) - counts, counts)
+        keep = pos < info["max_len"]
         out = np.zeros((len(lengths), info["max_len"]), dtype=np.int64)
         out[rows[keep], pos[keep]] = idx[keep]
         return torch.from_numpy(out)

@@ -1,0 +1,198 @@
+"""Encoder: fitted on the training split only; vocabularies, dense scaling, lists, scenarios, JSON."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from msrec.data.encode import Encoder
+from msrec.errors import MsrecError
+from msrec.schema import Schema
+
+
+def schema(**kw) -> Schema:
+    base = {"sparse": ["user", "item"], "dense": ["price"], "lists": {"tags": "|"}, "scenario": "scene",
+            "scenario_features": ["scene"], "labels": ["click"]}
+    return Schema(**{**base, **kw})
+
+
+TRAIN = pa.table({
+    "user": ["u1", "u2", "u2", "u3", "u3", "u3"],
+    "item": [10, 11, 11, 12, 12, 12],
+    "price": [1.0, 2.0, None, 4.0, 5.0, 6.0],
+    "tags": ["a|b", "b", "", None, "c|a|b", "a"],
+    "scene": ["web", "app", "app", "web", "tv", "web"],
+    "click": [0, 1, 0, 1, 1, 0],
+})
+
+VAL = pa.table({
+    "user": ["u1", "u9", "u3"],  # u9 is only in validation
+    "item": [10, 99, 12],
+    "price": [3.0, None, 8.0],
+    "tags": ["z|a", "b|z|c", "a|b|c|a"],  # z is unknown
+    "scene": ["tv", "web", "app"],
+    "click": [1, 0, 1],
+})
+
+
+def fitted(**kw) -> Encoder:
+    opts = {k: kw.pop(k) for k in ("min_freq", "list_max_len") if k in kw}
+    return Encoder(schema(**kw), **opts).fit(TRAIN)
+
+
+def column(table, enc: Encoder, name: str) -> list[int]:
+    return table.sparse[:, enc.schema.sparse.index(name)].tolist()
+
+
+def test_vocabulary_is_fitted_on_train_only():
+    enc = fitted()
+    val = enc.transform(VAL)
+    users = column(val, enc, "user")
+    assert users[1] == 0  # u9: never seen in training
+    assert users[0] != 0 and users[2] != 0 and users[0] != users[2]
+    assert column(val, enc, "item")[1] == 0
+    train = enc.transform(TRAIN)
+    assert 0 not in column(train, enc, "user")  # every training value is known
+    assert enc.spec().sparse_vocab[enc.schema.sparse.index("user")] == 3 + 1  # u1, u2, u3 and the unknown slot
+
+
+def test_min_freq_maps_rare_values_to_zero():
+    enc = fitted(min_freq=2)
+    ids = column(enc.transform(TRAIN), enc, "user")
+    assert ids[0] == 0  # u1 seen once
+    assert ids[1] == ids[2] != 0  # u2 seen twice: kept
+    assert len(set(ids[3:])) == 1 and ids[3] != 0
+    enc3 = fitted(min_freq=3)
+    assert set(column(enc3.transform(TRAIN), enc3, "user")) == {0, column(enc3.transform(TRAIN), enc3, "user")[3]}
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(st.integers(0, 6), min_size=1, max_size=60), min_freq=st.integers(1, 5))
+def test_min_freq_property(values, min_freq):
+    table = pa.table({"user": values, "scene": ["s"] * len(values), "click": [0] * len(values)})
+    enc = Encoder(Schema(sparse=["user"], dense=[], lists={}, scenario="scene", scenario_features=[],
+                         labels=["click"]), min_freq=min_freq).fit(table)
+    ids = enc.transform(table).sparse[:, 0].numpy()
+    counts = {v: values.count(v) for v in values}
+    for v, i in zip(values, ids):
+        assert (i == 0) == (counts[v] < min_freq)
+    frequent = sorted(v for v in counts if counts[v] >= min_freq)
+    assert sorted(set(ids[ids > 0].tolist())) == list(range(1, len(frequent) + 1))  # dense ids 1..V
+
+
+def test_dense_standardized_with_train_moments_and_missing_flag():
+    enc = fitted()
+    known = np.array([1.0, 2.0, 4.0, 5.0, 6.0])
+    mean, std = known.mean(), known.std()
+    assert enc.dense["price"] == pytest.approx({"mean": mean, "std": std})
+    train = enc.transform(TRAIN).dense.numpy()
+    assert train.shape == (6, 2)  # value, then its missing flag
+    assert train[:, 1].tolist() == [0, 0, 1, 0, 0, 0]
+    assert train[2, 0] == 0.0
+    assert train[[0, 1, 3, 4, 5], 0] == pytest.approx((known - mean) / std, abs=1e-6)
+    val = enc.transform(VAL).dense.numpy()
+    assert val[:, 0] == pytest.approx([(3 - mean) / std, 0.0, (8 - mean) / std], abs=1e-6)  # train moments
+    assert val[:, 1].tolist() == [0, 1, 0]
+
+
+def test_constant_or_all_missing_dense_column_does_not_divide_by_zero():
+    table = TRAIN.set_column(2, "price", pa.array([None] * 6, pa.float64()))
+    enc = Encoder(schema()).fit(table)
+    assert torch.isfinite(enc.transform(VAL).dense).all()
+    table = TRAIN.set_column(2, "price", pa.array([3.0] * 6))
+    enc = Encoder(schema()).fit(table)
+    assert enc.transform(VAL).dense[:, 0].tolist() == pytest.approx([0.0, 0.0, 5.0])
+
+
+def test_lists_are_multi_hot_padded_unknown_dropped_and_truncated():
+    enc = fitted(list_max_len=2)
+    vocab = enc.lists["tags"]["vocab"]
+    assert vocab == ["a", "b", "c"]  # empty and null lists add nothing
+    a, b, c = 1, 2, 3
+    train = enc.transform(TRAIN).lists[0].tolist()
+    assert train == [[a, b], [b, 0], [0, 0], [0, 0], [c, a], [a, 0]]
+    val = enc.transform(VAL).lists[0].tolist()
+    # "z|a": z is unknown and dropped, a moves up; "b|z|c": z dropped, c kept; truncated to 2
+    assert val == [[a, 0], [b, c], [a, b]]
+    assert enc.spec().list_vocab == [len(vocab) + 1]
+
+
+def test_list_length_defaults_to_the_longest_training_list():
+    enc = fitted()
+    assert enc.lists["tags"]["max_len"] == 3
+    assert enc.transform(TRAIN).lists[0].shape == (6, 3)
+
+
+def test_scenarios_get_ids_0_to_s_minus_1_with_names_kept():
+    enc = fitted()
+    assert enc.scenario_names == ["app", "tv", "web"]
+    assert enc.transform(TRAIN).scenario.tolist() == [2, 0, 0, 2, 1, 2]
+    spec = enc.spec()
+    assert spec.scenarios == ["app", "tv", "web"] and spec.num_scenarios == 3
+    assert spec.scenario_fields == [enc.schema.sparse.index("scene")]  # the indicator is a sparse field too
+
+
+def test_unknown_scenario_is_an_error_naming_row_and_value():
+    enc = fitted()
+    bad = VAL.set_column(4, "scene", pa.array(["tv", "web", "radio"]))
+    with pytest.raises(MsrecError, match=r"val.csv: column `scene` row 3: unknown scenario 'radio'"):
+        enc.transform(bad, "val.csv")
+
+
+def test_integer_scenarios_are_named_by_their_values():
+    table = TRAIN.set_column(4, "scene", pa.array([3, 1, 1, 3, 2, 3]))
+    enc = Encoder(schema()).fit(table)
+    assert enc.scenario_names == ["1", "2", "3"]
+    assert enc.transform(table).scenario.tolist() == [2, 0, 0, 2, 1, 2]
+
+
+def test_ids_are_int32_and_outputs_have_documented_types():
+    enc = fitted()
+    t = enc.transform(VAL)
+    assert t.sparse.dtype == torch.int32
+    assert t.dense.dtype == torch.float32
+    assert t.scenario.dtype == torch.int64
+    assert t.labels.dtype == torch.float32 and t.labels.shape == (3, 1)
+    assert t.sparse.is_contiguous() and t.dense.is_contiguous()
+
+
+def test_json_round_trip_gives_the_same_encoding(tmp_path):
+    enc = fitted(min_freq=2)
+    enc.save(tmp_path / "encoder.json")
+    back = Encoder.load(tmp_path / "encoder.json")
+    a, b = enc.transform(VAL), back.transform(VAL)
+    for x, y in [(a.sparse, b.sparse), (a.dense, b.dense), (a.scenario, b.scenario), (a.lists[0], b.lists[0]),
+                 (a.labels, b.labels)]:
+        assert torch.equal(x, y)
+    assert back.spec() == enc.spec()
+    assert back.schema == enc.schema
+
+
+def test_integer_ids_match_when_read_as_text_later():
+    """Trained on integer ids (Parquet); predicting from a CSV that reads them as text still matches."""
+    enc = fitted()
+    val = VAL.set_column(1, "item", pa.array(["10", "99", "12"]))
+    assert column(enc.transform(val), enc, "item") == column(enc.transform(VAL), enc, "item")
+
+
+def test_transform_without_labels_for_prediction():
+    enc = fitted()
+    t = enc.transform(VAL.drop_columns(["click"]), with_labels=False)
+    assert t.labels is None and len(t) == 3
+
+
+def test_transform_before_fit_is_an_error():
+    with pytest.raises(MsrecError, match="before fit"):
+        Encoder(schema()).transform(TRAIN)
+
+
+def test_fit_in_chunks_equals_fit_at_once():
+    whole = Encoder(schema(), min_freq=2).fit(TRAIN)
+    chunks = Encoder(schema(), min_freq=2).fit_chunks([TRAIN.slice(0, 2), TRAIN.slice(2, 3), TRAIN.slice(5)])
+    a, b = chunks.to_dict(), whole.to_dict()
+    assert a.pop("dense")["price"] == pytest.approx(b.pop("dense")["price"])
+    assert a == b

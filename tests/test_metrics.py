@@ -1,0 +1,168 @@
+"""AUC, logloss and GAUC on tensors against scikit-learn, on random and adversarial inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import log_loss, roc_auc_score
+
+from msrec.train.metrics import LOGLOSS_EPS, auc, evaluation_report, gauc, logloss
+
+# A handful of score values forces ties; the float32 grid mimics model output.
+FEW_SCORES = st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.5000001, 0.9, 1.0])
+ANY_SCORES = st.floats(0.0, 1.0, allow_nan=False, width=32)
+
+
+def rows(scores=ANY_SCORES, min_size=1, max_size=60):
+    return st.lists(st.tuples(st.integers(0, 1), scores), min_size=min_size, max_size=max_size)
+
+
+def tensors(data):
+    y = torch.tensor([r[0] for r in data], dtype=torch.float32)
+    p = torch.tensor([r[1] for r in data], dtype=torch.float32)
+    return y, p
+
+
+def sk_auc(y: np.ndarray, p: np.ndarray) -> float:
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else math.nan
+
+
+def sk_logloss(y: np.ndarray, p: np.ndarray) -> float:
+    return float(log_loss(y, np.clip(p, LOGLOSS_EPS, 1 - LOGLOSS_EPS), labels=[0, 1])) if len(y) else math.nan
+
+
+def sk_gauc(y: np.ndarray, p: np.ndarray, g: np.ndarray) -> float:
+    """Reference GAUC: per-group scikit-learn AUC weighted by the group's rows, one-class groups skipped."""
+    total = weight = 0.0
+    for group in np.unique(g):
+        m = g == group
+        if 0 < y[m].sum() < m.sum():
+            total += roc_auc_score(y[m], p[m]) * m.sum()
+            weight += m.sum()
+    return total / weight if weight else math.nan
+
+
+def same(a: float, b: float, tol: float = 1e-9) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= tol
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.one_of(rows(FEW_SCORES), rows(ANY_SCORES)))
+def test_auc_matches_sklearn_with_ties_and_one_class(data):
+    y, p = tensors(data)
+    assert same(auc(y, p), sk_auc(y.numpy(), p.numpy().astype(np.float64)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 5000), distinct=st.integers(1, 50))
+def test_auc_matches_sklearn_on_larger_random_inputs(seed, n, distinct):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    p = rng.integers(0, distinct, n) / distinct  # heavy ties when `distinct` is small
+    assert same(auc(torch.from_numpy(y), torch.from_numpy(p)), sk_auc(y, p))
+
+
+def test_auc_edge_cases():
+    assert auc(torch.tensor([0.0, 1.0]), torch.tensor([0.3, 0.7])) == 1.0
+    assert auc(torch.tensor([1.0, 0.0]), torch.tensor([0.3, 0.7])) == 0.0
+    assert auc(torch.tensor([1.0, 0.0, 1.0, 0.0]), torch.full((4,), 0.5)) == 0.5  # all tied
+    assert math.isnan(auc(torch.ones(5), torch.rand(5)))
+    assert math.isnan(auc(torch.zeros(5), torch.rand(5)))
+    assert math.isnan(auc(torch.zeros(0), torch.zeros(0)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=rows(st.one_of(FEW_SCORES, st.floats(0.0, 1.0, allow_nan=False)), min_size=1))
+def test_logloss_matches_sklearn_including_extreme_scores(data):
+    y, p = tensors(data)
+    assert same(logloss(y, p), sk_logloss(y.numpy(), p.numpy().astype(np.float64)), 1e-6)
+
+
+def test_logloss_of_empty_set_is_nan():
+    assert math.isnan(logloss(torch.zeros(0), torch.zeros(0)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.lists(st.tuples(st.integers(0, 1), st.one_of(FEW_SCORES, ANY_SCORES), st.integers(0, 6)),
+                     min_size=1, max_size=80))
+def test_gauc_matches_per_user_sklearn_reference(data):
+    y = np.array([r[0] for r in data], dtype=np.float64)
+    p = np.array([r[1] for r in data], dtype=np.float32)
+    g = np.array([r[2] for r in data])
+    got = gauc(torch.from_numpy(y), torch.from_numpy(p), torch.from_numpy(g))
+    assert same(got, sk_gauc(y, p.astype(np.float64), g))
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), users=st.integers(1, 80), distinct=st.integers(1, 20))
+def test_gauc_on_larger_inputs_with_sparse_user_ids(seed, users, distinct):
+    rng = np.random.default_rng(seed)
+    n = 2000
+    g = rng.choice(rng.integers(0, 10**9, users), n)  # large, non-contiguous user ids
+    y = rng.integers(0, 2, n)
+    p = rng.integers(0, distinct, n) / distinct
+    assert same(gauc(torch.from_numpy(y), torch.from_numpy(p), torch.from_numpy(g)), sk_gauc(y, p, g))
+
+
+def test_gauc_weights_users_by_impressions_and_skips_one_class_users():
+    # user 0: 4 rows, AUC 1; user 1: 2 rows, AUC 0; user 2: one class only (skipped).
+    y = torch.tensor([0, 0, 1, 1, 1, 0, 1, 1, 1], dtype=torch.float32)
+    p = torch.tensor([0.1, 0.2, 0.8, 0.9, 0.1, 0.9, 0.5, 0.6, 0.7])
+    g = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2])
+    assert gauc(y, p, g) == pytest.approx((1.0 * 4 + 0.0 * 2) / 6)
+    assert math.isnan(gauc(torch.ones(3), torch.rand(3), torch.tensor([0, 1, 1])))
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.lists(st.tuples(st.integers(0, 1), st.one_of(FEW_SCORES, ANY_SCORES), st.integers(0, 3),
+                               st.integers(0, 4)), min_size=1, max_size=50))
+def test_evaluation_report_per_scenario_and_macro(data):
+    """Tiny scenarios, one-class scenarios (NaN, left out of the macro mean) and absent scenarios."""
+    y = np.array([r[0] for r in data], dtype=np.float64)
+    p = np.array([r[1] for r in data], dtype=np.float32)
+    s = np.array([r[2] for r in data])
+    g = np.array([r[3] for r in data])
+    names = ["a", "b", "c", "d"]
+    report = evaluation_report(torch.from_numpy(y)[:, None].float(), torch.from_numpy(p)[:, None], torch.from_numpy(s),
+                               names, ["click"], users=torch.from_numpy(g))
+    p64 = p.astype(np.float64)
+    assert same(report["overall"]["auc"], sk_auc(y, p64))
+    assert same(report["overall"]["logloss"], sk_logloss(y, p64), 1e-6)
+    assert same(report["overall"]["gauc"], sk_gauc(y, p64, g))
+    present = [k for k in range(4) if (s == k).any()]
+    assert list(report["scenarios"]) == [names[k] for k in present]
+    per_scenario = []
+    for k in present:
+        m = s == k
+        block = report["scenarios"][names[k]]
+        assert block["rows"] == m.sum() and block["positives"] == y[m].sum()
+        assert same(block["auc"], sk_auc(y[m], p64[m]))
+        assert same(block["logloss"], sk_logloss(y[m], p64[m]), 1e-6)
+        assert same(block["gauc"], sk_gauc(y[m], p64[m], g[m]))
+        per_scenario.append(sk_auc(y[m], p64[m]))
+    valid = [a for a in per_scenario if not math.isnan(a)]
+    assert same(report["macro_auc"], float(np.mean(valid)) if valid else math.nan)
+
+
+def test_evaluation_report_with_two_tasks_has_one_block_per_task():
+    rng = np.random.default_rng(0)
+    n = 400
+    y = torch.from_numpy(rng.integers(0, 2, (n, 2))).float()
+    p = torch.from_numpy(rng.random((n, 2))).float()
+    s = torch.from_numpy(rng.integers(0, 3, n))
+    truth = torch.from_numpy(rng.random((n, 2))).float()
+    report = evaluation_report(y, p, s, ["x", "y", "z"], ["click", "conversion"], truth=truth)
+    assert set(report["tasks"]) == {"click", "conversion"}
+    for j, task in enumerate(["click", "conversion"]):
+        block = report["tasks"][task]
+        assert same(block["overall"]["auc"], sk_auc(y[:, j].numpy(), p[:, j].numpy()))
+        assert same(block["overall"]["oracle_auc"], sk_auc(y[:, j].numpy(), truth[:, j].numpy()))
+        for k, name in enumerate(["x", "y", "z"]):
+            m = (s == k).numpy()
+            assert same(block["scenarios"][name]["auc"], sk_auc(y[m, j].numpy(), p[m, j].numpy()))
+    assert same(report["macro_auc"], np.mean([report["tasks"][t]["macro_auc"] for t in ("click", "conversion")]))
