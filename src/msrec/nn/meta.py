@@ -115,10 +115,10 @@ class WeightGenerator(nn.Module):
     """`z [U, cond_dim] -> (W_k, b_k)` for the layers `dims[0] -> dims[1] -> ... -> dims[K]`.
 
     The generator is an MLP whose output is reshaped into the layers' parameters. Its output bias is
-    initialised to an ordinary (Kaiming-uniform) draw of those parameters and its output weights to small
+    initialised to an ordinary draw of those parameters (uniform, std 1/sqrt(fan_in)) and its output weights to small
     values (`delta_scale` of that size), so the generated network starts close to a normal shared MLP and
     the condition-dependent part grows as training finds it useful. Low rank (`rank` set): only the gains
-    `g_k(z)` of `W_k = U_k diag(g_k(z)) V_k` are generated (bias starts at 1), `U_k`, `V_k` are shared.
+    `g_k(z)` of `W_k = U_k diag(g_k(z)) V_k` are generated (starting near 1), `U_k`, `V_k` are shared.
     """
 
     def __init__(self, cond_dim: int, dims: list[int], hidden: list[int] | None = None, rank: int | None = None,
