@@ -84,6 +84,8 @@ def load_splits(cfg: DataConfig, seed: int) -> RawSplits:
         sources["all"] = sources["train"]
     for split, table in tables.items():  # before any split, so that errors name rows of the file
         check_table(table, schema, sources[split])
+    if set(tables) == {"train"}:  # one file, as a built-in dataset: the seeded train/val/test split of data.split
+        tables["all"] = tables.pop("train")
     if "all" in tables:
         full = tables.pop("all")
         parts = split_rows(full.num_rows, cfg.split, split_seed)
