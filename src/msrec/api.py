@@ -149,7 +149,7 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
     schema = run.encoder.schema
     table = read_table(input_path, string_columns=[*schema.sparse, *schema.lists, schema.scenario])
     _, scores = _score(run, table, str(input_path), with_labels=False)
-    out = table if keep_columns else pa.table({})
+    out = table if keep_columns else table.select([])  # no columns, but the rows (scores are appended)
     for j, task in enumerate(schema.labels):
         out = out.append_column(f"score_{task}", pa.array(scores[:, j].numpy()))
     if output_path is not None:

@@ -73,8 +73,8 @@ def predict(run_dir: Path, input_path: Path, output_path: Path,
 
 
 @app.command()
-def export(run_dir: Path, fmt: str = typer.Option("torchscript", "--format", help="torchscript or onnx"),
-           out_file: Path = typer.Option(..., "--out", help="File to write (.pt / .onnx)")):
+def export(run_dir: Path, out_file: Annotated[Path, typer.Option("--out", help="File to write (.pt / .onnx)")],
+           fmt: str = typer.Option("torchscript", "--format", help="torchscript or onnx")):
     """Export a saved run's model (every scenario, any batch size) to TorchScript or ONNX."""
     from msrec.serve.export import export_run
 

@@ -17,8 +17,8 @@ from msrec.train.run import write_run
 
 SCENARIOS = ["home", "search", "cart"]
 TIERS = ["new", "low", "mid", "high"]
-SCHEMA = dict(sparse=["user_id", "item_id", "zip"], dense=["price", "age"], lists={"tags": "|"}, scenario="page",
-              scenario_features=["page", "tier"], labels=["click", "buy"])
+SCHEMA = {"sparse": ["user_id", "item_id", "zip"], "dense": ["price", "age"], "lists": {"tags": "|"},
+          "scenario": "page", "scenario_features": ["page", "tier"], "labels": ["click", "buy"]}
 SMALL_OPTIONS = {"embed_dim": 4, "hidden": [16, 8]}
 
 
