@@ -31,7 +31,9 @@ def _synthetic(path: str | None, options: dict[str, Any]):
         opts = synthetic.SyntheticOptions(**options)
     except ValidationError as err:
         first = err.errors()[0]
-        raise MsrecError(f"data.options.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        where = "".join(f".{part}" for part in first["loc"])
+        what = "unknown option" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        raise MsrecError(f"data.options{where}: {what}") from None
     return {"all": synthetic.generate(opts)}, synthetic.defaults(opts)
 
 

@@ -1,0 +1,154 @@
+"""Built-in datasets: the synthetic generator and the MovieLens readers of GroupLens's own layouts."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from msrec.api import as_config, prepare_data
+from msrec.data.datasets import movielens, synthetic
+from msrec.errors import MsrecError
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def test_synthetic_is_seeded():
+    a = synthetic.generate(rows=5000, seed=1)
+    assert a.equals(synthetic.generate(rows=5000, seed=1))
+    assert not a.equals(synthetic.generate(rows=5000, seed=2))
+
+
+def test_synthetic_shapes_shares_and_truth():
+    t = synthetic.generate(rows=60_000, seed=0)
+    assert t.num_rows == 60_000
+    assert set(t.column_names) >= {"user_id", "item_id", "scenario", "click", "p_click"}
+    counts = dict(zip(*[c.to_pylist() for c in pc.value_counts(t["scenario"]).flatten()]))
+    shares = [counts[f"s{k}"] / t.num_rows for k in range(3)]
+    assert shares == pytest.approx([0.6, 0.3, 0.1], abs=0.01)
+    p = t["p_click"].to_numpy()
+    y = t["click"].to_numpy()
+    assert ((p >= 0) & (p <= 1)).all()
+    assert set(np.unique(y)) == {0, 1}
+    assert abs(y.mean() - p.mean()) < 0.01  # labels drawn from the stated probabilities
+    for k in range(3):  # the truth is informative in every scenario
+        m = (t["scenario"].to_numpy(zero_copy_only=False) == f"s{k}")
+        assert roc_auc_score(y[m], p[m]) > 0.7
+
+
+def test_synthetic_truth_is_never_a_feature():
+    cfg = as_config({"data": {"dataset": "synthetic", "options": {"rows": 2000}}})
+    data = prepare_data(cfg)
+    schema = data.encoder.schema
+    features = schema.feature_columns()
+    assert "p_click" not in features and "click" not in features
+    assert schema.truth == {"click": "p_click"}
+    assert data.tables["test"].truth is not None  # kept beside the data, for the oracle row
+    assert data.encoder.spec().dense_dim == 2 * len(schema.dense)
+
+
+def test_synthetic_two_tasks_conversion_follows_click():
+    t = synthetic.generate(rows=20_000, tasks=2, seed=4)
+    click, conv = t["click"].to_numpy(), t["conversion"].to_numpy()
+    assert (conv <= click).all()
+    assert 0 < conv.sum() < click.sum()
+    assert (t["p_conversion"].to_numpy() <= t["p_click"].to_numpy() + 1e-7).all()
+    assert synthetic.defaults(synthetic.SyntheticOptions(tasks=2))["labels"] == ["click", "conversion"]
+
+
+def test_synthetic_options_are_validated():
+    with pytest.raises(MsrecError, match=r"data.options: shares: need 2 positive values"):
+        prepare_data(as_config({"data": {"dataset": "synthetic", "options": {"scenarios": 2, "shares": [1.0]}}}))
+    with pytest.raises(MsrecError, match="data.options.colour: unknown option"):
+        prepare_data(as_config({"data": {"dataset": "synthetic", "options": {"colour": 1}}}))
+
+
+# --------------------------------------------------------------- MovieLens
+
+
+def test_movielens_100k_from_the_grouplens_layout(ml100k_dir, shared_data):
+    assert sorted(p.name for p in ml100k_dir.iterdir()) == ["u.data", "u.item", "u.user"]
+    t = movielens.load_100k(ml100k_dir)
+    src = shared_data / "movielens-100k"
+    ratings = pq.read_table(src / "MovieLens100k_data.parquet.brotli")
+    users = pq.read_table(src / "MovieLens100k_users.parquet.brotli")
+    assert t.num_rows == 100_000
+    assert t["user_id"].to_pylist() == ratings["user_id"].to_pylist()
+    assert t["movie_id"].to_pylist() == ratings["movie_id"].to_pylist()
+    assert np.array_equal(t["label"].to_numpy(), ratings["rating"].to_numpy() > 3)
+    age = dict(zip(users["user_id"].to_pylist(), users["age"].to_pylist()))
+    expected = [0 if age[u] < 25 else 1 if age[u] < 35 else 2 for u in ratings["user_id"].to_pylist()]
+    assert t["scenario"].to_pylist() == expected
+    zips = dict(zip(users["user_id"].to_pylist(), users["zip_code"].to_pylist()))
+    assert t["zip"].to_pylist()[:1000] == [zips[u] for u in ratings["user_id"].to_pylist()[:1000]]
+    assert set(movielens.DEFAULTS["sparse"]) <= set(t.column_names)
+
+
+def test_movielens_100k_first_genre(ml100k_dir, shared_data):
+    t = movielens.load_100k(ml100k_dir)
+    items = pq.read_table(shared_data / "movielens-100k" / "MovieLens100k_items.parquet.brotli")
+    genre = {}
+    for row in items.to_pylist():
+        flagged = [g for g in movielens.GENRES_100K if row[g]]
+        genre[row["movie_id"]] = flagged[0] if flagged else "unknown"
+    assert t["genre"].to_pylist()[:2000] == [genre[m] for m in t["movie_id"].to_pylist()[:2000]]
+
+
+def test_movielens_1m_reader_with_age_code_groups(shared_data):
+    folder = shared_data / "movielens-1m-sample"
+    t = movielens.load_1m(folder)
+    assert t.num_rows == 100_000
+    users = {}
+    for line in (folder / "users.dat").read_text(encoding="latin-1").splitlines():
+        uid, _gender, code, _occupation, _zip = line.split("::")
+        users[int(uid)] = int(code)
+    ratings = [line.split("::") for line in (folder / "ratings.dat").read_text().splitlines()]
+    group = {1: 0, 18: 0, 25: 1, 35: 2, 45: 2, 50: 2, 56: 2}
+    assert t["scenario"].to_pylist() == [group[users[int(r[0])]] for r in ratings]
+    assert t["label"].to_pylist() == [int(int(r[2]) > 3) for r in ratings]
+    movies = {}
+    for line in (folder / "movies.dat").read_text(encoding="latin-1").splitlines():
+        mid, _title, genres = line.split("::")
+        movies[int(mid)] = genres.split("|")[0]
+    assert t["genre"].to_pylist() == [movies[int(r[1])] for r in ratings]
+
+
+def test_movielens_as_a_builtin_dataset_splits_80_10_10(ml100k_dir):
+    data = prepare_data(as_config({"data": {"dataset": "movielens-100k", "path": str(ml100k_dir)}}))
+    assert [len(data.tables[k]) for k in ("train", "val", "test")] == [80_000, 10_000, 10_000]
+    assert data.encoder.scenario_names == ["0", "1", "2"]
+    assert data.encoder.schema.dense == ["age"]
+
+
+def test_missing_dataset_offline_fails_with_a_clear_message(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(MsrecError, match=r"movielens-100k: .*lacks u\.data.*download.*failed") as err:
+        movielens.load_100k(tmp_path / "nothing-here")
+    assert "\n" not in str(err.value) and str(tmp_path / "nothing-here") in str(err.value)
+    with pytest.raises(MsrecError, match="movielens-1m"):
+        movielens.load_1m(tmp_path / "nothing-here")
+
+
+def test_download_with_a_wrong_checksum_is_refused(tmp_path, monkeypatch):
+    class FakeResponse:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return b"not the archive"
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: FakeResponse())
+    with pytest.raises(MsrecError, match="MD5"):
+        movielens.load_100k(tmp_path / "ml")
+    assert not (tmp_path / "ml" / "u.data").exists()
