@@ -2,16 +2,12 @@
 train; attention runs within a row, so an eval prediction never depends on the row's batch mates;
 multi-task training end to end on the synthetic two-task data and the Ali-CCP sample."""
 
-from pathlib import Path
-
 import torch
 from zoo_batch import bce, grad_norm, learns, make_batch, make_spec, with_scenario
 
 import msrec
 from msrec.models.registry import build_model
 from msrec.nn.meta import condition
-
-ALI_CCP = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "samples" / "ali-ccp"
 
 
 def _model(tasks=1, **options):
@@ -76,8 +72,8 @@ def test_learns_two_tasks_on_synthetic_data():
     assert after > before + 0.08, (before, after)
 
 
-def test_trains_on_the_ali_ccp_sample_with_metrics_per_task_and_scenario():
-    result = msrec.train({"data": {"dataset": "ali-ccp", "path": str(ALI_CCP)},
+def test_trains_on_the_ali_ccp_sample_with_metrics_per_task_and_scenario(shared_data):
+    result = msrec.train({"data": {"dataset": "ali-ccp", "path": str(shared_data / "samples" / "ali-ccp")},
                           "model": {"name": "m2m", "hidden": [16], "experts": 2},
                           "train": {"epochs": 2, "batch_size": 32, "progress": False}}, save=False)
     test = result.metrics["test"]
