@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -13,7 +14,6 @@ from sklearn.metrics import roc_auc_score
 from msrec.api import as_config, prepare_data
 from msrec.data.datasets import movielens, synthetic
 from msrec.errors import MsrecError
-
 
 # ---------------------------------------------------------------- synthetic
 

@@ -191,9 +191,9 @@ def check_table(table: pa.Table, schema: Schema, source: str, with_labels: bool 
     needed = [*schema.sparse, *schema.lists, *schema.dense, schema.scenario, *(schema.labels if with_labels else [])]
     for name in dict.fromkeys(needed):
         _column(table, name, source)
+    _check_no_missing(table[schema.scenario], schema.scenario, source, "scenario")
     for name in schema.sparse:
         _check_no_missing(table[name], name, source, "id")
-    _check_no_missing(table[schema.scenario], schema.scenario, source, "scenario")
     for name in schema.dense:
         _numeric(table[name], name, source)
     if with_labels:
