@@ -4,8 +4,10 @@ CSV with a config over it, and the `msrec` command run in-process."""
 from __future__ import annotations
 
 import copy
+import io
 import sys
 from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +57,7 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def synthetic_config(synthetic_csv) -> Callable[..., dict]:
     """`make(**sections)`: a fast config (tiny dnn, one epoch) over `synthetic_csv`; keyword sections are
     merged in, e.g. `make(train={"epochs": 2}, data={"train": other_path})`."""
@@ -76,21 +78,25 @@ class CliResult:
     stderr: str
 
 
-@pytest.fixture
-def cli(capsys, monkeypatch) -> Callable[..., CliResult]:
-    """Run `msrec ARGS...` in-process through the console script's own entry point (`msrec.cli.main`),
-    returning its exit code and what it printed. An exception other than a clean exit propagates."""
+def run_msrec(*args: str | Path) -> CliResult:
+    """`msrec ARGS...` in-process through the console script's own entry point (`msrec.cli.main`): its exit
+    code and what it printed. An exception that `main` lets through propagates (a traceback for the user)."""
     from msrec.cli import main
 
-    def run(*args: str | Path) -> CliResult:
-        monkeypatch.setattr(sys, "argv", ["msrec", *map(str, args)])
-        capsys.readouterr()
-        code = 0
-        try:
+    out, err = io.StringIO(), io.StringIO()
+    argv, sys.argv = sys.argv, ["msrec", *map(str, args)]
+    code = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
             main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        captured = capsys.readouterr()
-        return CliResult(code, captured.out, captured.err)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+    return CliResult(code, out.getvalue(), err.getvalue())
 
-    return run
+
+@pytest.fixture(scope="session")
+def cli() -> Callable[..., CliResult]:
+    """The `msrec` command, run in-process: `cli("train", config_path, "--out", run_dir)`."""
+    return run_msrec

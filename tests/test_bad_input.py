@@ -49,14 +49,10 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_dir(synthetic_csv, tmp_path_factory) -> Path:
+def run_dir(synthetic_config, tmp_path_factory) -> Path:
     """A small trained run to predict with and to corrupt."""
     out = tmp_path_factory.mktemp("bad-input") / "run"
-    from conftest import SYNTHETIC_FEATURES
-
-    msrec.train({"data": {"train": str(synthetic_csv), **SYNTHETIC_FEATURES},
-                 "model": {"name": "dnn", "embed_dim": 4, "hidden": [8]},
-                 "train": {"epochs": 1, "batch_size": 1024, "progress": False}}, out=out)
+    msrec.train(synthetic_config(model={"hidden": [8]}, train={"batch_size": 1024}), out=out)
     return out
 
 
