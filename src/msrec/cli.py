@@ -111,13 +111,39 @@ def models():
 
 
 @app.command()
-def demo(rows: int = typer.Option(300_000, help="Synthetic rows"),
-         epochs: int = typer.Option(5, help="Epochs per model"),
-         model: Annotated[list[str] | None, typer.Option(help="Models to run (default: all)")] = None):
-    """Train every model on the synthetic default and print the per-scenario AUC table with the oracle row."""
-    from msrec.demo import run_demo
+def demo(rows: int = typer.Option(None, help="Synthetic rows (default 100,000)", show_default=False),
+         epochs: int = typer.Option(None, help="Epochs per model (default 3)", show_default=False),
+         model: Annotated[list[str] | None, typer.Option(help="Models to run (default: all)")] = None,
+         out_dir: Annotated[Path, typer.Option("--out", help="Report folder (replaced)")] = Path("runs/demo")):
+    """A short benchmark: every model once on the synthetic default; prints the per-scenario AUC table with
+    the oracle row and writes the report (report.html, report.md, results.csv) to --out."""
+    from msrec.demo import DEMO_EPOCHS, DEMO_ROWS, run_demo
 
-    run_demo(rows=rows, epochs=epochs, models=model, console=out)
+    run_demo(rows=rows or DEMO_ROWS, epochs=epochs or DEMO_EPOCHS, models=model, out=out_dir, console=out)
+
+
+@app.command()
+def benchmark(spec: Path,
+              out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default runs/benchmarks/"
+                                                           "SPEC-NAME); resumed when it holds finished runs")] = None,
+              model: Annotated[list[str] | None, typer.Option(help="Run only these models of the spec")] = None,
+              md: Annotated[Path | None, typer.Option(help="Also write the Markdown report here (plots beside it)")]
+              = None,
+              overwrite: bool = typer.Option(False, help="Redo runs already stored in the output folder")):
+    """Run the grid of SPEC (models x seeds), resumable, and write results.csv, report.md and report.html."""
+    from msrec.report.benchmark import run_benchmark
+
+    result = run_benchmark(spec, out=out_dir, only=model, overwrite=overwrite, console=out, markdown=md)
+    for table in result.summary.auc_tables:
+        from msrec.report.render import rich_table
+
+        out.print(rich_table(table))
+    out.print(f"report: {result.out / 'report.html'} ({result.out / 'report.md'}, {result.out / 'results.csv'})",
+              highlight=False)
+    if result.failures:
+        out.print(f"[red]{len(result.failures)} run(s) failed[/red]: "
+                  + ", ".join(f"{f.label} seed {f.seed}" for f in result.failures), highlight=False)
+        raise typer.Exit(1)
 
 
 def main() -> None:
