@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import shutil
 import signal
@@ -14,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,7 +164,8 @@ def test_html_report_renders_in_headless_chromium_with_its_images(full, tmp_path
     page = tmp_path / "report.html"
     page.write_text((full.out / "report.html").read_text().replace("</body>", probe))
     dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=60).stdout
+                          "--dump-dom", page.as_uri()], check=False, capture_output=True, text=True,
+                         timeout=60).stdout
     assert 'data-loaded="2/2"' in dom
     assert "Test AUC per scenario" in dom
 
