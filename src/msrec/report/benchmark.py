@@ -104,6 +104,7 @@ class RunRecord:
     split: str
     metrics: dict
     wall_seconds: float
+    cpu_seconds: float  # process CPU time of the run (all threads): comparable on a shared, busy machine
     scores_path: Path
 
     def block(self, task: str) -> dict:
@@ -299,7 +300,8 @@ def _load_record(path: Path) -> RunRecord:
         raise MsrecError(f"{path}: not valid JSON ({err}); delete it to redo the run") from None
     return RunRecord(id=path.stem, label=raw["label"], model=raw["model"], seed=raw["seed"], tasks=raw["tasks"],
                      scenarios=raw["scenarios"], split=raw["split"], metrics=_nan_back(raw["metrics"]),
-                     wall_seconds=raw["wall_seconds"], scores_path=path.with_suffix(".npz"))
+                     wall_seconds=raw["wall_seconds"], cpu_seconds=raw.get("cpu_seconds", math.nan),
+                     scores_path=path.with_suffix(".npz"))
 
 
 def _nan_back(obj: Any) -> Any:
@@ -403,17 +405,19 @@ def run_benchmark(spec: str | Path | dict | BenchmarkSpec, out: str | Path | Non
         for i, rid in enumerate(todo):
             cfg, label, seed = grid.configs[rid], labels_of[rid], seed_of[rid]
             progress.update(bar, description=f"{label} seed {seed}")
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
                 if key != data_key:  # once per grid (fixed split) or once per seed (resplit)
                     data, data_key = None, None
                     data = prepare_data(cfg)
                     data_key = key
+                    t0, c0 = time.perf_counter(), time.process_time()  # a run's time excludes data preparation
                 metrics, arrays, scenarios, tasks, split = _train_one(cfg, data)
                 wall = time.perf_counter() - t0
                 record = {"label": label, "model": cfg.model.name, "seed": seed, "tasks": tasks,
                           "scenarios": scenarios, "split": split, "wall_seconds": wall,
+                          "cpu_seconds": time.process_time() - c0,
                           "config": _config_key(cfg), "metrics": metrics}
                 _atomic_write(runs_dir / f"{rid}.npz", _npz_bytes(**arrays))  # scores first: JSON = done
                 _atomic_write(runs_dir / f"{rid}.json", json.dumps(_json_safe(record), indent=1).encode())

@@ -169,7 +169,7 @@ def training_table(grid, records, failures) -> TableData:
     for label in grid.labels:
         runs = by_label.get(label, [])
         if not runs:
-            rows.append([Cell(label), *[Cell("-")] * 6, Cell(f"0/{len(grid.seeds)}")])
+            rows.append([Cell(label), *[Cell("-")] * 7, Cell(f"0/{len(grid.seeds)}")])
             continue
         t = [r.metrics["train"] for r in runs]
         sps, sps_sd = mean_std([x["samples_per_second"] for x in t])
@@ -179,15 +179,17 @@ def training_table(grid, records, failures) -> TableData:
             Cell(f"{sps:,.0f}" + ("" if math.isnan(sps_sd) else f" ± {sps_sd:,.0f}")),
             Cell(f"{mean_std([x['seconds'] for x in t])[0]:.1f}"),
             Cell(f"{mean_std([r.wall_seconds for r in runs])[0]:.1f}"),
+            Cell(_fmt(mean_std([r.cpu_seconds for r in runs])[0], 1)),
             Cell(f"{mean_std([x['epochs'] for x in t])[0]:.1f}"),
             Cell(f"{mean_std([x['best_epoch'] for x in t])[0]:.1f}"),
             Cell(f"{len(runs)}/{len(runs) + failed[label]}" if failed[label] else f"{len(runs)}"),
         ])
     note = ("Means over seeds. samples/s: training throughput (training steps only); train s: fit time including "
-            "validation; run s: the whole run (fit, test scoring); epochs: epochs run (early stopping on the "
+            "validation; run s: the whole run (fit, test scoring), wall clock; run CPU s: its CPU time over all threads "
+            "(steadier than wall time on a shared machine); epochs: epochs run (early stopping on the "
             "validation macro AUC), best epoch: the one whose weights were kept; runs: finished (/tried).")
-    return TableData("Training", ["model", "parameters", "samples/s", "train s", "run s", "epochs", "best epoch",
-                                  "runs"], rows, note)
+    return TableData("Training", ["model", "parameters", "samples/s", "train s", "run s", "run CPU s", "epochs",
+                                  "best epoch", "runs"], rows, note)
 
 
 def failure_table(failures) -> TableData | None:
