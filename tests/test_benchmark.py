@@ -135,7 +135,8 @@ def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
 
 
 def _images(html: str) -> list[bytes]:
-    return [base64.b64decode(m, validate=True) for m in re.findall(r"<img [^>]*src='data:image/png;base64,([^']+)'", html)]
+    found = re.findall(r"<img [^>]*src='data:image/png;base64,([^']+)'", html)
+    return [base64.b64decode(m, validate=True) for m in found]
 
 
 def test_html_report_is_self_contained_with_decodable_png_plots(full):

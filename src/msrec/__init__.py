@@ -7,4 +7,5 @@ from msrec.config import Config, load_config  # noqa: E402
 from msrec.errors import MsrecError  # noqa: E402
 from msrec.report.benchmark import run_benchmark as benchmark  # noqa: E402
 
-__all__ = ["Config", "MsrecError", "benchmark", "evaluate", "load_config", "load_run", "predict", "prepare_data", "train"]
+__all__ = ["Config", "MsrecError", "benchmark",
+           "evaluate", "load_config", "load_run", "predict", "prepare_data", "train"]

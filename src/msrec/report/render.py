@@ -185,7 +185,8 @@ def training_table(grid, records, failures) -> TableData:
             Cell(f"{len(runs)}/{len(runs) + failed[label]}" if failed[label] else f"{len(runs)}"),
         ])
     note = ("Means over seeds. samples/s: training throughput (training steps only); train s: fit time including "
-            "validation; run s: the whole run (fit, test scoring), wall clock; run CPU s: its CPU time over all threads "
+            "validation; run s: the whole run (fit, test scoring), wall clock; run CPU s: its CPU time over all "
+            "threads "
             "(steadier than wall time on a shared machine); epochs: epochs run (early stopping on the "
             "validation macro AUC), best epoch: the one whose weights were kept; runs: finished (/tried).")
     return TableData("Training", ["model", "parameters", "samples/s", "train s", "run s", "run CPU s", "epochs",
