@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fixtures import fit_encoder, make_raw, make_run
+from serve_fixtures import fit_encoder, make_raw, make_run
 
 
 @pytest.fixture(scope="session")

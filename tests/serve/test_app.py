@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
-from fixtures import make_raw
+from serve_fixtures import make_raw
 from typer.testing import CliRunner
 
 from msrec.cli import app as cli

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures import SCENARIOS, make_raw
+from serve_fixtures import SCENARIOS, make_raw
 from typer.testing import CliRunner
 
 from msrec.cli import app
