@@ -1,0 +1,109 @@
+"""dnn: one parameter set serves all scenarios. separate: one model per scenario, each trained only on its
+own rows (rows are routed; a scenario-A batch leaves scenario B's model without gradient)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zoo_batch import SCENARIO_FIELD, bce, learns, make_batch, make_spec, with_scenario
+
+from msrec.models.registry import build_model
+
+
+def _model(name: str, scenarios: int = 3, tasks: int = 1):
+    torch.manual_seed(0)
+    return build_model(name, make_spec(tasks=tasks, scenarios=scenarios), {"dropout": 0.0, "hidden": [16, 8]})
+
+
+# ----------------------------------------------------------------------------------------------- dnn
+
+
+def test_dnn_one_parameter_set_serves_every_scenario():
+    """Whatever scenario a batch holds, the same parameters (all of them) get gradient: nothing is
+    scenario-specific but the scenario's own embedding row."""
+    model = _model("dnn")
+    spec = make_spec()
+    for s in range(spec.num_scenarios):
+        model.zero_grad(set_to_none=True)
+        bce(model, make_batch(spec, [s] * 16, seed=s)).backward()
+        for name, p in model.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient from scenario {s}"
+
+
+def test_dnn_size_does_not_grow_with_scenarios_beyond_the_indicator_embedding():
+    small, large = _model("dnn", scenarios=3), _model("dnn", scenarios=12)
+    extra = sum(p.numel() for p in large.parameters()) - sum(p.numel() for p in small.parameters())
+    assert extra == (12 - 3) * 16  # nine more rows of the scenario field's embedding (embed_dim 16)
+
+
+def test_dnn_scenario_enters_only_as_a_feature():
+    """Rows moved to another scenario (indicator field included) score like the model reading that field:
+    with the scenario field's embeddings made equal, the scenario makes no difference."""
+    model = _model("dnn").eval()
+    batch = make_batch(make_spec(), [0] * 8)
+    with torch.no_grad():
+        start = model.embedding.offsets[SCENARIO_FIELD]
+        model.embedding.table.weight[start:start + 4] = model.embedding.table.weight[start + 1]
+        assert torch.allclose(model(batch), model(with_scenario(batch, 2)))
+
+
+# ------------------------------------------------------------------------------------------ separate
+
+
+@settings(max_examples=15, deadline=None)
+@given(a=st.integers(0, 2), n=st.integers(1, 20), seed=st.integers(0, 1000))
+def test_separate_a_scenario_a_batch_gives_other_models_no_gradient(a, n, seed):
+    model = _model("separate")
+    model.zero_grad(set_to_none=True)
+    bce(model, make_batch(make_spec(), [a] * n, seed=seed)).backward()
+    for s, sub in enumerate(model.models):
+        grads = [p.grad for p in sub.parameters()]
+        if s == a:
+            assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+        else:
+            assert all(g is None or not g.any() for g in grads), f"model {s} got gradient from scenario {a}"
+
+
+def test_separate_routes_each_row_to_its_own_model_only():
+    model = _model("separate").eval()
+    seen = [[] for _ in model.models]
+
+    def hook(s):
+        return lambda module, args, out: seen[s].append(args[0].sparse[:, 0].clone())
+
+    for s, sub in enumerate(model.models):
+        sub.register_forward_hook(hook(s))
+    scenario = torch.tensor([2, 0, 0, 1, 2, 2, 0, 2])
+    batch = make_batch(make_spec(), scenario, seed=3)
+    batch.sparse[:, 0] = torch.arange(len(scenario)) + 1  # row number in the `user` field, to trace rows
+    with torch.no_grad():
+        out = model(batch)
+    for s in range(3):
+        rows = torch.cat(seen[s]) - 1 if seen[s] else torch.zeros(0, dtype=torch.long)
+        assert sorted(rows.tolist()) == torch.nonzero(scenario == s).squeeze(1).tolist()
+        # and the merged output puts each row's own model's score back in its place
+        alone = model.models[s](batch.select(torch.nonzero(scenario == s).squeeze(1)))
+        assert torch.allclose(out[scenario == s], alone)
+
+
+def test_separate_skips_absent_scenarios():
+    model = _model("separate").eval()
+    calls = [0, 0, 0]
+    for s, sub in enumerate(model.models):
+        sub.register_forward_hook(lambda m, a, o, s=s: calls.__setitem__(s, calls[s] + 1))
+    with torch.no_grad():
+        out = model(make_batch(make_spec(), [1, 1, 1]))
+    assert calls == [0, 1, 0] and out.shape == (3, 1)
+
+
+def test_separate_models_are_independent_copies_and_multi_task_shapes():
+    model = _model("separate", tasks=2)
+    params = [{id(p) for p in sub.parameters()} for sub in model.models]
+    assert not (params[0] & params[1]) and not (params[1] & params[2])
+    assert model(make_batch(make_spec(tasks=2), [0, 1, 2, 1])).shape == (4, 2)
+
+
+def test_separate_learns():
+    before, after = learns("separate", {"hidden": [32]}, epochs=2)
+    assert after > before + 0.05 and after > 0.6
