@@ -118,6 +118,7 @@ def _train(cfg: Config, options, run_dir: Path | None, overwrite: bool, save: bo
     model.cpu()  # the run is saved and served from the CPU
     if save:
         write_run(run_dir, cfg, data.encoder, model, metrics, overwrite)
+    distributed.barrier(info)  # ranks finish together (a rank leaving early can abort its peers' gloo threads)
     return TrainResult(run_dir if save else None, metrics, model, data.encoder)
 
 

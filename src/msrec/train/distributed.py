@@ -134,6 +134,11 @@ def peer_failures(info: DistInfo):
 _PEER_ERRORS = ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset", "Timed out", "timed out")
 
 
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
 def all_reduce_sum(x: Tensor) -> Tensor:
     out = x.clone()
     dist.all_reduce(out)

@@ -87,6 +87,8 @@ class Trainer:
         if not self.dist.enabled:
             return math.ceil(len(train) / self.cfg.batch_size)
         w, b = self.dist.world_size, self.cfg.batch_size
+        if b < w:
+            raise MsrecError(f"train.batch_size={b} is the global batch and must give each of the {w} ranks a row")
         if isinstance(train, TensorTable):  # every global batch with at least one row per rank
             n = len(train)
             return n // b + (1 if n % b >= w else 0)

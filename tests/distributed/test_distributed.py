@@ -1,0 +1,230 @@
+"""Distributed training on CPU (gloo, 2 processes on this machine).
+
+- 2 ranks and 1 process with the same global batch reach the same metrics (dnn; separate, whose
+  per-scenario sub-models get no gradient on a rank whose share lacks their scenario);
+- only rank 0 writes the run directory; every rank gets the same gathered metrics;
+- the streaming Parquet path trains with each rank on its own row groups;
+- a rank that crashes or hangs makes the job fail with a clear message within a bounded time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import msrec.api
+from msrec.config import TrainConfig
+from msrec.data.datasets import synthetic
+from msrec.errors import MsrecError
+from msrec.train import distributed
+from msrec.train.run import RUN_FILES
+from msrec.train.trainer import Trainer
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "worker.py"
+PYTHON = sys.executable
+LAUNCH_TIMEOUT = 240  # seconds; a hang fails the test instead of the suite
+TRAIN = {"epochs": 2, "batch_size": 256, "lr": 0.003, "progress": False, "dist_timeout": 60}
+MODEL = {"dropout": 0.0, "hidden": [32, 16], "embed_dim": 8}  # no dropout: ranks draw different masks
+
+
+def _config(folder: Path, name: str, model: str, data: dict, **train) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"data": data, "model": {"name": model, **MODEL}, "train": {**TRAIN, **train}}))
+    return path
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _run(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, check=False)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("dist")
+    table = synthetic.generate(rows=6_000, seed=5)
+    (folder / "train").mkdir()
+    for k in range(4):  # 4 row groups per file, 2 files: each rank streams 4 of the 8 row groups
+        pq.write_table(table.slice(k * 1_200, 1_200), folder / "train" / f"part{k}.parquet", row_group_size=600)
+    pq.write_table(table.slice(4_800, 600), folder / "val.parquet")
+    pq.write_table(table.slice(5_400), folder / "test.parquet")
+    synth = {"dataset": "synthetic", "options": {"rows": 6_000}}
+    stream = {"train": str(folder / "train"), "val": str(folder / "val.parquet"), "test": str(folder / "test.parquet"),
+              "streaming": True, "shuffle_buffer": 1_000,
+              "sparse": ["user_id", "item_id", "user_group", "item_category"],
+              "dense": ["user_activity", "item_price"], "scenario": "scenario", "labels": ["click"]}
+    return {"folder": folder, "dnn": _config(folder, "dnn", "dnn", synth),
+            "separate": _config(folder, "separate", "separate", synth),
+            "stream": _config(folder, "stream", "dnn", stream)}
+
+
+@pytest.fixture(scope="module")
+def cli_run(configs) -> Path:
+    """`msrec train --nproc 2` (the torchrun wrapper) on the dnn config."""
+    out = configs["folder"] / "cli-dnn"
+    _run([PYTHON, "-m", "msrec", "train", str(configs["dnn"]), "--out", str(out), "--nproc", "2"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def torchrun_runs(configs) -> Path:
+    """`torchrun --nproc_per_node 2` of a worker training the separate model and the streaming config."""
+    out = configs["folder"] / "torchrun"
+    _run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), str(out),
+          str(configs["separate"]), str(configs["stream"])])
+    return out
+
+
+def _assert_same_metrics(two: dict, one: dict) -> None:
+    for split in ("val", "test"):
+        assert two[split]["macro_auc"] == pytest.approx(one[split]["macro_auc"], abs=2e-4)
+        assert two[split]["overall"]["auc"] == pytest.approx(one[split]["overall"]["auc"], abs=2e-4)
+        assert two[split]["overall"]["logloss"] == pytest.approx(one[split]["overall"]["logloss"], abs=2e-4)
+        assert two[split]["overall"]["rows"] == one[split]["overall"]["rows"]  # every row scored once
+    assert two["train"]["best_epoch"] == one["train"]["best_epoch"]
+    for h2, h1 in zip(two["train"]["history"], one["train"]["history"], strict=True):
+        assert h2["train_loss"] == pytest.approx(h1["train_loss"], abs=2e-4)
+
+
+def test_cli_two_ranks_match_one_process_dnn(configs, cli_run):
+    one = msrec.api.train(configs["dnn"], save=False).metrics
+    two = json.loads((cli_run / "metrics.json").read_text())
+    assert two["train"]["world_size"] == 2 and "world_size" not in one["train"]
+    _assert_same_metrics(two, one)
+
+
+def test_only_rank_zero_writes_the_run(configs, cli_run):
+    assert sorted(p.name for p in cli_run.iterdir()) == sorted(RUN_FILES)
+    leftovers = [p.name for p in cli_run.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # no second (rank 1) temporary run folder
+    run = msrec.api.load_run(cli_run)  # loadable like any single-process run
+    assert run.metrics["train"]["world_size"] == 2
+
+
+def test_torchrun_two_ranks_match_one_process_separate(configs, torchrun_runs):
+    one = msrec.api.train(configs["separate"], save=False).metrics
+    ranks = [json.loads((torchrun_runs / f"separate.rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["val"] == ranks[1]["val"] and ranks[0]["test"] == ranks[1]["test"]  # one gathered report
+    _assert_same_metrics(ranks[0], one)
+    assert (torchrun_runs / "separate" / "model.safetensors").is_file()
+
+
+def test_streaming_two_ranks_each_read_their_row_groups(configs, torchrun_runs):
+    two = json.loads((torchrun_runs / "stream.rank0.json").read_text())
+    one = msrec.api.train(configs["stream"], save=False).metrics
+    # Different shuffles (per-rank row groups and buffers), so close rather than equal; every test row scored.
+    assert two["test"]["overall"]["rows"] == one["test"]["overall"]["rows"] == 600
+    assert two["test"]["macro_auc"] == pytest.approx(one["test"]["macro_auc"], abs=0.03)
+    # Each rank reads 3 000 of the 6 000 rows per epoch; together they see every row.
+    assert two["train"]["history"][0]["train_loss"] == pytest.approx(one["train"]["history"][0]["train_loss"],
+                                                                   abs=0.02)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_failed_rank_fails_the_job_with_a_clear_message(tmp_path):
+    """Launched without torchrun's agent (as on several machines, where nothing kills the survivors): rank 1
+    raises (a crash) or sleeps (a hang) at its first validation; rank 0 must stop with a clear error within a
+    bounded time, not wait forever. Both jobs run at once to keep the test short."""
+    config = _config(tmp_path, "crash", "dnn", {"dataset": "synthetic", "options": {"rows": 1_000}},
+                     epochs=1, dist_timeout=5)
+    jobs = {}
+    for mode in ("raise", "hang"):
+        env = _env(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+                   MSREC_TEST_CRASH_RANK="1", MSREC_TEST_CRASH_MODE=mode)
+        jobs[mode] = [subprocess.Popen([PYTHON, str(WORKER), str(tmp_path / mode), str(config)],
+                                       env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    started = time.monotonic()
+    try:
+        errors = {mode: procs[0].communicate(timeout=LAUNCH_TIMEOUT)[1] for mode, procs in jobs.items()}
+        waited = time.monotonic() - started
+    finally:
+        for procs in jobs.values():
+            for p in procs:
+                p.kill()
+                p.communicate()
+    for mode, procs in jobs.items():
+        assert procs[0].returncode != 0, mode
+        assert "rank 0/2: distributed training stopped: another rank crashed or did not answer within " \
+               "train.dist_timeout=5s" in errors[mode], errors[mode][-2000:]
+        assert not (tmp_path / mode / "crash").exists()  # no run directory from a failed job
+    assert "Timed out" in errors["hang"] or "timed out" in errors["hang"]
+    assert waited < LAUNCH_TIMEOUT / 2
+
+
+def test_launch_names_the_rank_that_failed_first(monkeypatch):
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    def failed(_args):
+        failures = {1: ProcessFailure(local_rank=1, pid=1, exitcode=3, error_file="none"),
+                    0: ProcessFailure(local_rank=0, pid=2, exitcode=-15, error_file="none")}
+        failures[1].timestamp, failures[0].timestamp = 10, 11
+        raise ChildFailedError("msrec", failures)
+
+    monkeypatch.setattr("torch.distributed.run.run", failed)
+    with pytest.raises(MsrecError, match=r"rank 1 \(exit code 3\) stopped first"):
+        distributed.launch(2, ["train", "config.yaml"])
+    with pytest.raises(MsrecError, match="--nproc"):
+        distributed.launch(0, ["train", "config.yaml"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 200), batch=st.integers(4, 48), world=st.integers(2, 4))
+def test_rank_shares_rebuild_the_single_process_global_batches(n, batch, world):
+    """Every rank's share of global batch k, in rank order, is batch k of the single process; the loss
+    factors make the mean over ranks of the scaled per-rank means the global-batch mean."""
+    table = synthetic_table(n)
+    cfg = TrainConfig(batch_size=batch, seed=7)
+    trainer = Trainer(torch.nn.Linear(1, 1), cfg, ["s0"], ["click"])
+    single = [b.sparse for b, _ in trainer._train_batches(table, 0, torch.Generator().manual_seed(7))]
+    shares = []
+    for rank in range(world):
+        trainer.dist = distributed.DistInfo(rank, world)
+        steps = trainer._steps_per_epoch(table)
+        shares.append(list(trainer._train_batches(table, steps, torch.Generator().manual_seed(7))))
+    steps = len(shares[0])
+    assert all(len(s) == steps for s in shares)  # every rank takes the same number of steps (else DDP hangs)
+    assert steps == len(single) - (1 if 0 < n % batch < world else 0)  # only a last batch too small to share
+    for k in range(steps):
+        assert torch.equal(torch.cat([s[k][0].sparse for s in shares]), single[k])
+        assert all(len(s[k][0]) > 0 for s in shares)
+        losses = [s[k][0].sparse.double() for s in shares]  # any per-row loss: DDP averages scaled means
+        ddp = sum(s[k][1] * loss.mean() for s, loss in zip(shares, losses)) / world
+        assert float(ddp) == pytest.approx(float(single[k].double().mean()), rel=1e-12)
+
+
+def test_global_batch_smaller_than_the_ranks_is_an_error():
+    trainer = Trainer(torch.nn.Linear(1, 1), TrainConfig(batch_size=3), ["s0"], ["click"])
+    trainer.dist = distributed.DistInfo(0, 4)
+    with pytest.raises(MsrecError, match="batch_size"):
+        trainer._steps_per_epoch(synthetic_table(10))
+
+
+def synthetic_table(n: int):
+    from msrec.data.table import TensorTable
+
+    return TensorTable(sparse=torch.arange(n).unsqueeze(1), dense=torch.zeros(n, 1),
+                       scenario=torch.zeros(n, dtype=torch.long), labels=torch.zeros(n, 1))

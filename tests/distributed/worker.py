@@ -1,0 +1,34 @@
+"""A training worker for the distributed tests: `worker.py OUT_DIR CONFIG [CONFIG ...]`.
+
+Launched once per rank (by torchrun, or by a test that sets RANK / WORLD_SIZE / MASTER_* itself). Trains
+each config with `msrec.api.train`, saving the run to OUT_DIR/<config stem> (rank 0 only, by msrec), and
+writes this rank's metrics to OUT_DIR/<config stem>.rank<r>.json.
+
+MSREC_TEST_CRASH_RANK=r makes rank r fail at its first validation: MSREC_TEST_CRASH_MODE=raise (default)
+raises, `hang` sleeps, so that the other ranks' handling of a dead or silent peer can be tested.
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import msrec.api
+from msrec.train.trainer import Trainer
+
+rank = int(os.environ.get("RANK", "0"))
+if os.environ.get("MSREC_TEST_CRASH_RANK") == str(rank):
+    def _fail(self, table):
+        if os.environ.get("MSREC_TEST_CRASH_MODE", "raise") == "hang":
+            time.sleep(600)
+        raise RuntimeError(f"injected crash on rank {rank}")
+
+    Trainer.evaluate = _fail
+
+out = Path(sys.argv[1])
+out.mkdir(parents=True, exist_ok=True)
+for config in sys.argv[2:]:
+    name = Path(config).stem
+    result = msrec.api.train(config, out=out / name)
+    (out / f"{name}.rank{rank}.json").write_text(json.dumps(result.metrics))
