@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from serve_fixtures import make_raw
 from typer.testing import CliRunner
 
@@ -184,3 +186,36 @@ def test_serve_command(run_dirs, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6)
+
+
+@st.composite
+def mangled_records(draw) -> list:
+    """Valid records with some fields replaced by arbitrary JSON values, dropped, or joined by extra keys."""
+    rows = request_rows()[: draw(st.integers(1, 4))]
+    for row in rows:
+        for key in list(row):
+            action = draw(st.sampled_from(["keep", "keep", "keep", "replace", "drop"]))
+            if action == "replace":
+                row[key] = draw(json_values)
+            elif action == "drop":
+                del row[key]
+        row.update(draw(st.dictionaries(st.text(max_size=6), json_values, max_size=2)))
+    return rows
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=mangled_records())
+def test_no_request_body_gets_a_server_error(client, records):
+    answer = client.post("/predict", content=json.dumps(records).encode(), headers={"content-type": "application/json"})
+    assert answer.status_code in (200, 400, 413, 422), answer.text
+    if answer.status_code == 200:
+        assert len(answer.json()["scores"]) == len(records)
+    else:
+        assert answer.json()["detail"]
