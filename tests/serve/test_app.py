@@ -74,6 +74,17 @@ def test_records_are_scored_in_order_and_independently_of_the_request(client):
     assert len(np.unique(together.round(6), axis=0)) > 1  # the rows really are scored differently
 
 
+def test_one_request_is_one_batch(client):
+    """The records of a request go through the model in one forward pass, not one per record."""
+    sizes: list[int] = []
+    hook = client.app.state.service.run.model.register_forward_hook(lambda m, args, out: sizes.append(len(out)))
+    try:
+        assert client.post("/predict", json=request_rows()).status_code == 200
+    finally:
+        hook.remove()
+    assert sizes == [len(request_rows())]
+
+
 def test_health_and_metadata(client, encoder):
     assert client.get("/health").json() == {"status": "ok"}
     meta = client.get("/metadata").json()
