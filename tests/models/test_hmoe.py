@@ -82,3 +82,15 @@ def test_multi_task_shape_and_both_tasks_train():
 def test_learns_on_synthetic_data():
     before, after = learns("hmoe")
     assert after > before + 0.08 and after > 0.6, (before, after)
+
+
+def test_gates_start_with_most_weight_on_their_own_tower():
+    spec = make_spec(tasks=2)
+    torch.manual_seed(0)
+    model = build_model("hmoe", spec, {"gate_init_own": 0.7})
+    batch = make_batch(spec, [2, 0, 1])
+    h = model.bottom(model.embedding.flat(batch))
+    w = model.gate_weights(tuple(h[i:i + 1] for i in (1, 2, 0)))  # rows grouped by scenario 0, 1, 2
+    expected = torch.full((3, 3), 0.15).fill_diagonal_(0.7)
+    torch.testing.assert_close(w[:, :, 0], expected)
+    torch.testing.assert_close(w[:, :, 1], expected)

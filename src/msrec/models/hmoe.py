@@ -13,13 +13,16 @@ each tower runs once per row (its own rows with gradient, the others forward onl
 
 Choices: the towers' scores are logits and the mixture is over logits (the model returns logits; a
 mixture of probabilities would need a clamped inverse sigmoid); each gate is a linear layer over `h`
-(and the indicator embeddings `z` with `gate_indicators`) with zero-initialized weights, so training
-starts from a uniform mixture; one softmax per task. Tower dropout applies to foreign rows too (they
-are scored in the same training pass); towers have no batch norm, so foreign rows never touch a
-tower's state.
+(and the indicator embeddings `z` with `gate_indicators`) with zero-initialized weights and a bias that
+puts `gate_init_own` (0.8) of the weight on the scenario's own tower, so training starts near
+Split&Merge (a uniform start gives the own tower only 1/S of its rows' gradient); one softmax per
+task. Tower dropout applies to foreign rows too (they are scored in the same training pass); towers have
+no batch norm, so foreign rows never touch a tower's state.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from pydantic import Field
@@ -38,6 +41,8 @@ class HMoEOptions(ModelOptions):
     tower_dropout: float = Field(0.1, ge=0, le=1)
     gate_indicators: bool = False
     """Whether the gates also read the scenario-indicator embeddings `z` besides `h`."""
+    gate_init_own: float = Field(0.8, gt=0, lt=1)
+    """Initial weight of a scenario's own tower in its gate (the rest shared equally by the others)."""
 
 
 @register("hmoe", HMoEOptions,
@@ -55,9 +60,14 @@ class HMoE(nn.Module):
         gate_dim = self.bottom.out_dim + len(self.scenario_fields) * options.embed_dim
         self.gates = nn.ModuleList(nn.Linear(gate_dim, spec.num_scenarios * spec.num_tasks)
                                    for _ in range(spec.num_scenarios))
-        for gate in self.gates:
+        # Zero weights, and a bias that starts each gate at `gate_init_own` on its own tower: training
+        # starts close to Split&Merge (the own tower gets most of the gradient) and the gate learns to borrow.
+        S = spec.num_scenarios
+        own = math.log(options.gate_init_own * max(S - 1, 1) / (1 - options.gate_init_own)) if S > 1 else 0.0
+        for s, gate in enumerate(self.gates):
             nn.init.zeros_(gate.weight)
-            nn.init.zeros_(gate.bias)
+            with torch.no_grad():
+                gate.bias.view(S, spec.num_tasks).zero_()[s] = own
 
     def gate_weights(self, grouped: tuple[Tensor, ...]) -> Tensor:
         """Gate s on scenario s's rows: `[N, S, T]` softmax weights over the towers, in grouped order."""
