@@ -114,11 +114,15 @@ class GeneratedLayer:
 class WeightGenerator(nn.Module):
     """`z [U, cond_dim] -> (W_k, b_k)` for the layers `dims[0] -> dims[1] -> ... -> dims[K]`.
 
-    The generator is an MLP whose output is reshaped into the layers' parameters. Its output bias is
-    initialised to an ordinary draw of those parameters (uniform, std 1/sqrt(fan_in)) and its output weights to small
-    values (`delta_scale` of that size), so the generated network starts close to a normal shared MLP and
-    the condition-dependent part grows as training finds it useful. Low rank (`rank` set): only the gains
-    `g_k(z)` of `W_k = U_k diag(g_k(z)) V_k` are generated (starting near 1), `U_k`, `V_k` are shared.
+    The generator's output, reshaped into the layers' parameters, is `base + scale * head(body(z))`:
+    - `base` (the shared part) starts as an ordinary draw of those parameters (std 1/sqrt(fan_in)), so the
+      generated network starts close to a plain shared MLP;
+    - `scale` is fixed: each parameter's init size over sqrt(width of `body`). Without it one optimizer
+      step on `head` moves a generated weight by about lr times the sum of the `body` activations (tens of
+      times a plain weight's step), which made training plateau or jump on MovieLens; `head` starts at
+      `delta_scale` of that size, so the condition-dependent part starts small.
+    Low rank (`rank` set): only the gains `g_k(z)` of `W_k = U_k diag(g_k(z)) V_k` are generated
+    (base 1), `U_k`, `V_k` are shared.
     """
 
     def __init__(self, cond_dim: int, dims: list[int], hidden: list[int] | None = None, rank: int | None = None,
@@ -152,14 +156,13 @@ class WeightGenerator(nn.Module):
             self.sizes.append((w_size, b_size))
         self.body = MLP(cond_dim, hidden or [], activation=activation)
         total = sum(w + b for w, b in self.sizes)
-        self.head = nn.Linear(self.body.out_dim, total)
-        with torch.no_grad():
-            self.head.bias.copy_(torch.cat(init))
-            std = torch.cat(scales) * delta_scale / math.sqrt(self.body.out_dim)
-            self.head.weight.copy_(torch.randn(total, self.body.out_dim) * std[:, None])
+        self.base = nn.Parameter(torch.cat(init))
+        self.head = nn.Linear(self.body.out_dim, total, bias=False)
+        nn.init.normal_(self.head.weight, std=delta_scale)
+        self.register_buffer("scale", torch.cat(scales) / math.sqrt(self.body.out_dim), persistent=False)
 
     def forward(self, z: Tensor) -> list[GeneratedLayer]:
-        flat = self.head(self.body(z))  # [U, total]
+        flat = self.base + self.scale * self.head(self.body(z))  # [U, total]
         layers = []
         for k, part in enumerate(flat.split([w + b for w, b in self.sizes], dim=1)):
             w_size, b_size = self.sizes[k]
