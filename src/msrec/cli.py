@@ -112,7 +112,7 @@ def models():
 
 @app.command()
 def demo(rows: int = typer.Option(None, help="Synthetic rows (default 100,000)", show_default=False),
-         epochs: int = typer.Option(None, help="Epochs per model (default 3)", show_default=False),
+         epochs: int = typer.Option(None, help="Epochs per model (default 2)", show_default=False),
          model: Annotated[list[str] | None, typer.Option(help="Models to run (default: all)")] = None,
          out_dir: Annotated[Path, typer.Option("--out", help="Report folder (replaced)")] = Path("runs/demo")):
     """A short benchmark: every model once on the synthetic default; prints the per-scenario AUC table with

@@ -377,9 +377,6 @@ def run_benchmark(spec: str | Path | dict | BenchmarkSpec, out: str | Path | Non
     runs_dir.mkdir(parents=True, exist_ok=True)
     for stale in runs_dir.glob(".*.tmp"):  # left by a killed run; never a finished result
         stale.unlink(missing_ok=True)
-    (out / "spec.yaml").write_text(yaml.safe_dump(grid.spec.model_dump(mode="json", exclude_none=True),
-                                                  sort_keys=False))
-
     todo = []
     for rid, label, seed in grid.order:
         done = runs_dir / f"{rid}.json"
@@ -389,6 +386,8 @@ def run_benchmark(spec: str | Path | dict | BenchmarkSpec, out: str | Path | Non
                                  f"seed {seed} now); use another --out, or --overwrite to redo the runs")
             continue
         todo.append(rid)
+    (out / "spec.yaml").write_text(yaml.safe_dump(grid.spec.model_dump(mode="json", exclude_none=True),
+                                                  sort_keys=False))
     labels_of = {rid: label for rid, label, _ in grid.order}
     seed_of = {rid: seed for rid, _, seed in grid.order}
     console.print(f"[bold]{grid.title}[/bold]: {len(grid.labels)} models x {len(grid.seeds)} seeds = "

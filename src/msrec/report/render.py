@@ -335,7 +335,7 @@ def _header_lines(grid, records, failures) -> list[str]:
     split = ("a fixed split for every seed (data.split_seed = "
              f"{data.split_seed})" if not grid.spec.resplit else "a new split per seed (split seed = run seed)")
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    what = (f"{len(grid.labels)} models x {len(grid.seeds)} seeds ({', '.join(map(str, grid.seeds))}) on "
+    what = (f"{len(grid.labels)} models ({', '.join(grid.labels)}) x {len(grid.seeds)} seeds ({', '.join(map(str, grid.seeds))}) on "
             f"`{data.dataset or data.train}`; {first.split if first else 'test'} rows: {rows}; {split}.")
     how = (f"{len(records)} runs finished, {len(failures)} failed. Generated {when} by msrec {msrec.__version__} "
            f"(torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
