@@ -51,10 +51,26 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
-def _run(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=_env(**env), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, check=False)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
+class Job:
+    """A process started now and waited for later, its output in a file (jobs run side by side: the
+    machine's cores are busy with one job's imports while another's rank waits on its peer)."""
+
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str]):
+        self.cmd, self.log, self.started = cmd, log, time.monotonic()
+        with log.open("w") as f:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
+
+    def wait(self) -> tuple[int, str, float]:
+        """Exit code, output, seconds from start to exit."""
+        try:
+            code = self.proc.wait(timeout=max(1.0, LAUNCH_TIMEOUT - (time.monotonic() - self.started)))
+        finally:
+            self.proc.kill()
+        return code, self.log.read_text(), time.monotonic() - self.started
+
+    def check(self) -> None:
+        code, output, _ = self.wait()
+        assert code == 0, f"{' '.join(self.cmd)} failed:\n{output[-4000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -76,21 +92,51 @@ def configs(tmp_path_factory) -> dict[str, Path]:
             "stream": _config(folder, "stream", "dnn", stream)}
 
 
-@pytest.fixture(scope="module")
-def cli_run(configs) -> Path:
-    """`msrec train --nproc 2` (the torchrun wrapper) on the dnn config."""
-    out = configs["folder"] / "cli-dnn"
-    _run([PYTHON, "-m", "msrec", "train", str(configs["dnn"]), "--out", str(out), "--nproc", "2"])
-    return out
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def torchrun_runs(configs) -> Path:
-    """`torchrun --nproc_per_node 2` of a worker training the separate model and the streaming config."""
-    out = configs["folder"] / "torchrun"
-    _run([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), str(out),
-          str(configs["separate"]), str(configs["stream"])])
-    return out
+def jobs(configs):
+    """Every 2-rank job of this module, started at once:
+    - `cli`: `msrec train --nproc 2` (the torchrun wrapper) on the dnn config;
+    - `torchrun`: `torchrun --nproc_per_node 2` of a worker training the separate model and the streaming config;
+    - `raise` / `hang`: 2 ranks started by hand, without torchrun's agent (as on several machines, where nothing
+      kills the survivors), rank 1 raising (a crash) or sleeping (a hang) at its first validation."""
+    folder = configs["folder"]
+    started = {
+        "cli": Job([PYTHON, "-m", "msrec", "train", str(configs["dnn"]), "--out", str(folder / "cli-dnn"),
+                    "--nproc", "2"], folder / "cli.log", _env()),
+        "torchrun": Job([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
+                         str(folder / "torchrun"), str(configs["separate"]), str(configs["stream"])],
+                        folder / "torchrun.log", _env()),
+    }
+    crash = _config(folder, "crash", "dnn", {"dataset": "synthetic", "options": {"rows": 1_000}},
+                    epochs=1, dist_timeout=5)
+    for mode in ("raise", "hang"):
+        env = _env(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+                   MSREC_TEST_CRASH_RANK="1", MSREC_TEST_CRASH_MODE=mode)
+        for r in (0, 1):
+            started[f"{mode}{r}"] = Job([PYTHON, str(WORKER), str(folder / mode), str(crash)],
+                                        folder / f"{mode}{r}.log", {**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+    yield started
+    for job in started.values():
+        job.proc.kill()
+        job.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cli_run(configs, jobs) -> Path:
+    jobs["cli"].check()
+    return configs["folder"] / "cli-dnn"
+
+
+@pytest.fixture(scope="module")
+def torchrun_runs(configs, jobs) -> Path:
+    jobs["torchrun"].check()
+    return configs["folder"] / "torchrun"
 
 
 def _assert_same_metrics(two: dict, one: dict) -> None:
@@ -138,41 +184,17 @@ def test_streaming_two_ranks_each_read_their_row_groups(configs, torchrun_runs):
                                                                    abs=0.02)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_a_failed_rank_fails_the_job_with_a_clear_message(tmp_path):
-    """Launched without torchrun's agent (as on several machines, where nothing kills the survivors): rank 1
-    raises (a crash) or sleeps (a hang) at its first validation; rank 0 must stop with a clear error within a
-    bounded time, not wait forever. Both jobs run at once to keep the test short."""
-    config = _config(tmp_path, "crash", "dnn", {"dataset": "synthetic", "options": {"rows": 1_000}},
-                     epochs=1, dist_timeout=5)
-    jobs = {}
-    for mode in ("raise", "hang"):
-        env = _env(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-                   MSREC_TEST_CRASH_RANK="1", MSREC_TEST_CRASH_MODE=mode)
-        jobs[mode] = [subprocess.Popen([PYTHON, str(WORKER), str(tmp_path / mode), str(config)],
-                                       env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    started = time.monotonic()
-    try:
-        errors = {mode: procs[0].communicate(timeout=LAUNCH_TIMEOUT)[1] for mode, procs in jobs.items()}
-        waited = time.monotonic() - started
-    finally:
-        for procs in jobs.values():
-            for p in procs:
-                p.kill()
-                p.communicate()
-    for mode, procs in jobs.items():
-        assert procs[0].returncode != 0, mode
-        assert "rank 0/2: distributed training stopped: another rank crashed or did not answer within " \
-               "train.dist_timeout=5s" in errors[mode], errors[mode][-2000:]
-        assert not (tmp_path / mode / "crash").exists()  # no run directory from a failed job
-    assert "Timed out" in errors["hang"] or "timed out" in errors["hang"]
-    assert waited < LAUNCH_TIMEOUT / 2
+@pytest.mark.parametrize("mode", ["raise", "hang"])
+def test_a_failed_rank_fails_the_job_with_a_clear_message(configs, jobs, mode):
+    """Rank 1 crashed or hangs; rank 0 must stop with a clear error within a bounded time, not wait forever."""
+    code, output, seconds = jobs[f"{mode}0"].wait()
+    assert code != 0
+    assert "rank 0/2: distributed training stopped: another rank crashed or did not answer within " \
+           "train.dist_timeout=5s" in output, output[-3000:]
+    if mode == "hang":
+        assert "timed out" in output.lower()
+    assert seconds < LAUNCH_TIMEOUT / 2
+    assert not (configs["folder"] / mode / "crash").exists()  # no run directory from a failed job
 
 
 def test_launch_names_the_rank_that_failed_first(monkeypatch):
