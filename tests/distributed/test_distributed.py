@@ -238,6 +238,14 @@ def test_rank_shares_rebuild_the_single_process_global_batches(n, batch, world):
         assert float(ddp) == pytest.approx(float(single[k].double().mean()), rel=1e-12)
 
 
+@pytest.mark.parametrize("env", [{"WORLD_SIZE": "2", "RANK": "2"}, {"WORLD_SIZE": "two"}])
+def test_a_bad_launch_environment_is_named(monkeypatch, env):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(MsrecError, match="RANK"):
+        distributed.env_info()
+
+
 def test_global_batch_smaller_than_the_ranks_is_an_error():
     trainer = Trainer(torch.nn.Linear(1, 1), TrainConfig(batch_size=3), ["s0"], ["click"])
     trainer.dist = distributed.DistInfo(0, 4)

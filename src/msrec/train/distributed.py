@@ -178,6 +178,8 @@ def launch(nproc: int, args: list[str]) -> None:
 
     if nproc < 1:
         raise MsrecError(f"--nproc must be >= 1, got {nproc}")
+    # Each worker's share of the cores for torch's threads (torchrun would otherwise set 1 and say so).
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     launcher = get_args_parser().parse_args(["--standalone", "--nproc_per_node", str(nproc), "-m", "msrec", *args])
     try:
         run(launcher)
