@@ -48,7 +48,7 @@ class DynamicWeightOptions(ModelOptions):
 
 
 @register("dynamic_weight", DynamicWeightOptions,
-          "A generator maps the scenario features to the weights of an MLP (optionally low rank)")
+          "A generator maps the scenario features to an MLP's weights (optionally low rank)")
 class DynamicWeight(nn.Module):
     def __init__(self, spec: FeatureSpec, options: DynamicWeightOptions):
         super().__init__()

@@ -47,8 +47,7 @@ class M2MOptions(ModelOptions):
     tower_layers: int = Field(2, ge=0)
 
 
-@register("m2m", M2MOptions, "Multi-scenario multi-task MMoE whose expert attention and towers are meta units "
-          "generated from the scenario (M2M)")
+@register("m2m", M2MOptions, "Multi-task MMoE; expert attention and towers generated from the scenario (M2M)")
 class M2M(nn.Module):
     def __init__(self, spec: FeatureSpec, options: M2MOptions):
         super().__init__()

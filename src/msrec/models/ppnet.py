@@ -58,8 +58,7 @@ def personal_field_indices(spec: FeatureSpec, names: list[str] | None) -> list[i
     return sorted(sorted(others, key=lambda i: -spec.sparse_vocab[i])[:2])
 
 
-@register("ppnet", PPNetOptions, "Gates (2*sigmoid) on each hidden layer from scenario + id embeddings, "
-          "stop-gradient on the shared embeddings (PPNet)")
+@register("ppnet", PPNetOptions, "Hidden-layer gates from scenario and ids over stop-gradient embeddings (PPNet)")
 class PPNet(nn.Module):
     def __init__(self, spec: FeatureSpec, options: PPNetOptions):
         super().__init__()
