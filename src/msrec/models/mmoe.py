@@ -1,0 +1,63 @@
+"""mmoe: Multi-gate Mixture-of-Experts (Ma et al., KDD 2018) used multi-scenario style: the scenarios
+play the part of MMoE's tasks.
+
+    X     = [expert_1(e); ...; expert_E(e)]          shared experts, every row        [B, E, d]
+    w_s   = softmax(W_s e + b_s)                      gate of scenario s, its rows      [n_s, E]
+    logit = tower_s(sum_i w_{s,i} X_i)                tower of scenario s, its rows     [n_s, T]
+
+Every row trains the shared experts (and embeddings); gate s and tower s run only on scenario s's rows
+(`ScenarioRouting`), so they learn from that scenario alone and cost one pass per row.
+
+Choices (the paper is multi-task, not multi-scenario):
+- One gate and one tower per scenario; with T tasks the tower has T outputs (one head per task on the
+  scenario's tower, as in split_merge), not one gate per (scenario, task): the experts are shared by
+  scenarios, which is where this structure is compared in the multi-scenario literature.
+- The gate reads the model input `e` (as in the paper); it is a single linear layer and a softmax.
+- Experts are MLPs over `e` ending with their last hidden activation (`hidden`; the last width is d).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from torch import Tensor, nn
+
+from msrec.data.table import Batch
+from msrec.models.registry import ModelOptions, register
+from msrec.nn import FeatureEmbedding, ScenarioRouting
+from msrec.nn.moe import ExpertGate, Experts, mix, route_many
+from msrec.nn.towers import ScenarioTowers
+from msrec.schema import FeatureSpec
+
+
+class MMoEOptions(ModelOptions):
+    """`hidden`: each expert's MLP (its last width is the expert size d); `experts`: E;
+    `tower_hidden` / `tower_dropout`: each scenario's tower."""
+
+    hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
+    experts: int = Field(4, ge=1)
+    tower_hidden: list[int] = Field(default_factory=lambda: [64])
+    tower_dropout: float = Field(0.1, ge=0, le=1)
+
+
+@register("mmoe", MMoEOptions, "Shared experts; one softmax gate and one tower per scenario on its own rows (MMoE)")
+class MMoE(nn.Module):
+    def __init__(self, spec: FeatureSpec, options: MMoEOptions):
+        super().__init__()
+        o = options
+        self.num_scenarios = spec.num_scenarios
+        self.embedding = FeatureEmbedding(spec, o.embed_dim)
+        self.experts = Experts(self.embedding.flat_dim, o.hidden, o.experts, o.dropout, o.activation, o.batch_norm)
+        self.gates = nn.ModuleList(ExpertGate(self.embedding.flat_dim, o.experts) for _ in range(spec.num_scenarios))
+        self.towers = ScenarioTowers(self.experts.out_dim, o.tower_hidden, spec.num_tasks, spec.num_scenarios,
+                                     o.tower_dropout, o.activation)
+
+    def gate_weights(self, batch: Batch) -> Tensor:
+        """`[B, E]`: each row's weights over the experts, from its own scenario's gate."""
+        routing = ScenarioRouting(batch.scenario, self.num_scenarios)
+        return routing.apply(lambda s, e: self.gates[s](e), self.embedding.flat(batch))
+
+    def forward(self, batch: Batch) -> Tensor:
+        e = self.embedding.flat(batch)
+        x = self.experts(e)
+        routing = ScenarioRouting(batch.scenario, self.num_scenarios)
+        return route_many(routing, lambda s, e_s, x_s: self.towers[s](mix(self.gates[s](e_s), x_s)), e, x)

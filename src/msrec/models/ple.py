@@ -1,0 +1,112 @@
+"""ple: Progressive Layered Extraction (Tang et al., RecSys 2020) used multi-scenario style: shared
+experts plus experts of each scenario, stacked in levels of Customized Gate Control (CGC).
+
+    level k (h^0_sh = h^0_s = e):
+      A_sh  = shared_k(h_sh)                               shared experts, every row        [B, Es, d]
+      A_s   = specific_{k,s}(h_s)                          scenario s's experts, its rows   [n_s, Ep, d]
+      h_s  <- sum softmax(G_{k,s} h_s) * [A_sh; A_s]        gate of scenario s, its rows
+      h_sh <- sum softmax(G_{k,sh} h_sh) * [A_sh; A_s]      shared gate (every level but the last)
+    logit = tower_s(h_s^K)                                 tower of scenario s, its rows    [n_s, T]
+
+Scenario s's experts, gates and tower run only on scenario s's rows (`ScenarioRouting`), so they learn
+from that scenario alone; the shared experts and the shared gates learn from every row.
+
+Choices (the paper is multi-task, not multi-scenario):
+- Scenarios play the part of PLE's tasks. With T tasks each scenario's tower has T outputs (one head per
+  task), as in split_merge and mmoe.
+- The paper's shared gate mixes the shared experts and *every* task's experts. Here a row's shared gate
+  mixes the shared experts and its *own* scenario's experts only (the same count, Es + Ep, for every
+  scenario): running another scenario's experts on a row would break "scenario modules see only their own
+  rows" and cost S times the work. The shared stream thus still carries a little of each row's scenario.
+- Gates are a single linear layer and a softmax over the input of their stream (`h_s` or `h_sh`).
+- Every level's experts have the widths `hidden` (the last width is d); the first level reads `e`.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from msrec.data.table import Batch
+from msrec.models.registry import ModelOptions, register
+from msrec.nn import FeatureEmbedding, ScenarioRouting
+from msrec.nn.moe import ExpertGate, Experts, mix, route_many
+from msrec.nn.towers import ScenarioTowers
+from msrec.schema import FeatureSpec
+
+
+class PLEOptions(ModelOptions):
+    """`hidden`: each expert's MLP (its last width is the expert size d); `levels`: extraction levels (1 is
+    CGC); `shared_experts` / `specific_experts`: experts shared by all scenarios / of each scenario, per level;
+    `tower_hidden` / `tower_dropout`: each scenario's tower."""
+
+    hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
+    levels: int = Field(2, ge=1)
+    shared_experts: int = Field(2, ge=1)
+    specific_experts: int = Field(1, ge=1)
+    tower_hidden: list[int] = Field(default_factory=lambda: [64])
+    tower_dropout: float = Field(0.1, ge=0, le=1)
+
+
+class ExtractionLevel(nn.Module):
+    """One CGC level: shared experts, each scenario's experts and gate, and (but for the last level) the gate
+    of the shared stream."""
+
+    def __init__(self, in_dim: int, options: PLEOptions, num_scenarios: int, last: bool):
+        super().__init__()
+        o = options
+        self.shared = Experts(in_dim, o.hidden, o.shared_experts, o.dropout, o.activation, o.batch_norm)
+        self.specific = nn.ModuleList(Experts(in_dim, o.hidden, o.specific_experts, o.dropout, o.activation,
+                                              o.batch_norm) for _ in range(num_scenarios))
+        n = o.shared_experts + o.specific_experts
+        self.gates = nn.ModuleList(ExpertGate(in_dim, n) for _ in range(num_scenarios))
+        self.shared_gate = None if last else ExpertGate(in_dim, n)
+        self.out_dim = self.shared.out_dim
+        self.num_weights = n
+
+    def forward(self, h_sh: Tensor, h_sc: Tensor, routing: ScenarioRouting) -> tuple[Tensor | None, Tensor, Tensor]:
+        """New shared stream (None after the last level), new scenario stream, and the scenario gates' weights."""
+        def run(s: int, sc: Tensor, shared_out: Tensor, sh: Tensor) -> Tensor:
+            experts = torch.cat([shared_out, self.specific[s](sc)], 1)  # [n_s, Es + Ep, d]
+            w = self.gates[s](sc)
+            outs = [mix(w, experts), w]
+            if self.shared_gate is not None:
+                outs.append(mix(self.shared_gate(sh), experts))
+            return torch.cat(outs, 1)
+
+        out = route_many(routing, run, h_sc, self.shared(h_sh), h_sh)
+        d, n = self.out_dim, self.num_weights
+        new_sh = None if self.shared_gate is None else out[:, d + n:]
+        return new_sh, out[:, :d], out[:, d:d + n]
+
+
+@register("ple", PLEOptions, "Shared and per-scenario experts in gated extraction levels, per-scenario towers (PLE)")
+class PLE(nn.Module):
+    def __init__(self, spec: FeatureSpec, options: PLEOptions):
+        super().__init__()
+        o = options
+        self.num_scenarios = spec.num_scenarios
+        self.embedding = FeatureEmbedding(spec, o.embed_dim)
+        dims = [self.embedding.flat_dim] + [o.hidden[-1]] * (o.levels - 1)
+        self.levels = nn.ModuleList(ExtractionLevel(dim, o, spec.num_scenarios, k == o.levels - 1)
+                                    for k, dim in enumerate(dims))
+        self.towers = ScenarioTowers(o.hidden[-1], o.tower_hidden, spec.num_tasks, spec.num_scenarios,
+                                     o.tower_dropout, o.activation)
+
+    def _extract(self, batch: Batch) -> tuple[Tensor, list[Tensor], ScenarioRouting]:
+        routing = ScenarioRouting(batch.scenario, self.num_scenarios)
+        h_sh = h_sc = self.embedding.flat(batch)
+        weights = []
+        for level in self.levels:
+            h_sh, h_sc, w = level(h_sh, h_sc, routing)
+            weights.append(w)
+        return h_sc, weights, routing
+
+    def gate_weights(self, batch: Batch) -> list[Tensor]:
+        """Per level, `[B, Es + Ep]`: each row's scenario-gate weights over (shared, own scenario's) experts."""
+        return self._extract(batch)[1]
+
+    def forward(self, batch: Batch) -> Tensor:
+        h, _, routing = self._extract(batch)
+        return self.towers(h, routing)

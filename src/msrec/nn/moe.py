@@ -1,0 +1,65 @@
+"""Mixture-of-experts parts (MMoE, PLE): a bank of expert MLPs, softmax gates over experts, and a helper to
+run per-scenario code on several row-aligned tensors at once.
+
+    X      = [expert_1(x); ...; expert_E(x)]          [B, E, d]
+    w(x)   = softmax(W x + b)                         [B, E], one weight per expert, summing to 1
+    mix    = sum_i w_i X_i                            [B, d]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from msrec.nn.mlp import MLP
+from msrec.nn.routing import ScenarioRouting
+
+
+class Experts(nn.Module):
+    """`num` independent MLPs over the same input; `forward` gives `[B, num, out_dim]`."""
+
+    def __init__(self, in_dim: int, hidden: list[int], num: int, dropout: float = 0.0, activation: str = "relu",
+                 batch_norm: bool = False):
+        super().__init__()
+        self.experts = nn.ModuleList(MLP(in_dim, hidden, None, dropout, activation, batch_norm) for _ in range(num))
+        self.num = num
+        self.out_dim = self.experts[0].out_dim if num else in_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([expert(x) for expert in self.experts], 1)
+
+
+class ExpertGate(nn.Module):
+    """A linear layer and a softmax: `[B, num_experts]` weights that sum to 1 per row."""
+
+    def __init__(self, in_dim: int, num_experts: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, num_experts)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.softmax(self.linear(x), -1)
+
+
+def mix(weights: Tensor, experts: Tensor) -> Tensor:
+    """`[B, E] x [B, E, d] -> [B, d]`: each row's weighted sum of its own expert outputs."""
+    return (weights.unsqueeze(-1) * experts).sum(1)
+
+
+def route_many(routing: ScenarioRouting, fn: Callable[..., Tensor], *xs: Tensor) -> Tensor:
+    """`fn(s, *rows_of_s)` for each scenario present, merged back in row order, where the inputs are several
+    row-aligned tensors of any shape (e.g. the gate input `[B, D]` and the expert outputs `[B, E, d]`).
+
+    The tensors are packed side by side into one `[B, sum]` matrix for `ScenarioRouting.apply` (one split,
+    one merge) and unpacked to their own shapes inside; `fn` must return a 2-D tensor.
+    """
+    shapes = [x.shape[1:] for x in xs]
+    widths = [math.prod(shape) for shape in shapes]
+
+    def unpacked(s: int, rows: Tensor) -> Tensor:
+        parts = rows.split(widths, 1)
+        return fn(s, *(p.reshape(-1, *shape) for p, shape in zip(parts, shapes, strict=True)))
+
+    return routing.apply(unpacked, torch.cat([x.flatten(1) for x in xs], 1))
