@@ -39,6 +39,6 @@ def run_demo(rows: int = DEMO_ROWS, epochs: int = DEMO_EPOCHS, models: list[str]
         console.print(rich_table(table))
     for table in summary.tables:
         if table.title.startswith("Difference") and "AUC" in table.title:
-            console.print(rich_table(table))
+            console.print(rich_table(table, compact=True))
     console.print(f"report: {Path(out) / 'report.html'} (also report.md, results.csv)", highlight=False)
     return result

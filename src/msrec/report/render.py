@@ -29,6 +29,7 @@ METRICS_CSV = ("auc", "logloss", "gauc", "oracle_auc", "rows", "positives")
 class Cell:
     text: str
     best: bool = False
+    short: str | None = None  # a compact form for the terminal
 
 
 @dataclass
@@ -148,7 +149,8 @@ def difference_table(grid, records, task: str, task_index: int, metric: str, mul
             d = paired_difference(observed, reps, higher, seed=len(pairs))
             text = f"{_fmt(d.delta, sign=True)}{'*' if d.significant else ''} [{_fmt(d.low, sign=True)}, " \
                    f"{_fmt(d.high, sign=True)}] {d.wins}/{d.seeds}"
-            cells.append(Cell(text, d.significant and ((d.delta > 0) == higher)))
+            cells.append(Cell(text, d.significant and ((d.delta > 0) == higher),
+                              f"{_fmt(d.delta, sign=True)}{'*' if d.significant else ''}"))
         rows.append(cells)
     if not rows:
         return None
@@ -244,7 +246,7 @@ def auc_plot(grid, records, tasks: list[str]) -> bytes:
         ax.set_ylabel("test AUC" + (f" ({task})" if len(tasks) > 1 else ""))
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_title(f"{grid.title}: test AUC per scenario (mean ± std over seeds)")
-    axes[0].legend(fontsize=7, ncol=min(6, len(runs) + 1), loc="lower left", framealpha=0.8)
+    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _png(fig)
 
 
@@ -275,7 +277,7 @@ def curves_plot(grid, records) -> bytes:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    ax_auc.legend(fontsize=7)
+    ax_loss.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _png(fig)
 
 
@@ -390,14 +392,17 @@ def to_html(grid, summary: Summary, header: list[str]) -> str:
     return "\n".join(parts)
 
 
-def rich_table(t: TableData):
+def rich_table(t: TableData, compact: bool = False):
+    """The table for the terminal; `compact` shows the short form of cells that have one (no intervals)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=t.title)
+    table = Table(title=t.title + (" (* = 95% interval excludes 0; see the report)" if compact else ""))
     for j, h in enumerate(t.header):
-        table.add_column(h, justify="left" if j == 0 else "right")
+        table.add_column(h, justify="left" if j == 0 else "right", no_wrap=j == 0)
     for i, row in enumerate(t.rows):
-        table.add_row(*[f"[bold green]{c.text}[/bold green]" if c.best else c.text for c in row],
+        texts = [escape(c.short if compact and c.short else c.text) for c in row]
+        table.add_row(*[f"[bold green]{x}[/bold green]" if c.best else x for x, c in zip(texts, row)],
                       style="dim italic" if i in t.muted else None)
     return table
 
