@@ -9,7 +9,7 @@ from msrec.models.registry import build_model
 from msrec.nn import meta
 from msrec.nn.meta import condition
 
-VARIANTS = [{}, {"rank": 4}, {"position": "input"}, {"position": "input", "rank": 3, "generated_bias": False}]
+VARIANTS = [{}, {"rank": 4}, {"position": "output"}, {"position": "output", "rank": 3, "generated_bias": False}]
 
 
 def _model(options: dict):
