@@ -12,7 +12,7 @@ from msrec.nn.meta import condition
 
 def _model(tasks=1, **options):
     torch.manual_seed(0)
-    return build_model("m2m", make_spec(tasks), {"dropout": 0.0, **options})
+    return build_model("m2m", make_spec(tasks), {"dropout": 0.0, "hidden": [32, 16], "experts": 3, **options})
 
 
 def test_changing_only_the_scenario_changes_expert_weights_and_tower_output():
@@ -20,14 +20,14 @@ def test_changing_only_the_scenario_changes_expert_weights_and_tower_output():
     batch = make_batch(make_spec(2), [0] * 6)
     moved = with_scenario(batch, 2)
     alpha, alpha_moved = model.expert_weights(batch), model.expert_weights(moved)
-    assert alpha.shape == (6, 2, 4)
+    assert alpha.shape == (6, 2, 3)
     assert torch.allclose(alpha.sum(-1), torch.ones(6, 2))  # a softmax over the experts
     assert not torch.allclose(alpha, alpha_moved, atol=1e-4)
     assert not torch.allclose(model(batch), model(moved), atol=1e-4)
     # The tower itself is scenario-driven: the same tower input, another scenario, another output.
     groups, z = condition(model.embedding, make_batch(make_spec(2), [0, 2]), [3])
     s = model.scenario_net(z)
-    h = torch.randn(1, 64).expand(2, -1)
+    h = torch.randn(1, 16).expand(2, -1)
     out = model.towers[0][0](h, s, groups)
     assert not torch.allclose(out[0], out[1], atol=1e-4)
 
@@ -48,7 +48,7 @@ def test_two_tasks_return_b_by_2_and_both_train():
                                                                     reduction="none").mean(0)
 
     start = per_task_loss().detach()
-    for _ in range(20):
+    for _ in range(40):
         optimizer.zero_grad()
         bce(model, batch).backward()
         optimizer.step()
