@@ -31,14 +31,14 @@ def write(rows: int, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "val.parquet").exists():
-        pq.write_table(synthetic.generate(rows=200_000, seed=10_000), out / "val.parquet")
+        pq.write_table(synthetic.generate(rows=200_000, row_seed=10_000), out / "val.parquet")
     for k in range(rows // CHUNK):
         path = out / "train" / f"part-{k:04d}.parquet"
         if path.exists():
             continue
         path.parent.mkdir(exist_ok=True)
         t0 = time.perf_counter()
-        pq.write_table(synthetic.generate(rows=CHUNK, seed=k), path, row_group_size=250_000)
+        pq.write_table(synthetic.generate(rows=CHUNK, row_seed=k), path, row_group_size=250_000)
         print(f"wrote {path} in {time.perf_counter() - t0:.1f}s", flush=True)
 
 

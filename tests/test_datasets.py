@@ -152,3 +152,20 @@ def test_download_with_a_wrong_checksum_is_refused(tmp_path, monkeypatch):
     with pytest.raises(MsrecError, match="MD5"):
         movielens.load_100k(tmp_path / "ml")
     assert not (tmp_path / "ml" / "u.data").exists()
+
+
+def test_synthetic_row_seed_draws_new_rows_from_the_same_world():
+    import numpy as np
+
+    from msrec.data.datasets import synthetic
+
+    a = synthetic.generate(rows=5_000, row_seed=1)
+    b = synthetic.generate(rows=5_000, row_seed=2)
+    assert a["user_id"].to_pylist() != b["user_id"].to_pylist()
+    # Same world: a user's side features are the same in both chunks.
+    ua = dict(zip(a["user_id"].to_pylist(), a["user_activity"].to_pylist()))
+    ub = dict(zip(b["user_id"].to_pylist(), b["user_activity"].to_pylist()))
+    common = set(ua) & set(ub)
+    assert len(common) > 100 and all(ua[u] == ub[u] for u in common)
+    assert np.array_equal(synthetic.generate(rows=500)["click"].to_numpy(),
+                          synthetic.generate(rows=500, row_seed=None)["click"].to_numpy())

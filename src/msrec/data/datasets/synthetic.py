@@ -36,6 +36,7 @@ class SyntheticOptions(BaseModel):
     heterogeneity: float = Field(1.0, ge=0)
     zipf: float = Field(1.05, gt=0)
     seed: int = 0
+    row_seed: int | None = None
 
     @model_validator(mode="after")
     def _shares(self) -> SyntheticOptions:
@@ -86,10 +87,12 @@ def generate(options: SyntheticOptions | None = None, **kwargs) -> pa.Table:
     price_slope = rng.normal(0, 0.6 * o.heterogeneity, S)
     cvr_cat = rng.normal(0, 0.6, (S, n_cats))
 
-    # Rows.
-    scenario = rng.choice(S, n, p=shares)
-    user = rng.choice(o.users, n, p=_zipf_probs(o.users, o.zipf, rng))
-    item = rng.choice(o.items, n, p=_zipf_probs(o.items, o.zipf, rng))
+    # Rows: from their own random stream when `row_seed` is set, so that chunks of one world (same users,
+    # items and scenarios) can be generated separately, e.g. to write a large dataset file by file.
+    rows_rng = rng if o.row_seed is None else np.random.default_rng([o.seed, o.row_seed])
+    scenario = rows_rng.choice(S, n, p=shares)
+    user = rows_rng.choice(o.users, n, p=_zipf_probs(o.users, o.zipf, rng))
+    item = rows_rng.choice(o.items, n, p=_zipf_probs(o.items, o.zipf, rng))
     u, i = user_vec[user], item_vec[item]
     shared = np.einsum("nk,nk->n", u, i)
     specific = np.empty(n, dtype=np.float32)
@@ -103,7 +106,7 @@ def generate(options: SyntheticOptions | None = None, **kwargs) -> pa.Table:
              + cat_specific[scenario, cat] + group_specific[scenario, grp] + price_slope[scenario] * price
              + 0.3 * activity)
     p_click = _sigmoid(logit)
-    click = rng.random(n) < p_click
+    click = rows_rng.random(n) < p_click
 
     names = pa.array([f"s{s}" for s in range(S)])
     columns = {
@@ -119,7 +122,7 @@ def generate(options: SyntheticOptions | None = None, **kwargs) -> pa.Table:
     }
     if o.tasks == 2:
         p_cvr = _sigmoid(-1.0 + 0.8 * shared + cvr_cat[scenario, cat] - 0.4 * price)
-        columns["conversion"] = (click & (rng.random(n) < p_cvr)).astype(np.int8)
+        columns["conversion"] = (click & (rows_rng.random(n) < p_cvr)).astype(np.int8)
         columns["p_conversion"] = (p_click * p_cvr).astype(np.float32)
     return pa.table(columns)
 
