@@ -107,7 +107,7 @@ def models():
     from msrec.models import list_models
 
     for entry in list_models():
-        out.print(f"[bold]{entry.name:<16}[/bold] {entry.description}", highlight=False)
+        out.print(f"[bold]{entry.name:<16}[/bold] {entry.description}", highlight=False, soft_wrap=True)
 
 
 @app.command()
