@@ -87,7 +87,7 @@ class ParquetStream:
                     f, group, _ = self.pieces[i]
                     out.put(self.encoder.transform(self._read(self.pieces[i]), f"{f} (row group {group})"))
                 out.put(_DONE)
-            except BaseException as err:  # re-raised in the consumer
+            except BaseException as err:  # noqa: BLE001  (re-raised in the consumer thread)
                 out.put(err)
 
         worker = threading.Thread(target=produce, daemon=True)
