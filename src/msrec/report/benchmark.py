@@ -49,6 +49,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from msrec.config import Config, load_config, parse_config
 from msrec.errors import MsrecError
+from msrec.train.run import json_safe
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -257,16 +258,6 @@ def resolve_grid(spec: str | Path | dict | BenchmarkSpec, only: list[str] | None
 
 
 # ------------------------------------------------------------------------------------------ the folder
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def _atomic_write(path: Path, data: bytes) -> None:
     """Written beside its target and renamed: a reader (or a resume) never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -419,7 +410,7 @@ def run_benchmark(spec: str | Path | dict | BenchmarkSpec, out: str | Path | Non
                           "cpu_seconds": time.process_time() - c0,
                           "config": _config_key(cfg), "metrics": metrics}
                 _atomic_write(runs_dir / f"{rid}.npz", _npz_bytes(**arrays))  # scores first: JSON = done
-                _atomic_write(runs_dir / f"{rid}.json", json.dumps(_json_safe(record), indent=1).encode())
+                _atomic_write(runs_dir / f"{rid}.json", json.dumps(json_safe(record), indent=1).encode())
                 (runs_dir / f"{rid}.failed.json").unlink(missing_ok=True)
                 seconds.setdefault(label, []).append(wall)
                 ran += 1

@@ -29,13 +29,14 @@ from msrec.models.registry import build_model
 RUN_FILES = ("config.yaml", "encoder.json", "model.safetensors", "metrics.json")
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """NaN / inf become null, so metrics files are valid JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -65,7 +66,7 @@ def write_run(path: Path, config: Config, encoder: Encoder, model: nn.Module, me
         (tmp / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         encoder.save(tmp / "encoder.json")
         save_model(model, str(tmp / "model.safetensors"))
-        (tmp / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
