@@ -173,3 +173,16 @@ def test_multi_task_shape(partitioned_norm):
 def test_learns_on_synthetic_data():
     before, after = learns("star")
     assert after > before + 0.08 and after > 0.6, (before, after)
+
+
+def test_a_single_row_scenario_does_not_pull_its_running_variance_to_zero():
+    import torch
+
+    from msrec.nn.norm import PartitionedNorm
+
+    norm = PartitionedNorm(4, 2).train()
+    x = torch.randn(9, 4)
+    scenario = torch.tensor([0] * 8 + [1])
+    norm(x, scenario)
+    assert torch.equal(norm.running_var[1], torch.ones(4))
+    assert not torch.equal(norm.running_var[0], torch.ones(4))

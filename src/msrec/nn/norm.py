@@ -43,7 +43,9 @@ class PartitionedNorm(nn.Module):
                 m = self.momentum
                 self.running_mean.copy_(torch.where(present, (1 - m) * self.running_mean + m * mean,
                                                     self.running_mean))
-                self.running_var.copy_(torch.where(present, (1 - m) * self.running_var + m * unbiased,
+                # One row has no variance to learn from: only scenarios with >= 2 rows update it.
+                spread = (counts > 1).unsqueeze(1)
+                self.running_var.copy_(torch.where(spread, (1 - m) * self.running_var + m * unbiased,
                                                    self.running_var))
         else:
             mean, var = self.running_mean, self.running_var
