@@ -61,6 +61,8 @@ def run_dir(synthetic_config, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("row, column, value, expected", [
     (500, "item_price", "abc", "column `item_price` row 500: 'abc' is not a number"),
+    (502, "item_price", "inf", "column `item_price` row 502: inf is not a finite number"),
+    (503, "user_activity", "-inf", "column `user_activity` row 503: -inf is not a finite number"),
     (700, "click", "2", "column `click` row 700: label 2 is not 0 or 1"),
     (11, "click", "-1", "column `click` row 11: label -1 is not 0 or 1"),
     (300, "click", "", "column `click` row 300: missing label"),
@@ -126,6 +128,8 @@ def test_unknown_model_or_model_option(cli, tmp_path, synthetic_config):
     check_error(cli("train", cfg), "unknown model `dnnn`")
     cfg = write_config(tmp_path / "c.yaml", synthetic_config(model={"hiden": [8]}))
     check_error(cli("train", cfg), "unknown option `hiden`")
+    cfg = write_config(tmp_path / "c.yaml", synthetic_config(model={"activation": "relux"}))
+    check_error(cli("train", cfg), "model.activation:", "'relu'", "'gelu'")
 
 
 def test_config_not_found_or_not_yaml(cli, tmp_path):

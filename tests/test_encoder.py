@@ -143,6 +143,21 @@ def test_unknown_scenario_is_an_error_naming_row_and_value():
         enc.transform(bad, "val.csv")
 
 
+def test_infinite_dense_value_is_an_error_naming_row():
+    bad = TRAIN.set_column(2, "price", pa.array([1.0, 2.0, None, float("-inf"), 5.0, 6.0]))
+    with pytest.raises(MsrecError, match=r"train.parquet: column `price` row 4: -inf is not a finite number"):
+        Encoder(schema()).fit(bad, "train.parquet")
+    with pytest.raises(MsrecError, match=r"val.parquet: column `price` row 4: -inf is not a finite number"):
+        fitted().transform(bad, "val.parquet")
+
+
+@pytest.mark.parametrize("values", [[["a"], ["b"]] * 3, [{"k": 1}, {"k": 2}] * 3])
+def test_nested_id_column_is_an_error_naming_column_and_type(values):
+    bad = TRAIN.set_column(0, "user", pa.array(values))
+    with pytest.raises(MsrecError, match=r"train.parquet: column `user` has type (list|struct).*one integer or text"):
+        Encoder(schema()).fit(bad, "train.parquet")
+
+
 def test_integer_scenarios_are_named_by_their_values():
     table = TRAIN.set_column(4, "scene", pa.array([3, 1, 1, 3, 2, 3]))
     enc = Encoder(schema()).fit(table)

@@ -97,3 +97,20 @@ def test_bad_row_group_names_the_file(parquet_folder, tmp_path):
         Encoder(_schema()).fit_chunks(stream.chunks(), str(tmp_path / "bad.parquet"))
     with pytest.raises(MsrecError, match="no Parquet files"):
         ParquetStream(tmp_path / "missing", table.column_names)
+
+
+def test_evaluating_a_streaming_run_reads_only_its_test_file(parquet_folder, tmp_path):
+    """A training set larger than memory must not be read again to evaluate the run: here it is gone."""
+    folder, table = parquet_folder
+    train = tmp_path / "train"
+    train.mkdir()
+    pq.write_table(table.slice(0, 12_000), train / "a.parquet", row_group_size=4_000)
+    data = {**FEATURES, "train": str(train), "val": str(folder / "val.parquet"), "test": str(folder / "test.parquet"),
+            "streaming": True}
+    result = msrec.train({"data": data, "model": {"name": "dnn", "hidden": [16]},
+                          "train": {"epochs": 1, "batch_size": 1024, "progress": False}}, out=tmp_path / "run")
+    (train / "a.parquet").unlink()
+    train.rmdir()
+    metrics = msrec.evaluate(tmp_path / "run")
+    assert metrics["overall"]["rows"] == 3_000
+    assert metrics["macro_auc"] == pytest.approx(result.metrics["test"]["macro_auc"], abs=1e-6)

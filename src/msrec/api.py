@@ -118,29 +118,40 @@ def _train(cfg: Config, options, run_dir: Path | None, overwrite: bool, save: bo
     model.cpu()  # the run is saved and served from the CPU
     if save:
         write_run(run_dir, cfg, data.encoder, model, metrics, overwrite)
+    del trainer  # free the DDP wrapper (and gloo's pending work) now, not at interpreter shutdown
     distributed.barrier(info)  # ranks finish together (a rank leaving early can abort its peers' gloo threads)
     return TrainResult(run_dir if save else None, metrics, model, data.encoder)
 
 
+def _scorer(run: Run) -> Trainer:
+    return Trainer(run.model, run.config.train.model_copy(update={"progress": False}),
+                   run.encoder.scenario_names, run.encoder.schema.labels)
+
+
+def _read_input(path: str | Path, run: Run) -> pa.Table:
+    """A file to score or evaluate, with ids read as text where the run read them as text."""
+    schema = run.encoder.schema
+    return read_table(path, string_columns=[*schema.sparse, *schema.lists, schema.scenario,
+                                            *([schema.user] if schema.user else [])])
+
+
 def _score(run: Run, table: pa.Table, source: str, with_labels: bool) -> tuple[TensorTable, torch.Tensor]:
     encoded = run.encoder.transform(table, source, with_labels=with_labels)
-    trainer = Trainer(run.model, run.config.train.model_copy(update={"progress": False}),
-                      run.encoder.scenario_names, run.encoder.schema.labels)
-    return encoded, trainer.predict(encoded)
+    return encoded, _scorer(run).predict(encoded)
 
 
-def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict:
-    """Metrics of a saved run on a labelled file, or (without one) on its own configured test split."""
-    run = load_run(run_dir)
-    trainer = Trainer(run.model, run.config.train.model_copy(update={"progress": False}),
-                      run.encoder.scenario_names, run.encoder.schema.labels)
-    if data is None:
-        raw = load_splits(run.config.data, run.config.train.seed)
+def evaluate(run: Run | str | Path, data: str | Path | None = None) -> dict:
+    """Metrics of a saved run on a labelled file, or (without one) on its own configured test split (its
+    validation split where it has no test split). A split held in its own file is the only file read."""
+    run = run if isinstance(run, Run) else load_run(run)
+    cfg = run.config.data
+    if data is None and cfg.dataset is None and (cfg.test or cfg.val):
+        data = cfg.test or cfg.val
+    if data is None:  # a seeded split of one table: the whole table is read to rebuild it
+        raw = load_splits(cfg, run.config.train.seed)
         split = "test" if "test" in raw.tables else "val"
-        return trainer.evaluate(run.encoder.transform(raw.tables[split], raw.sources[split]))
-    schema = run.encoder.schema
-    table = read_table(data, string_columns=[*schema.sparse, *schema.lists, schema.scenario])
-    return trainer.evaluate(run.encoder.transform(table, str(data)))
+        return _scorer(run).evaluate(run.encoder.transform(raw.tables[split], raw.sources[split]))
+    return _scorer(run).evaluate(run.encoder.transform(_read_input(data, run), str(data)))
 
 
 def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path | None = None,
@@ -148,7 +159,7 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
     """Score a file: one `score_<task>` column per task, appended to the input columns (or alone)."""
     run = load_run(run_dir)
     schema = run.encoder.schema
-    table = read_table(input_path, string_columns=[*schema.sparse, *schema.lists, schema.scenario])
+    table = _read_input(input_path, run)
     _, scores = _score(run, table, str(input_path), with_labels=False)
     out = table if keep_columns else table.select([])  # no columns, but the rows (scores are appended)
     for j, task in enumerate(schema.labels):

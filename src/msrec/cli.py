@@ -52,11 +52,12 @@ def evaluate(run_dir: Path, data: Annotated[Path | None, typer.Option(help="Labe
     from msrec.report.tables import scenario_table
     from msrec.train.run import load_run
 
-    metrics = run_evaluate(run_dir, data)
+    run = load_run(run_dir)
+    metrics = run_evaluate(run, data)
     if as_json:
         print(json.dumps(metrics, indent=2))
         return
-    name = load_run(run_dir).config.model.name
+    name = run.config.model.name
     tasks = list(metrics["tasks"]) if "tasks" in metrics else [None]
     for task in tasks:
         out.print(scenario_table({name: metrics}, "AUC per scenario" + (f" - {task}" if task else ""), task))

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from msrec.errors import MsrecError
+from msrec.errors import MsrecError, first_problem
 
 
 class _Strict(BaseModel):
@@ -108,12 +108,12 @@ class Config(_Strict):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    if first["type"] == "extra_forbidden":
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """`source: unknown key `a.b`` or `source: `a.b`: message`: configs, benchmark specs."""
+    where, unknown, message = first_problem(err)
+    if unknown:
         return f"{source}: unknown key `{where}`"
-    return f"{source}: `{where}`: {first['msg']}" if where else f"{source}: {first['msg']}"
+    return f"{source}: `{where}`: {message}" if where else f"{source}: {message}"
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
@@ -122,7 +122,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        raise MsrecError(_format_validation_error(err, source)) from None
+        raise MsrecError(format_validation_error(err, source)) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

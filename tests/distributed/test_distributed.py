@@ -40,9 +40,10 @@ TRAIN = {"epochs": 2, "batch_size": 256, "lr": 0.003, "progress": False, "dist_t
 MODEL = {"dropout": 0.0, "hidden": [32, 16], "embed_dim": 8}  # no dropout: ranks draw different masks
 
 
-def _config(folder: Path, name: str, model: str, data: dict, **train) -> Path:
+def _config(folder: Path, name: str, model: str, data: dict, model_options: dict | None = None, **train) -> Path:
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"data": data, "model": {"name": model, **MODEL}, "train": {**TRAIN, **train}}))
+    path.write_text(yaml.safe_dump({"data": data, "model": {"name": model, **MODEL, **(model_options or {})},
+                                    "train": {**TRAIN, **train}}))
     return path
 
 
@@ -89,7 +90,8 @@ def configs(tmp_path_factory) -> dict[str, Path]:
               "dense": ["user_activity", "item_price"], "scenario": "scenario", "labels": ["click"]}
     return {"folder": folder, "dnn": _config(folder, "dnn", "dnn", synth),
             "separate": _config(folder, "separate", "separate", synth),
-            "stream": _config(folder, "stream", "dnn", stream)}
+            "stream": _config(folder, "stream", "dnn", stream),
+            "batchnorm": _config(folder, "batchnorm", "dnn", synth, {"batch_norm": True}, epochs=1)}
 
 
 def _free_port() -> int:
@@ -110,7 +112,8 @@ def jobs(configs):
         "cli": Job([PYTHON, "-m", "msrec", "train", str(configs["dnn"]), "--out", str(folder / "cli-dnn"),
                     "--nproc", "2"], folder / "cli.log", _env()),
         "torchrun": Job([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-                         str(folder / "torchrun"), str(configs["separate"]), str(configs["stream"])],
+                         str(folder / "torchrun"), str(configs["separate"]), str(configs["stream"]),
+                         str(configs["batchnorm"])],
                         folder / "torchrun.log", _env()),
     }
     crash = _config(folder, "crash", "dnn", {"dataset": "synthetic", "options": {"rows": 1_000}},
@@ -182,6 +185,17 @@ def test_streaming_two_ranks_each_read_their_row_groups(configs, torchrun_runs):
     # Each rank reads 3 000 of the 6 000 rows per epoch; together they see every row.
     assert two["train"]["history"][0]["train_loss"] == pytest.approx(one["train"]["history"][0]["train_loss"],
                                                                    abs=0.02)
+
+
+def test_ranks_evaluate_and_save_rank_zero_batch_norm_statistics(configs, torchrun_runs):
+    """Each rank's last steps update its own running statistics (DDP syncs them only at the next forward):
+    evaluation and the saved model use rank 0's on every rank."""
+    ranks = [torch.load(torchrun_runs / f"batchnorm.rank{r}.buffers.pt") for r in (0, 1)]
+    assert any("running_var" in name for name in ranks[0])
+    saved = msrec.api.load_run(torchrun_runs / "batchnorm").model
+    for name, value in saved.named_buffers():
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+        assert torch.equal(ranks[0][name], value), name
 
 
 @pytest.mark.parametrize("mode", ["raise", "hang"])

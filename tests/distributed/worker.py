@@ -2,7 +2,7 @@
 
 Launched once per rank (by torchrun, or by a test that sets RANK / WORLD_SIZE / MASTER_* itself). Trains
 each config with `msrec.api.train`, saving the run to OUT_DIR/<config stem> (rank 0 only, by msrec), and
-writes this rank's metrics to OUT_DIR/<config stem>.rank<r>.json.
+writes this rank's metrics to OUT_DIR/<config stem>.rank<r>.json and its model's buffers to .buffers.pt.
 
 MSREC_TEST_CRASH_RANK=r makes rank r fail at its first validation: MSREC_TEST_CRASH_MODE=raise (default)
 raises, `hang` sleeps, so that the other ranks' handling of a dead or silent peer can be tested.
@@ -13,6 +13,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 import msrec.api
 from msrec.train.trainer import Trainer
@@ -32,3 +34,4 @@ for config in sys.argv[2:]:
     name = Path(config).stem
     result = msrec.api.train(config, out=out / name)
     (out / f"{name}.rank{rank}.json").write_text(json.dumps(result.metrics))
+    torch.save(dict(result.model.named_buffers()), out / f"{name}.rank{rank}.buffers.pt")

@@ -74,7 +74,8 @@ def _as_kind(col: pa.ChunkedArray, kind: str, name: str, source: str) -> pa.Chun
             bad = next(i for i, v in enumerate(col.to_pylist()) if v is not None and not _is_int(v))
             raise MsrecError(f"{source}: column `{name}` row {bad + 1}: {col[bad].as_py()!r} is not an integer id "
                              "(the training data had integer ids)") from None
-        raise
+        raise MsrecError(f"{source}: column `{name}` has type {col.type}; an id column holds one integer or "
+                         "text value per row (declare lists under data.lists)") from None
 
 
 def _is_int(value: Any) -> bool:
@@ -162,6 +163,17 @@ def _numeric(col: pa.ChunkedArray, name: str, source: str) -> np.ndarray:
         raise MsrecError(f"{source}: column `{name}` has type {col.type}, expected numbers") from None
 
 
+def _dense_values(col: pa.ChunkedArray, name: str, source: str, row_offset: int = 0) -> np.ndarray:
+    """A dense column as float64; missing is NaN (imputed later), an infinity is an error: it would turn
+    the column's scaler and every prediction into NaN."""
+    values = _numeric(col, name, source)
+    infinite = np.isinf(values)
+    if infinite.any():
+        row = int(np.argmax(infinite))
+        raise MsrecError(f"{source}: column `{name}` row {row_offset + row + 1}: {values[row]} is not a finite number")
+    return values
+
+
 def _split_lists(col: pa.ChunkedArray, sep: str, name: str, source: str) -> pa.ListArray:
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         try:
@@ -195,7 +207,7 @@ def check_table(table: pa.Table, schema: Schema, source: str, with_labels: bool 
     for name in schema.sparse:
         _check_no_missing(table[name], name, source, "id")
     for name in schema.dense:
-        _numeric(table[name], name, source)
+        _dense_values(table[name], name, source)
     if with_labels:
         for name in schema.labels:
             _label_values(table, name, source)
@@ -241,7 +253,7 @@ class Encoder:
                 lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
                 max_len[name] = max(max_len[name], int(lengths.max(initial=1)))
             for name in s.dense:
-                moments[name].add(_numeric(_column(table, name, source), name, source))
+                moments[name].add(_dense_values(_column(table, name, source), name, source, offset))
             col = _column(table, s.scenario, source)
             _check_no_missing(col, s.scenario, source, "scenario", offset)
             kind = kinds.setdefault(s.scenario + "\0scenario", _id_kind(col))
@@ -283,7 +295,7 @@ class Encoder:
         lists = [self._pad_list(table, name, source) for name in s.lists]
         dense = np.zeros((n, 2 * len(s.dense)), dtype=np.float32)
         for j, name in enumerate(s.dense):
-            values = _numeric(_column(table, name, source), name, source)
+            values = _dense_values(_column(table, name, source), name, source)
             missing = np.isnan(values)
             info = self.dense[name]
             dense[:, j] = np.where(missing, 0.0, (values - info["mean"]) / info["std"])

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from msrec.errors import MsrecError
+from msrec.errors import MsrecError, first_problem
 from msrec.schema import FeatureSpec
 
 
@@ -20,7 +20,7 @@ class ModelOptions(BaseModel):
     embed_dim: int = Field(16, ge=1)
     hidden: list[int] = Field(default_factory=lambda: [256, 128])
     dropout: float = Field(0.2, ge=0, le=1)
-    activation: str = "relu"
+    activation: Literal["relu", "gelu", "silu", "tanh", "prelu"] = "relu"
     batch_norm: bool = False
 
 
@@ -57,12 +57,11 @@ def parse_options(name: str, options: dict[str, Any]) -> ModelOptions:
     try:
         return entry.options(**options)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
+        where, unknown, message = first_problem(err)
+        if unknown:
             raise MsrecError(f"model: unknown option `{where}` for model {name} "
                              f"(options: {', '.join(entry.options.model_fields)})") from None
-        raise MsrecError(f"model.{where}: {first['msg']}") from None
+        raise MsrecError(f"model.{where}: {message}") from None
 
 
 def build_model(name: str, spec: FeatureSpec, options: dict[str, Any] | ModelOptions | None = None) -> nn.Module:

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from msrec.config import Config, load_config, parse_config
+from msrec.config import Config, format_validation_error, load_config, parse_config
 from msrec.errors import MsrecError
 from msrec.train.run import json_safe
 
@@ -183,11 +183,7 @@ def load_spec(spec: str | Path | dict | BenchmarkSpec) -> tuple[BenchmarkSpec, P
     try:
         return BenchmarkSpec.model_validate(raw), base, source
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
-            raise MsrecError(f"{source}: unknown key `{where}`") from None
-        raise MsrecError(f"{source}: `{where}`: {first['msg']}") from None
+        raise MsrecError(format_validation_error(err, source)) from None
 
 
 def _base_config(spec: BenchmarkSpec, base: Path, source: str) -> dict:

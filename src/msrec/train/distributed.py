@@ -22,6 +22,7 @@ with an error naming the rank, instead of hanging.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -108,7 +109,10 @@ def setup(timeout_s: float, device: torch.device) -> DistInfo:
 
 
 def _shutdown() -> None:
+    """Leave the group while the interpreter is whole: a DDP reducer collected during interpreter shutdown
+    takes the GIL from a gloo thread and aborts the process (exit code -6 after a finished run)."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -137,6 +141,14 @@ _PEER_ERRORS = ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset",
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank: each rank's last training steps updated
+    its own copy, and DDP copies rank 0's only at the next training forward, so ranks would evaluate, and
+    keep as best, different models."""
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:

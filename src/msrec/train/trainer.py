@@ -238,6 +238,7 @@ class Trainer:
         if not self.dist.enabled:
             return evaluation_report(table.labels, self.predict(table), table.scenario, self.scenario_names,
                                      self.tasks, table.user, table.truth)
+        D.broadcast_buffers(self.model)
         shards = torch.arange(len(table)).tensor_split(self.dist.world_size)
         local = self.predict(table.subset(shards[self.dist.rank]))
         scores = D.gather_rows(local, [len(s) for s in shards], self.device)

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from msrec.data.datasets import movielens, synthetic
 from msrec.data.io import read_table
-from msrec.errors import MsrecError
+from msrec.errors import MsrecError, first_problem
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,8 @@ def _synthetic(path: str | None, options: dict[str, Any]):
     try:
         opts = synthetic.SyntheticOptions(**options)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = "".join(f".{part}" for part in first["loc"])
-        what = "unknown option" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        raise MsrecError(f"data.options{where}: {what}") from None
+        where, unknown, message = first_problem(err)
+        raise MsrecError(f"data.options{'.' if where else ''}{where}: {'unknown option' if unknown else message}") from None
     return {"all": synthetic.generate(opts)}, synthetic.defaults(opts)
 
 
