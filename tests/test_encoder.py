@@ -211,3 +211,9 @@ def test_fit_in_chunks_equals_fit_at_once():
     a, b = chunks.to_dict(), whole.to_dict()
     assert a.pop("dense")["price"] == pytest.approx(b.pop("dense")["price"])
     assert a == b
+
+
+def test_training_batches_can_leave_out_the_evaluation_columns():
+    enc = Encoder(schema(user="user")).fit(TRAIN)
+    assert enc.transform(VAL).user.tolist() == [0, 1, 2]  # groups for GAUC
+    assert enc.transform(VAL, with_evaluation_columns=False).user is None

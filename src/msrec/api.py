@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class TrainResult:
     metrics: dict
     model: torch.nn.Module
     encoder: Encoder
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)  # the val / test scores behind `metrics`
 
 
 @dataclass
@@ -106,9 +107,11 @@ def _train(cfg: Config, options, run_dir: Path | None, overwrite: bool, save: bo
     model = build_model(cfg.model.name, spec, options)
     trainer = Trainer(model, cfg.train, spec.scenarios, spec.tasks, console, device=device, dist=info)
     fit = trainer.fit(data.tables["train"], data.tables["val"])
-    metrics: dict[str, Any] = {"val": trainer.evaluate(data.tables["val"])}
-    if "test" in data.tables:
-        metrics["test"] = trainer.evaluate(data.tables["test"])
+    metrics: dict[str, Any] = {}
+    scores: dict[str, torch.Tensor] = {}
+    for split in ("val", "test"):
+        if split in data.tables:
+            metrics[split], scores[split] = trainer.scored_report(data.tables[split])
     metrics["train"] = {"epochs": fit.epochs, "best_epoch": fit.best_epoch, "seconds": fit.seconds,
                         "samples_per_second": fit.samples_per_second,
                         "parameters": sum(p.numel() for p in model.parameters()), "history": fit.history}
@@ -120,7 +123,7 @@ def _train(cfg: Config, options, run_dir: Path | None, overwrite: bool, save: bo
         write_run(run_dir, cfg, data.encoder, model, metrics, overwrite)
     del trainer  # free the DDP wrapper (and gloo's pending work) now, not at interpreter shutdown
     distributed.barrier(info)  # ranks finish together (a rank leaving early can abort its peers' gloo threads)
-    return TrainResult(run_dir if save else None, metrics, model, data.encoder)
+    return TrainResult(run_dir if save else None, metrics, model, data.encoder, scores)
 
 
 def _scorer(run: Run) -> Trainer:

@@ -13,7 +13,7 @@ from rich.console import Console
 from msrec.report.benchmark import BenchmarkResult, run_benchmark
 from msrec.report.render import rich_table
 
-# Sized to stay under 5 minutes on 2 cores with the ten-model zoo (measured per model on the shared development
+# Sized to stay under 5 minutes on 2 cores with the 13-model zoo (measured per model on the shared development
 # machine, see the benchmark issue note): 80,000 training rows, two epochs of 1,024-row batches.
 DEMO_ROWS = 100_000
 DEMO_EPOCHS = 2

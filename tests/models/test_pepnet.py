@@ -15,7 +15,7 @@ def _model(spec=None, **options):
 
 def _perturb_gates(model, std=1.0):
     with torch.no_grad():  # gates start at exactly 1 (zero output layer); move them so gradient flows through
-        for gate in [model.epnet, *model.gates]:
+        for gate in [model.epnet, *model.main.gates]:
             gate.net.layers[-1].weight.normal_(0, std)
 
 
@@ -50,7 +50,7 @@ def test_ppnet_gate_path_alone_gives_main_embeddings_and_epnet_zero_gradient():
     sum((d - 0.5).pow(2).sum() for d in model.ppnet_gates(batch, o_ep)).backward()
     assert _main_grad_is_zero(model)
     assert grad_norm(model.epnet) == 0.0 and grad_norm(model.scenario_embedding) == 0.0
-    assert all(grad_norm(gate) > 0 for gate in model.gates) and grad_norm(model.personal_embedding) > 0
+    assert all(grad_norm(gate) > 0 for gate in model.main.gates) and grad_norm(model.personal_embedding) > 0
 
 
 def test_gates_lie_in_0_2_with_the_right_shapes():
@@ -88,7 +88,7 @@ def test_main_path_trains_the_scenario_embedding():
     grad = model.embedding.table.weight.grad
     rows = model.embedding.offsets[SCENARIO_FIELD] + torch.tensor([1, 2, 3])  # scenarios 0..2 -> ids 1..3
     assert bool((grad[rows].abs().sum(1) > 0).all())
-    assert grad_norm(model.epnet) > 0 and all(grad_norm(gate) > 0 for gate in model.gates)
+    assert grad_norm(model.epnet) > 0 and all(grad_norm(gate) > 0 for gate in model.main.gates)
 
 
 def test_multi_task_output_both_tasks_train():
@@ -99,7 +99,7 @@ def test_multi_task_output_both_tasks_train():
     for t in range(2):
         model.zero_grad()
         model(batch)[:, t].sum().backward()
-        assert float(model.out.weight.grad[t].abs().sum()) > 0 and float(model.out.weight.grad[1 - t].abs().sum()) == 0
+        assert float(model.main.out.weight.grad[t].abs().sum()) > 0 and float(model.main.out.weight.grad[1 - t].abs().sum()) == 0
 
 
 def test_learns_on_synthetic_data():

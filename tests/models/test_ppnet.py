@@ -15,7 +15,7 @@ def _model(spec=None, **options):
 
 def _perturb_gates(model, std=1.0):
     with torch.no_grad():  # gates start at exactly 1 (zero output layer); move them so gradient flows through
-        for gate in model.gates:
+        for gate in model.main.gates:
             gate.net.layers[-1].weight.normal_(0, std)
 
 
@@ -27,7 +27,7 @@ def test_gate_path_alone_gives_main_embeddings_zero_gradient():
     loss.backward()
     main = model.embedding.table.weight.grad
     assert main is None or torch.count_nonzero(main) == 0
-    for gate in model.gates:
+    for gate in model.main.gates:
         assert grad_norm(gate) > 0
     assert grad_norm(model.gate_embedding) > 0  # the gate's own scenario / id embeddings learn
 
@@ -42,9 +42,9 @@ def test_gate_path_adds_nothing_to_the_main_embedding_gradient():
     model.zero_grad()
     deltas = [d.detach() for d in model.gate_values(batch)]
     h = model.embedding.flat(batch)
-    for layer, delta in zip(model.layers, deltas, strict=True):
-        h = model.dropout(layer(h) * delta)
-    torch.nn.functional.binary_cross_entropy_with_logits(model.out(h), batch.labels).backward()
+    for layer, delta in zip(model.main.layers, deltas, strict=True):
+        h = model.main.dropout(layer(h) * delta)
+    torch.nn.functional.binary_cross_entropy_with_logits(model.main.out(h), batch.labels).backward()
     assert torch.allclose(full, model.embedding.table.weight.grad, atol=1e-7)
 
 

@@ -279,7 +279,10 @@ class Encoder:
     def _labels(self, table: pa.Table, name: str, source: str, row_offset: int = 0) -> np.ndarray:
         return _label_values(table, name, source, row_offset)
 
-    def transform(self, table: pa.Table, source: str = "data", with_labels: bool = True) -> TensorTable:
+    def transform(self, table: pa.Table, source: str = "data", with_labels: bool = True,
+                  with_evaluation_columns: bool = True) -> TensorTable:
+        """Encode rows. `with_evaluation_columns=False` leaves out what only evaluation reads (user groups for
+        GAUC, ground truth for the oracle AUC): streamed training batches skip their cost."""
         if not self.fitted:
             raise MsrecError("encoder: transform called before fit")
         s = self.schema
@@ -312,11 +315,11 @@ class Encoder:
         if with_labels:
             labels = torch.from_numpy(np.stack([self._labels(table, c, source) for c in s.labels], 1)
                                       .astype(np.float32))
-            if s.truth and all(c in table.column_names for c in s.truth.values()):
+            if with_evaluation_columns and s.truth and all(c in table.column_names for c in s.truth.values()):
                 truth = torch.from_numpy(np.stack(
                     [_numeric(table[s.truth[c]], s.truth[c], source) if c in s.truth else np.full(n, np.nan)
                      for c in s.labels], 1).astype(np.float32))
-        if s.user and s.user in table.column_names:
+        if with_evaluation_columns and s.user and s.user in table.column_names:
             codes = pc.dictionary_encode(table[s.user].combine_chunks()).indices
             user = torch.from_numpy(codes.to_numpy(zero_copy_only=False).astype(np.int64))
         return TensorTable(

@@ -85,7 +85,8 @@ class ParquetStream:
                     if stop.is_set():
                         return
                     f, group, _ = self.pieces[i]
-                    out.put(self.encoder.transform(self._read(self.pieces[i]), f"{f} (row group {group})"))
+                    out.put(self.encoder.transform(self._read(self.pieces[i]), f"{f} (row group {group})",
+                                                   with_evaluation_columns=False))
                 out.put(_DONE)
             except BaseException as err:  # noqa: BLE001  (re-raised in the consumer thread)
                 out.put(err)

@@ -37,8 +37,7 @@ from msrec.data.table import Batch
 from msrec.models.ppnet import personal_field_indices
 from msrec.models.registry import ModelOptions, register
 from msrec.nn import FeatureEmbedding
-from msrec.nn.gates import ScaleGate, SubsetEmbedding
-from msrec.nn.mlp import ACTIVATIONS
+from msrec.nn.gates import GatedMLP, ScaleGate, SubsetEmbedding
 from msrec.schema import FeatureSpec
 
 
@@ -66,33 +65,23 @@ class PEPNet(nn.Module):
         self.epnet = ScaleGate(self.scenario_embedding.out_dim + e_dim, e_dim, [o.epnet_hidden], o.gamma)
         self.personal_embedding = SubsetEmbedding(spec, personal_field_indices(spec, o.personal_fields), gate_dim)
         ppnet_in = self.personal_embedding.out_dim + e_dim
-        self.layers = nn.ModuleList()
-        self.gates = nn.ModuleList()
-        dim = e_dim
-        for width in o.hidden:
-            parts: list[nn.Module] = [nn.Linear(dim, width)]
-            if o.batch_norm:
-                parts.append(nn.BatchNorm1d(width))
-            parts.append(ACTIVATIONS[o.activation]())
-            self.layers.append(nn.Sequential(*parts))
-            self.gates.append(ScaleGate(ppnet_in, width, [o.gate_hidden], o.gamma))
-            dim = width
-        self.dropout = nn.Dropout(o.dropout)
-        self.out = nn.Linear(dim, spec.num_tasks)
+        self.main = GatedMLP(e_dim, o.hidden, spec.num_tasks, ppnet_in, o.gate_hidden, o.gamma, o.dropout,
+                             o.activation, o.batch_norm)
 
     def epnet_gate(self, batch: Batch, e: Tensor | None = None) -> Tensor:
         """`delta_ep [B, dim(e)]`: the EPNet scales of the input embedding (the EPNet gate path alone)."""
         e = self.embedding.flat(batch) if e is None else e
         return self.epnet(torch.cat([self.scenario_embedding(batch.sparse), e.detach()], 1))
 
+    def ppnet_input(self, batch: Batch, o_ep: Tensor) -> Tensor:
+        """`g = [emb'(personal ids); stop_gradient(o_ep)]`."""
+        return torch.cat([self.personal_embedding(batch.sparse), o_ep.detach()], 1)
+
     def ppnet_gates(self, batch: Batch, o_ep: Tensor) -> list[Tensor]:
         """The scales `delta_l [B, width_l]` of every hidden layer (the PPNet gate path alone)."""
-        g = torch.cat([self.personal_embedding(batch.sparse), o_ep.detach()], 1)
-        return [gate(g) for gate in self.gates]
+        return self.main.gate_values(self.ppnet_input(batch, o_ep))
 
     def forward(self, batch: Batch) -> Tensor:
         e = self.embedding.flat(batch)
-        h = self.epnet_gate(batch, e) * e
-        for layer, delta in zip(self.layers, self.ppnet_gates(batch, h), strict=True):
-            h = self.dropout(layer(h) * delta)
-        return self.out(h)
+        o_ep = self.epnet_gate(batch, e) * e
+        return self.main(o_ep, self.ppnet_input(batch, o_ep))

@@ -30,8 +30,7 @@ from torch import Tensor, nn
 from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, register
 from msrec.nn import FeatureEmbedding
-from msrec.nn.gates import ScaleGate, SubsetEmbedding
-from msrec.nn.mlp import ACTIVATIONS
+from msrec.nn.gates import GatedMLP, SubsetEmbedding
 from msrec.schema import FeatureSpec
 
 ID_FIELD = re.compile(r"^(user|item|movie|video|news|product|goods|ad|author|u|i)_?id$", re.IGNORECASE)
@@ -67,29 +66,17 @@ class PPNet(nn.Module):
         gate_fields = list(dict.fromkeys([*spec.scenario_fields, *personal_field_indices(spec, o.personal_fields)]))
         self.gate_embedding = SubsetEmbedding(spec, gate_fields, o.gate_embed_dim or o.embed_dim)
         gate_in = self.gate_embedding.out_dim + self.embedding.flat_dim
-        self.layers = nn.ModuleList()
-        self.gates = nn.ModuleList()
-        dim = self.embedding.flat_dim
-        for width in o.hidden:
-            parts: list[nn.Module] = [nn.Linear(dim, width)]
-            if o.batch_norm:
-                parts.append(nn.BatchNorm1d(width))
-            parts.append(ACTIVATIONS[o.activation]())
-            self.layers.append(nn.Sequential(*parts))
-            self.gates.append(ScaleGate(gate_in, width, [o.gate_hidden], o.gamma))
-            dim = width
-        self.dropout = nn.Dropout(o.dropout)
-        self.out = nn.Linear(dim, spec.num_tasks)
+        self.main = GatedMLP(self.embedding.flat_dim, o.hidden, spec.num_tasks, gate_in, o.gate_hidden, o.gamma,
+                             o.dropout, o.activation, o.batch_norm)
 
-    def gate_values(self, batch: Batch, e: Tensor | None = None) -> list[Tensor]:
+    def gate_input(self, batch: Batch, e: Tensor) -> Tensor:
+        """`g = [emb'(z); emb'(personal ids); stop_gradient(e)]`."""
+        return torch.cat([self.gate_embedding(batch.sparse), e.detach()], 1)
+
+    def gate_values(self, batch: Batch) -> list[Tensor]:
         """The scales `delta_l [B, width_l]` of every hidden layer (the gate path alone)."""
-        e = self.embedding.flat(batch) if e is None else e
-        g = torch.cat([self.gate_embedding(batch.sparse), e.detach()], 1)
-        return [gate(g) for gate in self.gates]
+        return self.main.gate_values(self.gate_input(batch, self.embedding.flat(batch)))
 
     def forward(self, batch: Batch) -> Tensor:
         e = self.embedding.flat(batch)
-        h = e
-        for layer, delta in zip(self.layers, self.gate_values(batch, e), strict=True):
-            h = self.dropout(layer(h) * delta)
-        return self.out(h)
+        return self.main(e, self.gate_input(batch, e))

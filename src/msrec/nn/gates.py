@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from msrec.nn.mlp import MLP
+from msrec.nn.mlp import ACTIVATIONS, MLP
 from msrec.schema import FeatureSpec
 
 
@@ -28,6 +28,37 @@ class ScaleGate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.gamma * torch.sigmoid(self.net(x))
+
+
+class GatedMLP(nn.Module):
+    """PPNet's main network: hidden layer l is `delta_l(g) * act(W_l h + b_l)` (then dropout), each layer with
+    its own `ScaleGate` of the gate input `g`; a linear output layer. `gate_values(g)` is the gate path alone."""
+
+    def __init__(self, in_dim: int, hidden: list[int], out_dim: int, gate_in: int, gate_hidden: int,
+                 gamma: float = 2.0, dropout: float = 0.0, activation: str = "relu", batch_norm: bool = False):
+        super().__init__()
+        self.layers = nn.ModuleList()
+        self.gates = nn.ModuleList()
+        dim = in_dim
+        for width in hidden:
+            parts: list[nn.Module] = [nn.Linear(dim, width)]
+            if batch_norm:
+                parts.append(nn.BatchNorm1d(width))
+            parts.append(ACTIVATIONS[activation]())
+            self.layers.append(nn.Sequential(*parts))
+            self.gates.append(ScaleGate(gate_in, width, [gate_hidden], gamma))
+            dim = width
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(dim, out_dim)
+
+    def gate_values(self, g: Tensor) -> list[Tensor]:
+        """The scales `delta_l [B, width_l]` of every hidden layer."""
+        return [gate(g) for gate in self.gates]
+
+    def forward(self, h: Tensor, g: Tensor) -> Tensor:
+        for layer, delta in zip(self.layers, self.gate_values(g), strict=True):
+            h = self.dropout(layer(h) * delta)
+        return self.out(h)
 
 
 class SubsetEmbedding(nn.Module):

@@ -313,13 +313,12 @@ def _stored_config(path: Path) -> Any:
 def _train_one(cfg: Config, data) -> tuple[dict, dict[str, np.ndarray], list[str], list[str], str]:
     """Train one grid cell; return its metrics and the evaluated split's scores, labels and scenario ids."""
     from msrec.api import train
-    from msrec.train.trainer import Trainer
 
     result = train(cfg, save=False, data=data, console=Console(quiet=True))
     split = "test" if "test" in data.tables else "val"
     table = data.tables[split]
     spec = result.encoder.spec()
-    scores = Trainer(result.model, cfg.train, spec.scenarios, spec.tasks).predict(table)
+    scores = result.scores[split]
     arrays = {"scores": scores.numpy().astype(np.float32), "labels": table.labels.numpy().astype(np.int8),
               "scenario": table.scenario.numpy().astype(np.int32)}
     return result.metrics, arrays, list(spec.scenarios), list(spec.tasks), split

@@ -97,12 +97,13 @@ def task_report(labels: Tensor, scores: Tensor, scenario: Tensor, scenario_names
     """One task's metrics: overall, per scenario (by name) and the macro mean of the per-scenario AUCs."""
     overall = _block(labels, scores, users, truth)
     scenarios = {}
-    for s, name in enumerate(scenario_names):
-        rows = torch.nonzero(scenario == s).squeeze(1)
+    order = torch.argsort(scenario, stable=True)  # one sort, then each scenario's rows are one slice
+    counts = torch.bincount(scenario, minlength=len(scenario_names)).tolist()
+    for s, rows in enumerate(order.split(counts)):
         if rows.numel() == 0:
             continue
-        scenarios[name] = _block(labels[rows], scores[rows], None if users is None else users[rows],
-                                 None if truth is None else truth[rows])
+        scenarios[scenario_names[s]] = _block(labels[rows], scores[rows], None if users is None else users[rows],
+                                              None if truth is None else truth[rows])
     report = {"overall": overall, "scenarios": scenarios,
               "macro_auc": _nanmean([m["auc"] for m in scenarios.values()])}
     if users is not None:

@@ -230,20 +230,25 @@ class Trainer:
         return torch.cat(outs) if outs else torch.zeros(0, len(self.tasks))
 
     def evaluate(self, table: TensorTable) -> dict:
-        """Metrics of the whole table. Distributed: each rank scores a contiguous shard, the scores are
-        gathered, rank 0 computes the report and every rank gets that same report (so that every rank takes
-        the same early-stopping decision)."""
+        """Metrics of the whole table (see `scored_report`)."""
+        return self.scored_report(table)[0]
+
+    def scored_report(self, table: TensorTable) -> tuple[dict, Tensor]:
+        """Metrics of the whole table and its scores `[N, T]` in row order. Distributed: each rank scores a
+        contiguous shard, the scores are gathered, rank 0 computes the report and every rank gets that same
+        report (so that every rank takes the same early-stopping decision)."""
         if table.labels is None:
             raise MsrecError("evaluation needs the label columns")
         if not self.dist.enabled:
-            return evaluation_report(table.labels, self.predict(table), table.scenario, self.scenario_names,
-                                     self.tasks, table.user, table.truth)
+            scores = self.predict(table)
+            return evaluation_report(table.labels, scores, table.scenario, self.scenario_names, self.tasks,
+                                     table.user, table.truth), scores
         D.broadcast_buffers(self.model)
         shards = torch.arange(len(table)).tensor_split(self.dist.world_size)
         local = self.predict(table.subset(shards[self.dist.rank]))
-        scores = D.gather_rows(local, [len(s) for s in shards], self.device)
+        scores = D.gather_rows(local, [len(s) for s in shards], self.device).cpu()
         report = None
         if self.dist.is_main:
             report = evaluation_report(table.labels, scores, table.scenario, self.scenario_names, self.tasks,
                                        table.user, table.truth)
-        return D.broadcast_object(report, self.dist)
+        return D.broadcast_object(report, self.dist), scores
