@@ -47,8 +47,11 @@ def _check_no_missing(col: pa.ChunkedArray, name: str, source: str, what: str, r
     all missing: none of them is a usable id."""
     missing = pc.is_null(col, nan_is_null=True) if pa.types.is_floating(col.type) else pc.is_null(col)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        text = pc.utf8_lower(pc.utf8_trim_whitespace(col))
-        missing = pc.or_kleene(missing, pc.is_in(text, value_set=MISSING_TEXT))
+        distinct = pc.unique(col)  # normalise the distinct values only: one hash pass instead of two string copies
+        written_out = pc.filter(distinct, pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(distinct)),
+                                                   value_set=MISSING_TEXT))
+        if len(written_out):
+            missing = pc.or_kleene(missing, pc.is_in(col, value_set=written_out))
     if pc.any(missing).as_py():
         raise MsrecError(f"{source}: column `{name}` row {row_offset + _first_row(missing) + 1}: missing {what}")
 
