@@ -3,6 +3,7 @@ own rows (rows are routed; a scenario-A batch leaves scenario B's model without 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -107,3 +108,20 @@ def test_separate_models_are_independent_copies_and_multi_task_shapes():
 def test_separate_learns():
     before, after = learns("separate", {"hidden": [32]}, epochs=2)
     assert after > before + 0.05 and after > 0.6
+
+
+def test_routing_reads_the_batch_counts_instead_of_counting_on_the_device(monkeypatch):
+    """Batches cut from a table carry their scenario counts (counted on the host), so a routed model needs
+    no device-to-host copy of counts per step; the output is the same as when routing counts itself."""
+    import msrec.nn.routing
+    from msrec.data.table import TensorTable
+
+    model = _model("separate").eval()
+    batch = make_batch(make_spec(), [2, 0, 2, 2, 0, 2])
+    table = TensorTable(sparse=batch.sparse, dense=batch.dense, scenario=batch.scenario, labels=batch.labels)
+    (cut,) = table.batches(6)
+    assert cut.scenario_counts == [2, 0, 4]
+    with torch.no_grad():
+        expected = model(batch)
+        monkeypatch.setattr(msrec.nn.routing.torch, "bincount", lambda *a, **k: pytest.fail("counted on device"))
+        torch.testing.assert_close(model(cut), expected)

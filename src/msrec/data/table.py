@@ -19,6 +19,9 @@ class Batch:
     scenario: Tensor  # [B] int64 in 0..S-1
     lists: list[Tensor] = field(default_factory=list)  # each [B, L_i] int64
     labels: Tensor | None = None  # [B, T] float32
+    # Rows per scenario id, counted on the host where the batch was cut: routing reads them instead of
+    # copying counts back from the device (a sync per step on a GPU). None: routing counts itself.
+    scenario_counts: list[int] | None = None
 
     def __len__(self) -> int:
         return self.scenario.shape[0]
@@ -37,6 +40,7 @@ class Batch:
             scenario=self.scenario.to(device, non_blocking=True),
             lists=[t.to(device, non_blocking=True) for t in self.lists],
             labels=None if self.labels is None else self.labels.to(device, non_blocking=True),
+            scenario_counts=self.scenario_counts,
         )
 
 
@@ -80,7 +84,8 @@ class TensorTable:
         }
 
     def batch(self, rows: Tensor | slice) -> Batch:
-        return Batch(**self._gather(rows))
+        parts = self._gather(rows)
+        return Batch(**parts, scenario_counts=torch.bincount(parts["scenario"]).tolist())
 
     def subset(self, rows: Tensor) -> TensorTable:
         parts = self._gather(rows)

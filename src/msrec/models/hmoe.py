@@ -77,7 +77,7 @@ class HMoE(nn.Module):
 
     def forward(self, batch: Batch) -> Tensor:
         h = self.bottom(self.embedding.flat(batch))
-        routing = ScenarioRouting(batch.scenario, self.num_scenarios)
+        routing = ScenarioRouting.of(batch, self.num_scenarios)
         gate_in = h if not self.scenario_fields else torch.cat(
             [h, self.embedding.select(batch, self.scenario_fields)], 1)
         scores = self.towers.cross_scores(routing.split(h))  # [N, S, T], rows grouped by scenario

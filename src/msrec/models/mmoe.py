@@ -53,11 +53,11 @@ class MMoE(nn.Module):
 
     def gate_weights(self, batch: Batch) -> Tensor:
         """`[B, E]`: each row's weights over the experts, from its own scenario's gate."""
-        routing = ScenarioRouting(batch.scenario, self.num_scenarios)
+        routing = ScenarioRouting.of(batch, self.num_scenarios)
         return routing.apply(lambda s, e: self.gates[s](e), self.embedding.flat(batch))
 
     def forward(self, batch: Batch) -> Tensor:
         e = self.embedding.flat(batch)
         x = self.experts(e)
-        routing = ScenarioRouting(batch.scenario, self.num_scenarios)
+        routing = ScenarioRouting.of(batch, self.num_scenarios)
         return route_many(routing, lambda s, e_s, x_s: self.towers[s](mix(self.gates[s](e_s), x_s)), e, x)

@@ -95,7 +95,7 @@ class PLE(nn.Module):
                                      o.tower_dropout, o.activation)
 
     def _extract(self, batch: Batch) -> tuple[Tensor, list[Tensor], ScenarioRouting]:
-        routing = ScenarioRouting(batch.scenario, self.num_scenarios)
+        routing = ScenarioRouting.of(batch, self.num_scenarios)
         h_sh = h_sc = self.embedding.flat(batch)
         weights = []
         for level in self.levels:

@@ -40,7 +40,7 @@ class Separate(nn.Module):
         self.models = nn.ModuleList(_SingleScenarioModel(spec, options) for _ in range(spec.num_scenarios))
 
     def forward(self, batch: Batch) -> Tensor:
-        routing = ScenarioRouting(batch.scenario, self.num_scenarios)
+        routing = ScenarioRouting.of(batch, self.num_scenarios)
         rows = torch.arange(batch.scenario.shape[0], device=batch.scenario.device)  # shape, not len: traceable
         parts = routing.split(rows)
         outs = [self.models[s](batch.select(idx)) for s, idx in enumerate(parts) if len(idx)]

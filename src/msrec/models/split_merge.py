@@ -46,4 +46,4 @@ class SplitMerge(nn.Module):
 
     def forward(self, batch: Batch) -> Tensor:
         h = self.bottom(self.embedding.flat(batch))
-        return self.towers(h, ScenarioRouting(batch.scenario, self.num_scenarios))
+        return self.towers(h, ScenarioRouting.of(batch, self.num_scenarios))

@@ -66,5 +66,5 @@ class Star(nn.Module):
         e = self.embedding.flat(batch)
         if self.norm is not None:
             e = self.norm(e, batch.scenario)
-        main = self.fcn(e, ScenarioRouting(batch.scenario, self.num_scenarios))
+        main = self.fcn(e, ScenarioRouting.of(batch, self.num_scenarios))
         return main + self.aux(self.embedding.select(batch, self.aux_fields))

@@ -25,7 +25,10 @@ def exporting() -> bool:
 
 
 class ScenarioRouting:
-    def __init__(self, scenario: Tensor, num_scenarios: int):
+    """`counts`: rows per scenario when the caller knows them on the host (`Batch.scenario_counts`);
+    otherwise they are counted here, one copy from the device."""
+
+    def __init__(self, scenario: Tensor, num_scenarios: int, counts: list[int] | None = None):
         self.num_scenarios = num_scenarios
         self.traced = exporting()
         if self.traced:
@@ -33,7 +36,14 @@ class ScenarioRouting:
             self.order = torch.cat(self.rows)
         else:
             self.order = torch.argsort(scenario, stable=True)
-            self.counts: list[int] = torch.bincount(scenario, minlength=num_scenarios).tolist()
+            if counts is None:
+                counts = torch.bincount(scenario, minlength=num_scenarios).tolist()
+            self.counts: list[int] = [*counts, *[0] * (num_scenarios - len(counts))]
+
+    @classmethod
+    def of(cls, batch, num_scenarios: int) -> ScenarioRouting:
+        """The routing of a `Batch` by its scenario column."""
+        return cls(batch.scenario, num_scenarios, batch.scenario_counts)
 
     def split(self, x: Tensor) -> tuple[Tensor, ...]:
         """Rows of `x` grouped by scenario: element s holds scenario s's rows (possibly none)."""
