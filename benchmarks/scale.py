@@ -7,6 +7,7 @@
 
 Each measurement runs in a fresh subprocess and reports its peak RSS (ru_maxrss), so runs do not
 inherit each other's memory. Data for `--rows N` is the first N rows of the written folder (whole files).
+`--repeats K` runs each measurement K times and ends with a line of medians per row count.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -107,6 +109,7 @@ def main() -> None:
     ap.add_argument("--model", default="dnn")
     ap.add_argument("--out", type=Path, default=Path("/tmp/msrec-scale"))
     ap.add_argument("--mode", default="stream")
+    ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     if args.command == "write":
         write(max(args.rows), args.out)
@@ -115,13 +118,20 @@ def main() -> None:
         print(json.dumps(run_one(args.mode, args.rows[0], args.model, args.out)))
         return
     for rows in args.rows:
-        proc = subprocess.run([sys.executable, __file__, "_one", "--mode", args.command, "--rows", str(rows),
-                               "--model", args.model, "--out", str(args.out)], capture_output=True, text=True, check=False)
-        if proc.returncode:
-            print(proc.stderr[-2000:], file=sys.stderr)
-            sys.exit(proc.returncode)
-        print(proc.stdout.strip().splitlines()[-1], flush=True)
-
+        runs = []
+        for _ in range(args.repeats):
+            proc = subprocess.run([sys.executable, __file__, "_one", "--mode", args.command, "--rows", str(rows),
+                                   "--model", args.model, "--out", str(args.out)], capture_output=True, text=True,
+                                  check=False)
+            if proc.returncode:
+                print(proc.stderr[-2000:], file=sys.stderr)
+                sys.exit(proc.returncode)
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(json.dumps(runs[-1]), flush=True)
+        if args.repeats > 1:
+            numbers = [k for k, v in runs[0].items() if isinstance(v, float)]
+            print(json.dumps({"median_of": len(runs), "mode": args.command, "rows": rows,
+                              **{k: statistics.median(r[k] for r in runs) for k in numbers}}), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,8 @@ For every registered model, in one process:
   validation excluded from the timing: samples/s comes from the trainer's own step timing);
 - bare: the same model architecture and optimizer stepping over pre-built, pre-batched tensors, nothing else;
 - the same for scoring: `Trainer.predict` vs a bare `no_grad` forward over pre-sliced batches.
-Each figure is the median of `--repeats` runs; the table prints the ratios trainer/bare.
+Each figure is the median of `--repeats` runs; a ratio trainer/bare is the median over repeats of the
+ratio of that repeat's paired runs (trainer and bare alternate which runs first).
 
     python benchmarks/throughput.py [--rows 200000] [--batch-size 4096] [--repeats 3] [--models dnn star]
 """
@@ -74,22 +75,27 @@ def main() -> None:
     for name in names:
         figures = {"train": [], "bare_train": [], "score": [], "bare_score": []}
         for r in range(args.repeats):
-            torch.manual_seed(r)
-            model = build_model(name, spec, {})
-            trainer = Trainer(model, cfg.train.model_copy(update={"progress": False}), spec.scenarios, spec.tasks)
-            # Fit on a tiny validation table so the epoch's timing is the training steps only.
-            fit = trainer.fit(train, data.tables["val"].subset(torch.arange(min(1000, len(data.tables["val"])))))
-            figures["train"].append(fit.samples_per_second)
-            torch.manual_seed(r)
-            figures["bare_train"].append(bare_train(build_model(name, spec, {}), pre_batched, cfg.train.lr))
-            t0 = time.perf_counter()
-            trainer.predict(train)
-            figures["score"].append(len(train) / (time.perf_counter() - t0))
-            figures["bare_score"].append(bare_score(model, score_batches))
+            # Trainer and bare alternate which runs first, so that drift (turbo, a busy neighbour) falls on both.
+            for kind in ("trainer", "bare") if r % 2 == 0 else ("bare", "trainer"):
+                torch.manual_seed(r)
+                model = build_model(name, spec, {})
+                if kind == "bare":
+                    figures["bare_train"].append(bare_train(model, pre_batched, cfg.train.lr))
+                    figures["bare_score"].append(bare_score(model, score_batches))
+                    continue
+                trainer = Trainer(model, cfg.train.model_copy(update={"progress": False}), spec.scenarios, spec.tasks)
+                # Fit on a tiny validation table so the epoch's timing is the training steps only.
+                fit = trainer.fit(train, data.tables["val"].subset(torch.arange(min(1000, len(data.tables["val"])))))
+                figures["train"].append(fit.samples_per_second)
+                t0 = time.perf_counter()
+                trainer.predict(train)
+                figures["score"].append(len(train) / (time.perf_counter() - t0))
         m = {k: statistics.median(v) for k, v in figures.items()}
-        print(f"{name:<16}{m['train']:>12,.0f}{m['bare_train']:>12,.0f}{m['train'] / m['bare_train']:>8.2f}"
-              f"{m['score']:>12,.0f}{m['bare_score']:>12,.0f}{m['score'] / m['bare_score']:>8.2f}", flush=True)
-
+        # The ratio of each repeat's paired runs, then the median over repeats.
+        train_ratio = statistics.median(a / b for a, b in zip(figures["train"], figures["bare_train"]))
+        score_ratio = statistics.median(a / b for a, b in zip(figures["score"], figures["bare_score"]))
+        print(f"{name:<16}{m['train']:>12,.0f}{m['bare_train']:>12,.0f}{train_ratio:>8.2f}"
+              f"{m['score']:>12,.0f}{m['bare_score']:>12,.0f}{score_ratio:>8.2f}", flush=True)
 
 if __name__ == "__main__":
     main()
