@@ -217,3 +217,22 @@ def test_training_batches_can_leave_out_the_evaluation_columns():
     enc = Encoder(schema(user="user")).fit(TRAIN)
     assert enc.transform(VAL).user.tolist() == [0, 1, 2]  # groups for GAUC
     assert enc.transform(VAL, with_evaluation_columns=False).user is None
+
+
+def test_rows_without_a_user_are_each_their_own_gauc_group():
+    enc = Encoder(schema(user="viewer")).fit(TRAIN)  # a user column that is not a feature may lack values
+    val = pa.concat_tables([VAL.append_column("viewer", pa.array(["v1", None, "v1"])),
+                            VAL.append_column("viewer", pa.array(["", None, " "]))])
+    groups = enc.transform(val).user.tolist()
+    assert groups[0] == groups[2]  # the same user
+    anonymous = [groups[1], *groups[3:]]
+    assert len(set(anonymous)) == 4 and groups[0] not in anonymous
+
+
+@pytest.mark.parametrize("bad", [" 11", "1_000", str(2**70)])
+def test_text_ids_that_arrow_cannot_read_as_integers_name_the_row(bad):
+    """Python's int() accepts these, Arrow does not: the row is still found and named."""
+    enc = fitted()
+    val = VAL.set_column(1, "item", pa.array(["10", bad, "12"]))
+    with pytest.raises(MsrecError, match=rf"in.csv: column `item` row 2: {bad!r} is not an integer id"):
+        enc.transform(val, "in.csv")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,14 +66,14 @@ def _prepare_streaming(cfg: Config) -> EncodedData:
     from msrec.data.stream import ParquetStream, parquet_files
 
     schema = resolve_schema(cfg.data)
-    wanted = [*schema.feature_columns(), *schema.labels, *schema.truth.values(), *([schema.user] if schema.user else [])]
+    wanted = [*schema.feature_columns(), *schema.labels]  # user and truth are read for evaluation only
     import pyarrow.parquet as pq
 
     present = set(pq.ParquetFile(parquet_files(cfg.data.train)[0]).schema_arrow.names)
     stream = ParquetStream(cfg.data.train, [c for c in dict.fromkeys(wanted) if c in present], cfg.data.shuffle_buffer)
     encoder = Encoder(schema, cfg.data.min_freq, cfg.data.list_max_len).fit_chunks(stream.chunks(), str(cfg.data.train))
     stream.encoder = encoder
-    text_columns = [*schema.sparse, *schema.lists, schema.scenario]
+    text_columns = schema.text_columns()
     tables = {"train": stream}
     for split in ("val", "test"):
         path = getattr(cfg.data, split)
@@ -99,9 +101,17 @@ def train(config: Config | dict | str | Path, out: str | Path | None = None, ove
         return _train(cfg, options, run_dir, overwrite, save and info.is_main, console, data, device, info)
 
 
+def _data_summary(data: EncodedData) -> dict[str, Any]:
+    """What must agree across ranks: the rows of each split and a fingerprint of the fitted encoder."""
+    encoder = json.dumps(data.encoder.to_dict(), sort_keys=True, default=str).encode()
+    return {**{f"{split} rows": len(table) for split, table in data.tables.items()},
+            "encoder": hashlib.sha256(encoder).hexdigest()[:16]}
+
+
 def _train(cfg: Config, options, run_dir: Path | None, overwrite: bool, save: bool, console: Console | None,
            data: EncodedData | None, device: torch.device, info: distributed.DistInfo) -> TrainResult:
     data = data or prepare_data(cfg)
+    distributed.check_same_data(info, _data_summary(data))
     torch.manual_seed(cfg.train.seed)
     spec = data.encoder.spec()
     model = build_model(cfg.model.name, spec, options)
@@ -133,9 +143,7 @@ def _scorer(run: Run) -> Trainer:
 
 def _read_input(path: str | Path, run: Run) -> pa.Table:
     """A file to score or evaluate, with ids read as text where the run read them as text."""
-    schema = run.encoder.schema
-    return read_table(path, string_columns=[*schema.sparse, *schema.lists, schema.scenario,
-                                            *([schema.user] if schema.user else [])])
+    return read_table(path, string_columns=run.encoder.schema.text_columns())
 
 
 def _score(run: Run, table: pa.Table, source: str, with_labels: bool) -> tuple[TensorTable, torch.Tensor]:

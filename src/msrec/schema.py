@@ -45,6 +45,10 @@ class Schema:
     def feature_columns(self) -> list[str]:
         return list(dict.fromkeys([*self.sparse, *self.dense, *self.lists, self.scenario]))
 
+    def text_columns(self) -> list[str]:
+        """Columns read from CSV as text: ids keep their form ("007" stays "007"), lists stay strings."""
+        return list(dict.fromkeys([*self.sparse, *self.lists, self.scenario, *([self.user] if self.user else [])]))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -124,6 +124,14 @@ def jobs(configs):
         for r in (0, 1):
             started[f"{mode}{r}"] = Job([PYTHON, str(WORKER), str(folder / mode), str(crash)],
                                         folder / f"{mode}{r}.log", {**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+    # Ranks that read different data (rank 1 has more rows): both must stop at once, saying so.
+    env = _env(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    for r, rows in ((0, 1_000), (1, 1_200)):
+        (folder / f"r{r}").mkdir()
+        other = _config(folder / f"r{r}", "mismatch", "dnn", {"dataset": "synthetic", "options": {"rows": rows}},
+                        epochs=1, dist_timeout=60)
+        started[f"mismatch{r}"] = Job([PYTHON, str(WORKER), str(folder / "mismatch"), str(other)],
+                                      folder / f"mismatch{r}.log", {**env, "RANK": str(r), "LOCAL_RANK": str(r)})
     yield started
     for job in started.values():
         job.proc.kill()
@@ -211,6 +219,14 @@ def test_a_failed_rank_fails_the_job_with_a_clear_message(configs, jobs, mode):
     assert not (configs["folder"] / mode / "crash").exists()  # no run directory from a failed job
 
 
+def test_ranks_that_read_different_data_stop_with_a_clear_message(configs, jobs):
+    (code0, out0, seconds), (code1, out1, _) = jobs["mismatch0"].wait(), jobs["mismatch1"].wait()
+    assert code0 != 0 and code1 != 0
+    assert "rank 1/2: its data differ from rank 0's (train rows: 960 here, 800 on rank 0" in out1, out1[-3000:]
+    assert "rank 0/2: another rank's data differ from rank 0's" in out0, out0[-3000:]
+    assert seconds < 60  # at once, not after the peers' timeout
+
+
 def test_launch_names_the_rank_that_failed_first(monkeypatch):
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
@@ -239,6 +255,10 @@ def test_rank_shares_rebuild_the_single_process_global_batches(n, batch, world):
     shares = []
     for rank in range(world):
         trainer.dist = distributed.DistInfo(rank, world)
+        if n < world:  # not a row per rank: a clear error rather than an epoch of no steps
+            with pytest.raises(MsrecError, match=f"{n} training rows cannot give each of the {world} ranks a row"):
+                trainer._steps_per_epoch(table)
+            return
         steps = trainer._steps_per_epoch(table)
         shares.append(list(trainer._train_batches(table, steps, torch.Generator().manual_seed(7))))
     steps = len(shares[0])

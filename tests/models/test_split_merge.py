@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from zoo_batch import bce, grad_norm, learns, make_batch, make_spec
+from zoo_batch import assert_one_head_per_task, bce, grad_norm, learns, make_batch, make_spec
 
 from msrec.models.registry import build_model
 
@@ -59,16 +59,7 @@ def test_rows_are_merged_back_in_order_and_scored_by_their_own_tower():
 def test_multi_task_one_head_per_task():
     spec = make_spec(tasks=2)
     model = build(spec)
-    batch = make_batch(spec, [0, 1, 2, 1, 0])
-    logits = model(batch)
-    assert logits.shape == (5, 2)
-    for t in range(2):
-        model.zero_grad()
-        logits = model(batch)
-        logits[:, t].sum().backward()
-        last = model.towers[0].layers[-1]
-        assert float(last.weight.grad[t].abs().sum()) > 0
-        assert float(last.weight.grad[1 - t].abs().sum()) == 0
+    assert_one_head_per_task(model, spec, lambda: model.towers[0].layers[-1])
 
 
 def test_learns_on_synthetic_data():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -78,3 +79,15 @@ def learns(name: str, options: dict | None = None, epochs: int = 3, tasks: int =
     finally:
         torch.set_num_threads(threads)
     return before["macro_auc"], after["macro_auc"]  # with several tasks: the mean over tasks
+
+
+def assert_one_head_per_task(model: nn.Module, spec: FeatureSpec, head: Callable[[], nn.Linear]) -> None:
+    """With two tasks the output is `[B, 2]`, and task t's loss reaches row t of the output layer `head()`
+    and not the other task's row."""
+    batch = make_batch(spec, [0, 1, 2, 1, 0])
+    assert model(batch).shape == (5, 2)
+    for t in range(2):
+        model.zero_grad()
+        model(batch)[:, t].sum().backward()
+        grad = head().weight.grad
+        assert float(grad[t].abs().sum()) > 0 and float(grad[1 - t].abs().sum()) == 0

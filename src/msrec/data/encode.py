@@ -66,7 +66,7 @@ def _id_kind(col: pa.ChunkedArray) -> str:
     return "str"
 
 
-def _as_kind(col: pa.ChunkedArray, kind: str, name: str, source: str) -> pa.ChunkedArray:
+def _as_kind(col: pa.ChunkedArray, kind: str, name: str, source: str, row_offset: int = 0) -> pa.ChunkedArray:
     target = pa.int64() if kind == "int" else pa.string()
     if col.type == target:
         return col
@@ -74,19 +74,30 @@ def _as_kind(col: pa.ChunkedArray, kind: str, name: str, source: str) -> pa.Chun
         return pc.cast(col, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         if kind == "int":  # text ids that are not numbers, where training ids were: none can match
-            bad = next(i for i, v in enumerate(col.to_pylist()) if v is not None and not _is_int(v))
-            raise MsrecError(f"{source}: column `{name}` row {bad + 1}: {col[bad].as_py()!r} is not an integer id "
+            bad = _first_bad_cast(col, target)
+            where = f" row {row_offset + bad + 1}: {col[bad].as_py()!r}" if bad is not None else f" ({col.type})"
+            raise MsrecError(f"{source}: column `{name}`{where} is not an integer id "
                              "(the training data had integer ids)") from None
         raise MsrecError(f"{source}: column `{name}` has type {col.type}; an id column holds one integer or "
                          "text value per row (declare lists under data.lists)") from None
 
 
-def _is_int(value: Any) -> bool:
-    try:
-        int(str(value))
-        return True
-    except ValueError:
-        return False
+def _first_bad_cast(col: pa.ChunkedArray, target: pa.DataType) -> int | None:
+    """The first row Arrow itself cannot cast (error path only): bisection on prefixes, casts in C."""
+    def casts(rows: int) -> bool:
+        try:
+            pc.cast(col.slice(0, rows), target)
+            return True
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return False
+
+    if casts(len(col)):
+        return None
+    good, bad = 0, len(col)  # the first `good` rows cast; the first `bad` rows do not
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if casts(mid) else (good, mid)
+    return bad - 1
 
 
 class _ValueCounts:
@@ -149,7 +160,7 @@ def _lookup(values: pa.ChunkedArray | pa.Array, vocab: list, kind: str) -> np.nd
     return pc.fill_null(pc.add(idx, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
-def _numeric(col: pa.ChunkedArray, name: str, source: str) -> np.ndarray:
+def _numeric(col: pa.ChunkedArray, name: str, source: str, row_offset: int = 0) -> np.ndarray:
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type) or \
             pa.types.is_null(col.type):
         return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
@@ -162,14 +173,14 @@ def _numeric(col: pa.ChunkedArray, name: str, source: str) -> np.ndarray:
                 if v is not None:
                     float(v)
             except (TypeError, ValueError):
-                raise MsrecError(f"{source}: column `{name}` row {i + 1}: {v!r} is not a number") from None
+                raise MsrecError(f"{source}: column `{name}` row {row_offset + i + 1}: {v!r} is not a number") from None
         raise MsrecError(f"{source}: column `{name}` has type {col.type}, expected numbers") from None
 
 
 def _dense_values(col: pa.ChunkedArray, name: str, source: str, row_offset: int = 0) -> np.ndarray:
     """A dense column as float64; missing is NaN (imputed later), an infinity is an error: it would turn
     the column's scaler and every prediction into NaN."""
-    values = _numeric(col, name, source)
+    values = _numeric(col, name, source, row_offset)
     infinite = np.isinf(values)
     if infinite.any():
         row = int(np.argmax(infinite))
@@ -191,7 +202,7 @@ def _label_values(table: pa.Table, name: str, source: str, row_offset: int = 0) 
     """A label column as float64, checked to be 0/1 with nothing missing."""
     col = _column(table, name, source)
     _check_no_missing(col, name, source, "label", row_offset)
-    values = _numeric(col, name, source)
+    values = _numeric(col, name, source, row_offset)
     bad = ~((values == 0) | (values == 1))
     if bad.any():
         row = int(np.argmax(bad))
@@ -214,6 +225,19 @@ def check_table(table: pa.Table, schema: Schema, source: str, with_labels: bool 
     if with_labels:
         for name in schema.labels:
             _label_values(table, name, source)
+
+
+def _user_groups(col: pa.ChunkedArray) -> np.ndarray:
+    """GAUC group per row: equal user ids share a group; a row without a user id (null, or empty text) is a
+    group of its own, so anonymous rows are never pooled into one pretend user."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        col = pc.if_else(pc.equal(pc.utf8_trim_whitespace(col), ""), pa.scalar(None, col.type), col)
+    encoded = pc.dictionary_encode(col.combine_chunks())
+    codes = encoded.indices.to_numpy(zero_copy_only=False)  # float with NaN where null
+    missing = np.isnan(codes) if codes.dtype.kind == "f" else np.zeros(len(codes), dtype=bool)
+    groups = np.where(missing, 0, codes).astype(np.int64)
+    groups[missing] = len(encoded.dictionary) + np.arange(int(missing.sum()))
+    return groups
 
 
 class Encoder:
@@ -248,7 +272,7 @@ class Encoder:
                 col = _column(table, name, source)
                 _check_no_missing(col, name, source, "id", offset)
                 kind = kinds.setdefault(name, _id_kind(col))
-                counts.setdefault(name, _ValueCounts()).add(_as_kind(col, kind, name, source))
+                counts.setdefault(name, _ValueCounts()).add(_as_kind(col, kind, name, source, offset))
             for name, sep in s.lists.items():
                 lists = _split_lists(_column(table, name, source), sep, name, source)
                 flat = pc.utf8_trim_whitespace(lists.flatten())
@@ -260,7 +284,7 @@ class Encoder:
             col = _column(table, s.scenario, source)
             _check_no_missing(col, s.scenario, source, "scenario", offset)
             kind = kinds.setdefault(s.scenario + "\0scenario", _id_kind(col))
-            scenario_values.add(_as_kind(col, kind, s.scenario, source))
+            scenario_values.add(_as_kind(col, kind, s.scenario, source, offset))
             for name in s.labels:
                 self._labels(table, name, source, offset)
             offset += table.num_rows
@@ -323,8 +347,7 @@ class Encoder:
                     [_numeric(table[s.truth[c]], s.truth[c], source) if c in s.truth else np.full(n, np.nan)
                      for c in s.labels], 1).astype(np.float32))
         if with_evaluation_columns and s.user and s.user in table.column_names:
-            codes = pc.dictionary_encode(table[s.user].combine_chunks()).indices
-            user = torch.from_numpy(codes.to_numpy(zero_copy_only=False).astype(np.int64))
+            user = torch.from_numpy(_user_groups(table[s.user]))
         return TensorTable(
             sparse=torch.from_numpy(sparse).to(id_dtype),
             dense=torch.from_numpy(dense),

@@ -74,7 +74,7 @@ def load_splits(cfg: DataConfig, seed: int) -> RawSplits:
         sources = {k: f"{cfg.dataset}[{k}]" for k in ("all", "train", "val", "test")}
     else:
         schema = resolve_schema(cfg)
-        text_columns = [*schema.sparse, *schema.lists, schema.scenario] + ([schema.user] if schema.user else [])
+        text_columns = schema.text_columns()
         tables, sources = {}, {}
         for split in ("train", "val", "test"):
             path = getattr(cfg, split)

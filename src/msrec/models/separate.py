@@ -12,8 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from msrec.data.table import Batch
+from msrec.models.dnn import DNN
 from msrec.models.registry import ModelOptions, register
-from msrec.nn import MLP, FeatureEmbedding, ScenarioRouting
+from msrec.nn import ScenarioRouting
 from msrec.schema import FeatureSpec
 
 
@@ -21,23 +22,12 @@ class SeparateOptions(ModelOptions):
     pass
 
 
-class _SingleScenarioModel(nn.Module):
-    def __init__(self, spec: FeatureSpec, options: SeparateOptions):
-        super().__init__()
-        self.embedding = FeatureEmbedding(spec, options.embed_dim)
-        self.mlp = MLP(self.embedding.flat_dim, options.hidden, spec.num_tasks, options.dropout,
-                       options.activation, options.batch_norm)
-
-    def forward(self, batch: Batch) -> Tensor:
-        return self.mlp(self.embedding.flat(batch))
-
-
 @register("separate", SeparateOptions, "One independent model (embeddings + MLP) per scenario (baseline)")
 class Separate(nn.Module):
     def __init__(self, spec: FeatureSpec, options: SeparateOptions):
         super().__init__()
         self.num_scenarios = spec.num_scenarios
-        self.models = nn.ModuleList(_SingleScenarioModel(spec, options) for _ in range(spec.num_scenarios))
+        self.models = nn.ModuleList(DNN(spec, options) for _ in range(spec.num_scenarios))  # a dnn per scenario
 
     def forward(self, batch: Batch) -> Tensor:
         routing = ScenarioRouting.of(batch, self.num_scenarios)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from msrec.nn.mlp import ACTIVATIONS, MLP
+from msrec.nn.mlp import ACTIVATIONS, MLP, BatchNorm
 from msrec.schema import FeatureSpec
 
 
@@ -43,7 +43,7 @@ class GatedMLP(nn.Module):
         for width in hidden:
             parts: list[nn.Module] = [nn.Linear(dim, width)]
             if batch_norm:
-                parts.append(nn.BatchNorm1d(width))
+                parts.append(BatchNorm(width))
             parts.append(ACTIVATIONS[activation]())
             self.layers.append(nn.Sequential(*parts))
             self.gates.append(ScaleGate(gate_in, width, [gate_hidden], gamma))

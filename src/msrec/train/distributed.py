@@ -27,6 +27,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -181,6 +182,24 @@ def broadcast_object(obj, info: DistInfo):
     box = [obj if info.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def check_same_data(info: DistInfo, summary: dict[str, Any]) -> None:
+    """Every rank must have read the same data (same row counts, same fitted encoder): ranks with other
+    files would take different numbers of steps (a hang), build other shapes, or have their scores paired
+    with rank 0's labels. Every rank learns of any mismatch and stops with the same message."""
+    if not info.enabled:
+        return
+    reference = broadcast_object(summary, info)
+    differs = [k for k in summary if summary[k] != reference.get(k)]
+    flags = all_reduce_sum(torch.tensor([float(bool(differs))]))
+    if differs:
+        raise MsrecError(f"rank {info.rank}/{info.world_size}: its data differ from rank 0's ("
+                         + "; ".join(f"{k}: {summary[k]} here, {reference.get(k)} on rank 0" for k in differs)
+                         + "); every rank must read the same files")
+    if flags.item() > 0:
+        raise MsrecError(f"rank {info.rank}/{info.world_size}: another rank's data differ from rank 0's "
+                         "(see its message); every rank must read the same files")
 
 
 def launch(nproc: int, args: list[str]) -> None:

@@ -91,7 +91,10 @@ class Trainer:
             raise MsrecError(f"train.batch_size={b} is the global batch and must give each of the {w} ranks a row")
         if isinstance(train, TensorTable):  # every global batch with at least one row per rank
             n = len(train)
-            return n // b + (1 if n % b >= w else 0)
+            steps = n // b + (1 if n % b >= w else 0)
+            if steps == 0:
+                raise MsrecError(f"train: {n} training rows cannot give each of the {w} ranks a row; use fewer ranks")
+            return steps
         local = math.ceil(len(train.shard(self.dist.rank, w)) / max(1, b // w))
         steps = D.all_reduce_min(local, self.device)  # every rank must take the same number of steps
         if steps == 0:
@@ -154,6 +157,7 @@ class Trainer:
         best_score, best_epoch, best_state, best_val = -math.inf, 0, None, {}
         history: list[dict] = []
         train_seconds, train_samples, stale = 0.0, 0, 0
+        nan_warned = False
         started = time.perf_counter()
         epoch = 0
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("loss {task.fields[loss]}"),
@@ -196,6 +200,12 @@ class Trainer:
                                      "lower train.lr or check the dense features' scale")
                 val_report = self.evaluate(val)
                 score = monitor_value(val_report, cfg.monitor)
+                if math.isnan(score):  # e.g. every validation scenario holds one class: no AUC to compare
+                    if not nan_warned:
+                        self.console.print(f"warning: validation {cfg.monitor} is undefined (NaN), so epochs cannot "
+                                           "be compared; set train.monitor: logloss", highlight=False, soft_wrap=True)
+                        nan_warned = True
+                    score = -math.inf  # any later epoch with a defined score is better
                 history.append({"epoch": epoch, "train_loss": train_loss, "val_macro_auc": val_report["macro_auc"],
                                 "val_auc": val_report["overall"]["auc"],
                                 "val_logloss": val_report["overall"]["logloss"],

@@ -1,0 +1,31 @@
+"""`batch_norm: true` never fails on a batch, or a scenario's slice of a routed batch, that holds one row."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from zoo_batch import bce, make_batch, make_spec
+
+from msrec.models import REGISTRY, build_model  # the package import registers every model
+from msrec.nn.mlp import BatchNorm
+
+
+def test_one_row_in_training_uses_and_keeps_the_running_statistics():
+    norm = BatchNorm(4)
+    norm(torch.randn(64, 4) * 3 + 1)  # some running statistics
+    mean, var = norm.running_mean.clone(), norm.running_var.clone()
+    row = torch.randn(1, 4)
+    out = norm(row)
+    assert torch.equal(norm.running_mean, mean) and torch.equal(norm.running_var, var)
+    torch.testing.assert_close(out, norm.eval()(row))
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("scenarios", [[0, 0, 0, 1, 2, 2], [1]], ids=["one-row-scenario", "one-row-batch"])
+def test_every_model_trains_on_one_row_slices(name, scenarios):
+    spec = make_spec()
+    torch.manual_seed(0)
+    model = build_model(name, spec, {"batch_norm": True, "hidden": [8, 4], "dropout": 0.0}).train()
+    loss = bce(model, make_batch(spec, scenarios))
+    loss.backward()
+    assert torch.isfinite(loss)
