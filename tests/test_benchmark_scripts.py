@@ -1,0 +1,33 @@
+"""The speed scripts of benchmarks/ still run (tiny sizes; their figures are not checked here, only that
+every model row and every format row is printed with numbers)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from msrec.models import list_models
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_throughput_prints_a_row_of_ratios_per_model():
+    out = _run("throughput.py", "--rows", "3000", "--batch-size", "512", "--repeats", "2")
+    for entry in list_models():
+        row = rf"^{entry.name}\s+[\d,]+\s+[\d,]+\s+\d+\.\d\d\s+[\d,]+\s+[\d,]+\s+\d+\.\d\d$"
+        assert re.search(row, out, re.MULTILINE), f"{entry.name} missing:\n{out}"
+
+
+def test_ingest_prints_rows_per_second_for_both_formats():
+    out = _run("ingest.py", "--rows", "20000", "--repeats", "1")
+    for fmt in ("parquet", "csv"):
+        assert re.search(rf"^{fmt}\s+\d+\.\d\d\s+\d+\.\d\d\s+[\d,]+$", out, re.MULTILINE), out
