@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import ValidationError
 
-from msrec.data.datasets import movielens, synthetic
+from msrec.data.datasets import movielens, public, synthetic
 from msrec.data.io import read_table
 from msrec.errors import MsrecError, first_problem
 
@@ -80,6 +80,13 @@ DATASETS: dict[str, BuiltinDataset] = {
         BuiltinDataset("movielens-1m", "MovieLens 1M (GroupLens ratings.dat/users.dat/movies.dat), "
                        "scenario = age group", _ml1m),
         BuiltinDataset("ali-ccp", "Ali-CCP CSV layout (click, purchase; field 301 = scenario)", _ali_ccp),
+        BuiltinDataset("aliexpress", "AliExpress, AliExpress_XX/train.csv,test.csv per country (click, conversion; "
+                       "scenario = country); options: scenarios", public.aliexpress),
+        BuiltinDataset("kuairand", "KuaiRand-1K impressions with user/video features (is_click; scenario = tab); "
+                       "options: scenarios", public.kuairand),
+        BuiltinDataset("douban", "Douban book/music/movie ratings (0/1 rating; scenario = domain); options: scenarios",
+                       public.douban),
+        BuiltinDataset("mind", "MIND news impressions (label; scenario = Category); options: scenarios", public.mind),
     ]
 }
 
