@@ -236,3 +236,13 @@ def test_text_ids_that_arrow_cannot_read_as_integers_name_the_row(bad):
     val = VAL.set_column(1, "item", pa.array(["10", bad, "12"]))
     with pytest.raises(MsrecError, match=rf"in.csv: column `item` row 2: {bad!r} is not an integer id"):
         enc.transform(val, "in.csv")
+
+
+def test_streaming_fit_turns_integer_ids_into_text_when_a_later_chunk_holds_text():
+    """As a fit on the whole column would: one text id makes the column text, counted values included."""
+    first = TRAIN.slice(0, 3)
+    later = TRAIN.slice(3).set_column(1, "item", pa.array(["12", "x", "x"]))
+    enc = Encoder(schema(lists={})).fit_chunks([first, later], "data/")
+    assert enc.sparse["item"] == {"kind": "str", "vocab": ["10", "11", "12", "x"]}
+    probe = VAL.set_column(1, "item", pa.array(["10", "x", "13"]))
+    assert column(enc.transform(probe), enc, "item") == [1, 4, 0]

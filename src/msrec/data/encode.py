@@ -116,6 +116,10 @@ class _ValueCounts:
         if len(self.parts) > 16:
             self.parts = [self._merged()]
 
+    def as_text(self) -> None:
+        """Values counted so far as integers, from now on as text (a later chunk of the column held text)."""
+        self.parts = [part.set_column(0, "values", pc.cast(part["values"], pa.string())) for part in self.parts]
+
     def _merged(self) -> pa.Table:
         table = pa.concat_tables(self.parts)
         if len(self.parts) == 1:
@@ -271,7 +275,7 @@ class Encoder:
             for name in s.sparse:
                 col = _column(table, name, source)
                 _check_no_missing(col, name, source, "id", offset)
-                kind = kinds.setdefault(name, _id_kind(col))
+                kind = self._chunk_kind(kinds, counts, name, col)
                 counts.setdefault(name, _ValueCounts()).add(_as_kind(col, kind, name, source, offset))
             for name, sep in s.lists.items():
                 lists = _split_lists(_column(table, name, source), sep, name, source)
@@ -283,7 +287,8 @@ class Encoder:
                 moments[name].add(_dense_values(_column(table, name, source), name, source, offset))
             col = _column(table, s.scenario, source)
             _check_no_missing(col, s.scenario, source, "scenario", offset)
-            kind = kinds.setdefault(s.scenario + "\0scenario", _id_kind(col))
+            counts.setdefault(s.scenario + "\0scenario", scenario_values)
+            kind = self._chunk_kind(kinds, counts, s.scenario + "\0scenario", col)
             scenario_values.add(_as_kind(col, kind, s.scenario, source, offset))
             for name in s.labels:
                 self._labels(table, name, source, offset)
@@ -301,6 +306,17 @@ class Encoder:
         self.scenario = {"kind": kinds[s.scenario + "\0scenario"], "values": values, "names": [str(v) for v in values]}
         self.fitted = True
         return self
+
+    @staticmethod
+    def _chunk_kind(kinds: dict[str, str], counts: dict[str, _ValueCounts], key: str, col: pa.ChunkedArray) -> str:
+        """An id column's kind over the chunks seen so far: integers until a chunk holds text, then text for
+        good (the values counted as integers are turned into text), as a fit on the whole column decides."""
+        kind = _id_kind(col)
+        if kinds.get(key) == "int" and kind == "str" and key in counts:
+            counts[key].as_text()
+        if kinds.get(key) != "str":
+            kinds[key] = kind
+        return kinds[key]
 
     # ----------------------------------------------------------- transform
     def _labels(self, table: pa.Table, name: str, source: str, row_offset: int = 0) -> np.ndarray:

@@ -74,7 +74,8 @@ DATASETS: dict[str, BuiltinDataset] = {
     d.name: d
     for d in [
         BuiltinDataset("synthetic", "Generated multi-scenario clicks (and conversions) with a known truth; "
-                       "options: rows, scenarios, shares, tasks, heterogeneity, seed", _synthetic),
+                       "options: rows, scenarios, shares, users, items, tasks, latent_dim, heterogeneity, zipf, seed, "
+                       "row_seed", _synthetic),
         BuiltinDataset("movielens-100k", "MovieLens 100K (GroupLens u.data/u.user/u.item), scenario = age group",
                        _ml100k),
         BuiltinDataset("movielens-1m", "MovieLens 1M (GroupLens ratings.dat/users.dat/movies.dat), "
