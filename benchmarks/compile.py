@@ -56,7 +56,8 @@ def main() -> None:
                 compiled.append(statistics.median(rest))
             ratios.append(compiled[-1] / eager[-1])
         print(f"{name:<14}{statistics.median(eager):>10,.0f}{statistics.median(compiled):>12,.0f}"
-              f"{statistics.median(ratios):>7.2f}{statistics.median(first_epoch_s):>13.1f}", flush=True)
+              f"{statistics.median(ratios):>7.2f}{statistics.median(first_epoch_s):>13.1f}"
+              f"   pairs: {' '.join(f'{r:.2f}' for r in ratios)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -246,3 +246,9 @@ def test_streaming_fit_turns_integer_ids_into_text_when_a_later_chunk_holds_text
     assert enc.sparse["item"] == {"kind": "str", "vocab": ["10", "11", "12", "x"]}
     probe = VAL.set_column(1, "item", pa.array(["10", "x", "13"]))
     assert column(enc.transform(probe), enc, "item") == [1, 4, 0]
+
+
+def test_written_out_missing_users_are_not_one_pretend_user():
+    enc = Encoder(schema(user="viewer")).fit(TRAIN)
+    val = VAL.append_column("viewer", pa.array(["nan", "NULL", " "]))
+    assert len(set(enc.transform(val).user.tolist())) == 3

@@ -114,8 +114,8 @@ def test_aliexpress_country_folders_are_the_scenarios(samples, tmp_path):
     for split, rows in (("train", 100), ("test", 20)):
         counts = pc.value_counts(tables[split]["country"]).to_pylist()
         assert {c["values"]: c["counts"] for c in counts} == {"NL": rows, "US": rows}
-    only, _ = load_builtin("aliexpress", str(tmp_path), {"scenarios": ["US"]})
-    assert set(pc.unique(only["train"]["country"]).to_pylist()) == {"US"}
+    only, _ = load_builtin("aliexpress", str(tmp_path), {"scenarios": ["US", "US"]})  # named twice, loaded once
+    assert pc.value_counts(only["train"]["country"]).to_pylist() == [{"values": "US", "counts": 100}]
     # one country folder given directly
     tables, _ = load_builtin("aliexpress", str(tmp_path / "AliExpress_NL"), {})
     assert set(pc.unique(tables["test"]["country"]).to_pylist()) == {"NL"}
@@ -191,3 +191,19 @@ def test_a_file_without_a_layout_column_names_file_and_column(samples, tmp_path)
     pacsv.write_csv(table, path)
     with pytest.raises(MsrecError, match=rf"{re.escape(str(path))}: missing column `SubCategory`"):
         load_builtin("mind", str(tmp_path), {})
+
+
+def test_aliexpress_countries_whose_column_types_disagree_are_named(samples, tmp_path):
+    import pyarrow.csv as pacsv
+
+    for country, as_text in (("NL", False), ("US", True)):
+        folder = tmp_path / f"AliExpress_{country}"
+        folder.mkdir()
+        for split in ("train", "test"):
+            table = pacsv.read_csv(samples / "aliexpress" / f"aliexpress_{split}_sample.csv")
+            if as_text:  # a country whose first categorical column holds text ids
+                table = table.set_column(1, "categorical_1", pc.binary_join_element_wise(
+                    "id", pc.cast(table["categorical_1"], "string"), ""))
+            pacsv.write_csv(table, folder / f"{split}.csv")
+    with pytest.raises(MsrecError, match=r"aliexpress: the country folders in .* do not agree on their columns' types"):
+        load_builtin("aliexpress", str(tmp_path), {})

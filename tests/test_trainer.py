@@ -20,7 +20,7 @@ def _table(n: int, labels: torch.Tensor, seed: int) -> TensorTable:
                        scenario=torch.randint(0, 2, (n,), generator=g), labels=labels)
 
 
-def test_an_undefined_validation_auc_warns_and_later_epochs_can_still_win():
+def test_an_undefined_validation_auc_warns_and_keeps_the_first_epoch():
     """Validation rows of one class: macro AUC is NaN; the run says so instead of silently freezing epoch 1."""
     spec = FeatureSpec(sparse_fields=["a", "b"], sparse_vocab=[20, 20], list_fields=[], list_vocab=[], dense_dim=1,
                        scenario_fields=[], scenarios=["s0", "s1"], tasks=["click"])

@@ -235,7 +235,8 @@ def _user_groups(col: pa.ChunkedArray) -> np.ndarray:
     """GAUC group per row: equal user ids share a group; a row without a user id (null, or empty text) is a
     group of its own, so anonymous rows are never pooled into one pretend user."""
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        col = pc.if_else(pc.equal(pc.utf8_trim_whitespace(col), ""), pa.scalar(None, col.type), col)
+        written_out = pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(col)), value_set=MISSING_TEXT)  # "", "nan", ...
+        col = pc.if_else(written_out, pa.scalar(None, col.type), col)
     encoded = pc.dictionary_encode(col.combine_chunks())
     codes = encoded.indices.to_numpy(zero_copy_only=False)  # float with NaN where null
     missing = np.isnan(codes) if codes.dtype.kind == "f" else np.zeros(len(codes), dtype=bool)

@@ -184,7 +184,7 @@ def broadcast_object(obj, info: DistInfo):
     return box[0]
 
 
-def check_same_data(info: DistInfo, summary: dict[str, Any]) -> None:
+def check_same_data(info: DistInfo, summary: dict[str, Any], device: torch.device) -> None:
     """Every rank must have read the same data (same row counts, same fitted encoder): ranks with other
     files would take different numbers of steps (a hang), build other shapes, or have their scores paired
     with rank 0's labels. Every rank learns of any mismatch and stops with the same message."""
@@ -192,7 +192,7 @@ def check_same_data(info: DistInfo, summary: dict[str, Any]) -> None:
         return
     reference = broadcast_object(summary, info)
     differs = [k for k in summary if summary[k] != reference.get(k)]
-    flags = all_reduce_sum(torch.tensor([float(bool(differs))]))
+    flags = all_reduce_sum(torch.tensor([float(bool(differs))], device=device))  # NCCL: a device tensor
     if differs:
         raise MsrecError(f"rank {info.rank}/{info.world_size}: its data differ from rank 0's ("
                          + "; ".join(f"{k}: {summary[k]} here, {reference.get(k)} on rank 0" for k in differs)

@@ -35,7 +35,7 @@ def _scenarios_option(name: str, options: dict[str, Any]) -> list[str] | None:
         return None
     if not isinstance(wanted, list) or not wanted or not all(isinstance(v, (str, int)) for v in wanted):
         raise MsrecError(f"data.options.scenarios: a non-empty list of scenario values, got {wanted!r}")
-    return [str(v) for v in wanted]
+    return list(dict.fromkeys(str(v) for v in wanted))  # a value named twice is still loaded once
 
 
 def _keep_scenarios(table: pa.Table, column: str, wanted: list[str] | None, source: Path) -> pa.Table:
@@ -163,8 +163,12 @@ def aliexpress(path: str | None, options: dict[str, Any]) -> Loaded:
             table = read_table(file)
             table = _fill_missing_ids(table, [c for c in table.column_names if c.startswith("categorical_")])
             splits[split].append(_with_country(table, _country(folder)))
-    tables = {split: pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
-              for split, parts in splits.items()}
+    try:
+        tables = {split: pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+                  for split, parts in splits.items()}
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as err:  # e.g. a column read as numbers in one country, text in another
+        raise MsrecError(f"aliexpress: the country folders in {root} do not agree on their columns' types "
+                         f"({str(err).splitlines()[0]})") from None
     return tables, _aliexpress_defaults(tables["train"], root)
 
 
@@ -198,8 +202,10 @@ def kuairand(path: str | None, options: dict[str, Any]) -> Loaded:
 
     Scenario = `tab`, the app page the video was shown on; label = `is_click`; user = `user_id`. Sparse:
     the user and video ids and the categorical user/video features (activity degree, the is_* flags, the
-    *_range buckets, onehot_feat0-17, video_type); dense: counts known before the impression (follow,
-    fans and friend counts, register_days) and the video's shape (duration_ms, server_width/height).
+    *_range buckets, onehot_feat0-17, video_type); dense: the user profile's counts (follow, fans and
+    friend counts, register_days) and the video's shape (duration_ms, server_width/height). The profile
+    features are the release's snapshot of each user, not measured per impression; they are user
+    attributes, not reactions to the impression, so they stay (as in the published benchmarks).
 
     Excluded, as they leak the outcome: play_time_ms (how long the user watched: a consequence of the
     click), profile_stay_time and comment_stay_time (time spent on the author's profile / the comments
