@@ -111,7 +111,8 @@ def _data_summary(data: EncodedData) -> dict[str, Any]:
 def _train(cfg: Config, options, run_dir: Path | None, overwrite: bool, save: bool, console: Console | None,
            data: EncodedData | None, device: torch.device, info: distributed.DistInfo) -> TrainResult:
     data = data or prepare_data(cfg)
-    distributed.check_same_data(info, _data_summary(data), device)
+    if info.enabled:  # the encoder fingerprint costs a pass over the vocabularies: only where ranks compare
+        distributed.check_same_data(info, _data_summary(data), device)
     torch.manual_seed(cfg.train.seed)
     spec = data.encoder.spec()
     model = build_model(cfg.model.name, spec, options)

@@ -42,16 +42,24 @@ def _first_row(mask: pa.ChunkedArray | pa.Array) -> int:
 MISSING_TEXT = pa.array(["", "nan", "null"])  # lower-cased; "NA" and "none" stay values (a region; MovieLens's occupation "none")
 
 
+def written_out_missing(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """In a text column, where a cell spells a missing value ("", "nan", "null", any case or spacing); None
+    when no cell does (or the column is not text). Only the distinct values are normalised: one hash pass
+    instead of two string copies of the column."""
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return None
+    distinct = pc.unique(col)
+    spelled = pc.filter(distinct, pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(distinct)), value_set=MISSING_TEXT))
+    return pc.is_in(col, value_set=spelled) if len(spelled) else None
+
+
 def _check_no_missing(col: pa.ChunkedArray, name: str, source: str, what: str, row_offset: int = 0) -> None:
     """Null, NaN and, in text (ids are read from CSV as text), an empty cell or a written-out NaN/null are
     all missing: none of them is a usable id."""
     missing = pc.is_null(col, nan_is_null=True) if pa.types.is_floating(col.type) else pc.is_null(col)
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        distinct = pc.unique(col)  # normalise the distinct values only: one hash pass instead of two string copies
-        written_out = pc.filter(distinct, pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(distinct)),
-                                                   value_set=MISSING_TEXT))
-        if len(written_out):
-            missing = pc.or_kleene(missing, pc.is_in(col, value_set=written_out))
+    written_out = written_out_missing(col)
+    if written_out is not None:
+        missing = pc.or_kleene(missing, written_out)
     if pc.any(missing).as_py():
         raise MsrecError(f"{source}: column `{name}` row {row_offset + _first_row(missing) + 1}: missing {what}")
 
@@ -234,8 +242,8 @@ def check_table(table: pa.Table, schema: Schema, source: str, with_labels: bool 
 def _user_groups(col: pa.ChunkedArray) -> np.ndarray:
     """GAUC group per row: equal user ids share a group; a row without a user id (null, or empty text) is a
     group of its own, so anonymous rows are never pooled into one pretend user."""
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        written_out = pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(col)), value_set=MISSING_TEXT)  # "", "nan", ...
+    written_out = written_out_missing(col)
+    if written_out is not None:
         col = pc.if_else(written_out, pa.scalar(None, col.type), col)
     encoded = pc.dictionary_encode(col.combine_chunks())
     codes = encoded.indices.to_numpy(zero_copy_only=False)  # float with NaN where null
@@ -269,7 +277,8 @@ class Encoder:
         counts: dict[str, _ValueCounts] = {}
         moments = {name: _Moments() for name in s.dense}
         max_len = dict.fromkeys(s.lists, 1)
-        scenario_values = _ValueCounts()
+        scenario_key = s.scenario + "\0scenario"  # the scenario column's kind and counts, apart from features
+        scenario_values = counts[scenario_key] = _ValueCounts()
         kinds: dict[str, str] = {}
         offset = 0
         for table in chunks:
@@ -288,8 +297,7 @@ class Encoder:
                 moments[name].add(_dense_values(_column(table, name, source), name, source, offset))
             col = _column(table, s.scenario, source)
             _check_no_missing(col, s.scenario, source, "scenario", offset)
-            counts.setdefault(s.scenario + "\0scenario", scenario_values)
-            kind = self._chunk_kind(kinds, counts, s.scenario + "\0scenario", col)
+            kind = self._chunk_kind(kinds, counts, scenario_key, col)
             scenario_values.add(_as_kind(col, kind, s.scenario, source, offset))
             for name in s.labels:
                 self._labels(table, name, source, offset)
@@ -304,7 +312,7 @@ class Encoder:
         for name in s.dense:
             self.dense[name] = moments[name].scaler()
         values = scenario_values.vocabulary(1)
-        self.scenario = {"kind": kinds[s.scenario + "\0scenario"], "values": values, "names": [str(v) for v in values]}
+        self.scenario = {"kind": kinds[scenario_key], "values": values, "names": [str(v) for v in values]}
         self.fitted = True
         return self
 
@@ -313,7 +321,7 @@ class Encoder:
         """An id column's kind over the chunks seen so far: integers until a chunk holds text, then text for
         good (the values counted as integers are turned into text), as a fit on the whole column decides."""
         kind = _id_kind(col)
-        if kinds.get(key) == "int" and kind == "str" and key in counts:
+        if kinds.get(key) == "int" and kind == "str":
             counts[key].as_text()
         if kinds.get(key) != "str":
             kinds[key] = kind

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from msrec.nn.mlp import ACTIVATIONS, MLP, BatchNorm
+from msrec.nn.mlp import MLP
 from msrec.schema import FeatureSpec
 
 
@@ -40,12 +40,8 @@ class GatedMLP(nn.Module):
         self.layers = nn.ModuleList()
         self.gates = nn.ModuleList()
         dim = in_dim
-        for width in hidden:
-            parts: list[nn.Module] = [nn.Linear(dim, width)]
-            if batch_norm:
-                parts.append(BatchNorm(width))
-            parts.append(ACTIVATIONS[activation]())
-            self.layers.append(nn.Sequential(*parts))
+        for width in hidden:  # one hidden layer of the shared MLP each, so that its gate scales it before dropout
+            self.layers.append(MLP(dim, [width], activation=activation, batch_norm=batch_norm))
             self.gates.append(ScaleGate(gate_in, width, [gate_hidden], gamma))
             dim = width
         self.dropout = nn.Dropout(dropout)

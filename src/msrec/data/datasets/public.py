@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from msrec.data.encode import MISSING_TEXT
+from msrec.data.encode import written_out_missing
 from msrec.data.io import read_table
 from msrec.errors import MsrecError
 
@@ -88,8 +88,9 @@ def _fill_missing_ids(table: pa.Table, columns: list[str], text: str = "unknown"
         elif pa.types.is_integer(col.type):
             col = pc.fill_null(col, number)
         elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            blank = pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(col)), value_set=MISSING_TEXT)
-            col = pc.if_else(pc.or_kleene(pc.is_null(col), blank), pa.scalar(text, col.type), col)
+            blank = written_out_missing(col)
+            missing = pc.is_null(col) if blank is None else pc.or_kleene(pc.is_null(col), blank)
+            col = pc.if_else(missing, pa.scalar(text, col.type), col)
         table = table.set_column(table.column_names.index(name), name, col)
     return table
 
