@@ -36,9 +36,9 @@ def main() -> None:
     cfg = Config.model_validate({"data": {"dataset": "synthetic", "options": {"rows": args.rows}}})
     data = prepare_data(cfg)
     spec = data.encoder.spec()
-    batches = list(data.tables["train"].batches(args.batch_size, shuffle=True,
+    batches = list(data.train.batches(args.batch_size, shuffle=True,
                                                 generator=torch.Generator().manual_seed(0)))
-    print(f"{len(data.tables['train']):,} training rows, batch {args.batch_size}, {torch.get_num_threads()} threads, "
+    print(f"{len(data.train):,} training rows, batch {args.batch_size}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, median of {args.repeats}")
     print(f"{'model':<14}{'eager/s':>10}{'compiled/s':>12}{'ratio':>7}{'1st epoch s':>13}")
     for name in args.models:
@@ -52,7 +52,7 @@ def main() -> None:
                     continue
                 torch._dynamo.reset()
                 first, *rest = epoch_speeds(torch.compile(model, dynamic=True), batches, args.epochs + 1)
-                first_epoch_s.append(len(data.tables["train"]) / first)  # compilation + one epoch
+                first_epoch_s.append(len(data.train) / first)  # compilation + one epoch
                 compiled.append(statistics.median(rest))
             ratios.append(compiled[-1] / eager[-1])
         print(f"{name:<14}{statistics.median(eager):>10,.0f}{statistics.median(compiled):>12,.0f}"

@@ -50,7 +50,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 data = prepare_data(cfg)
                 totals.append(time.perf_counter() - t0)
-                assert sum(len(t) for t in data.tables.values()) == args.rows
+                assert len(data.train) + sum(len(t) for t in data.evaluation_splits().values()) == args.rows
             read, total = statistics.median(reads), statistics.median(totals)
             print(f"{fmt:<10}{read:>8.2f}{total:>9.2f}{args.rows / total:>14,.0f}", flush=True)
 

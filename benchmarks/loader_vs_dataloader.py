@@ -128,7 +128,7 @@ def main() -> None:
                                    "seed": 2022, "progress": False}})
         data = prepare_data(cfg)
     spec = data.encoder.spec()
-    train, val = data.tables["train"], data.tables["val"].subset(torch.arange(1000))  # tiny val: not timed anyway
+    train, val = data.train, data.val.subset(torch.arange(1000))  # tiny val: not timed anyway
 
     torch.manual_seed(cfg.train.seed)
     msrec_model = build_model("dnn", spec, cfg.model.options())

@@ -83,7 +83,7 @@ def run_one(mode: str, rows: int, model: str, out: Path) -> dict:
                                               "split": [0.98, 0.02, 0.0]},
                                      "model": {"name": model}, "train": train_cfg})
         data = api.prepare_data(cfg)
-        train = data.tables["train"]
+        train = data.train
         ratio = train.nbytes / (column_bytes * len(train) / rows)
         t0 = time.perf_counter()
         result = api.train(cfg, save=False, data=data)

@@ -65,7 +65,7 @@ def main() -> None:
                                            "eval_batch_size": args.batch_size}})
     data = prepare_data(cfg)
     spec = data.encoder.spec()
-    train = data.tables["train"]
+    train = data.train
     pre_batched = [b for b in train.batches(args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))]
     score_batches = list(train.batches(args.batch_size))
     names = args.models or [e.name for e in list_models()]
@@ -85,7 +85,7 @@ def main() -> None:
                     continue
                 trainer = Trainer(model, cfg.train.model_copy(update={"progress": False}), spec.scenarios, spec.tasks)
                 # Fit on a tiny validation table so the epoch's timing is the training steps only.
-                fit = trainer.fit(train, data.tables["val"].subset(torch.arange(min(1000, len(data.tables["val"])))))
+                fit = trainer.fit(train, data.val.subset(torch.arange(min(1000, len(data.val)))))
                 figures["train"].append(fit.samples_per_second)
                 t0 = time.perf_counter()
                 trainer.predict(train)

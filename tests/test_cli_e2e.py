@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 
 from msrec.config import load_config
 from msrec.data.prepare import load_splits
-from msrec.train.run import RUN_FILES
+from msrec.runs import RUN_FILES
 
 # The config; the test trains 4 of its 10 epochs (`--set`), enough to pass 0.76 with margin.
 ML_CONFIG = {
@@ -182,7 +182,7 @@ def test_a_crash_while_writing_keeps_the_earlier_run(tmp_path, cli, synthetic_co
     assert cli("train", config, "--out", run).code == 0
     before = {p.name: p.read_bytes() for p in run.iterdir()}
 
-    run_module = importlib.import_module("msrec.train.run")  # `msrec.train` is also the API function
+    run_module = importlib.import_module("msrec.runs")  # `msrec.train` is also the API function
 
     def broken_save(*args, **kwargs):
         raise OSError("disk full")

@@ -48,7 +48,7 @@ def test_synthetic_truth_is_never_a_feature():
     features = schema.feature_columns()
     assert "p_click" not in features and "click" not in features
     assert schema.truth == {"click": "p_click"}
-    assert data.tables["test"].truth is not None  # kept beside the data, for the oracle row
+    assert data.test.truth is not None  # kept beside the data, for the oracle row
     assert data.encoder.spec().dense_dim == 2 * len(schema.dense)
 
 
@@ -120,7 +120,7 @@ def test_movielens_1m_reader_with_age_code_groups(shared_data):
 
 def test_movielens_as_a_builtin_dataset_splits_80_10_10(ml100k_dir):
     data = prepare_data(as_config({"data": {"dataset": "movielens-100k", "path": str(ml100k_dir)}}))
-    assert [len(data.tables[k]) for k in ("train", "val", "test")] == [80_000, 10_000, 10_000]
+    assert [len(getattr(data, k)) for k in ("train", "val", "test")] == [80_000, 10_000, 10_000]
     assert data.encoder.scenario_names == ["0", "1", "2"]
     assert data.encoder.schema.dense == ["age"]
 

@@ -13,14 +13,15 @@ import torch
 from rich.console import Console
 
 from msrec.config import Config, load_config, parse_config
+from msrec.data import prepare as data_prepare
 from msrec.data.encode import Encoder
 from msrec.data.io import read_table, write_table
-from msrec.data.prepare import load_splits
+from msrec.data.prepare import EncodedData, load_splits
 from msrec.data.table import TensorTable
 from msrec.errors import MsrecError
 from msrec.models.registry import build_model, parse_options
+from msrec.runs import Run, check_run_dir_free, default_run_dir, load_run, write_run
 from msrec.train import distributed
-from msrec.train.run import Run, check_run_dir_free, default_run_dir, load_run, write_run
 from msrec.train.trainer import Trainer
 
 
@@ -31,12 +32,6 @@ class TrainResult:
     model: torch.nn.Module
     encoder: Encoder
     scores: dict[str, torch.Tensor] = field(default_factory=dict)  # the val / test scores behind `metrics`
-
-
-@dataclass
-class EncodedData:
-    encoder: Encoder
-    tables: dict[str, TensorTable]
 
 
 def as_config(config: Config | dict | str | Path, overrides: list[str] | None = None) -> Config:
@@ -50,36 +45,8 @@ def as_config(config: Config | dict | str | Path, overrides: list[str] | None = 
 
 
 def prepare_data(cfg: Config) -> EncodedData:
-    """Load the splits, fit the encoder on the training split only, encode every split."""
-    if cfg.data.streaming:
-        return _prepare_streaming(cfg)
-    raw = load_splits(cfg.data, cfg.train.seed)
-    encoder = Encoder(raw.schema, cfg.data.min_freq, cfg.data.list_max_len).fit(raw.tables["train"], raw.sources["train"])
-    tables = {split: encoder.transform(t, raw.sources[split]) for split, t in raw.tables.items()}
-    return EncodedData(encoder, tables)
-
-
-def _prepare_streaming(cfg: Config) -> EncodedData:
-    """Training rows stay on disk (read by row group); the encoder is fitted in one streaming pass;
-    validation and test splits are read into memory."""
-    from msrec.data.prepare import resolve_schema
-    from msrec.data.stream import ParquetStream, parquet_files
-
-    schema = resolve_schema(cfg.data)
-    wanted = [*schema.feature_columns(), *schema.labels]  # user and truth are read for evaluation only
-    import pyarrow.parquet as pq
-
-    present = set(pq.ParquetFile(parquet_files(cfg.data.train)[0]).schema_arrow.names)
-    stream = ParquetStream(cfg.data.train, [c for c in dict.fromkeys(wanted) if c in present], cfg.data.shuffle_buffer)
-    encoder = Encoder(schema, cfg.data.min_freq, cfg.data.list_max_len).fit_chunks(stream.chunks(), str(cfg.data.train))
-    stream.encoder = encoder
-    text_columns = schema.text_columns()
-    tables = {"train": stream}
-    for split in ("val", "test"):
-        path = getattr(cfg.data, split)
-        if path:
-            tables[split] = encoder.transform(read_table(path, string_columns=text_columns), str(path))
-    return EncodedData(encoder, tables)
+    """Every split of the configured data, encoded by an encoder fitted on the training rows only."""
+    return data_prepare.prepare_data(cfg.data, cfg.train.seed)
 
 
 def train(config: Config | dict | str | Path, out: str | Path | None = None, overrides: list[str] | None = None,
@@ -104,7 +71,7 @@ def train(config: Config | dict | str | Path, out: str | Path | None = None, ove
 def _data_summary(data: EncodedData) -> dict[str, Any]:
     """What must agree across ranks: the rows of each split and a fingerprint of the fitted encoder."""
     encoder = json.dumps(data.encoder.to_dict(), sort_keys=True, default=str).encode()
-    return {**{f"{split} rows": len(table) for split, table in data.tables.items()},
+    return {**{f"{split} rows": len(table) for split, table in [("train", data.train), *data.evaluation_splits().items()]},
             "encoder": hashlib.sha256(encoder).hexdigest()[:16]}
 
 
@@ -117,12 +84,11 @@ def _train(cfg: Config, options, run_dir: Path | None, overwrite: bool, save: bo
     spec = data.encoder.spec()
     model = build_model(cfg.model.name, spec, options)
     trainer = Trainer(model, cfg.train, spec.scenarios, spec.tasks, console, device=device, dist=info)
-    fit = trainer.fit(data.tables["train"], data.tables["val"])
+    fit = trainer.fit(data.train, data.val)
     metrics: dict[str, Any] = {}
     scores: dict[str, torch.Tensor] = {}
-    for split in ("val", "test"):
-        if split in data.tables:
-            metrics[split], scores[split] = trainer.scored_report(data.tables[split])
+    for split, table in data.evaluation_splits().items():
+        metrics[split], scores[split] = trainer.scored_report(table)
     metrics["train"] = {"epochs": fit.epochs, "best_epoch": fit.best_epoch, "seconds": fit.seconds,
                         "samples_per_second": fit.samples_per_second,
                         "parameters": sum(p.numel() for p in model.parameters()), "history": fit.history}
@@ -186,4 +152,4 @@ def score_table(run: Run, table: pa.Table, source: str = "request") -> torch.Ten
     return _score(run, table, source, with_labels=False)[1]
 
 
-__all__ = ["MsrecError", "TrainResult", "evaluate", "load_run", "predict", "prepare_data", "score_table", "train"]
+__all__ = ["EncodedData", "MsrecError", "TrainResult", "evaluate", "load_run", "predict", "prepare_data", "score_table", "train"]

@@ -50,7 +50,7 @@ def evaluate(run_dir: Path, data: Annotated[Path | None, typer.Option(help="Labe
     """Evaluate a saved run on DATA (default: its configured test split)."""
     from msrec.api import evaluate as run_evaluate
     from msrec.report.tables import scenario_table
-    from msrec.train.run import load_run
+    from msrec.runs import load_run
 
     run = load_run(run_dir)
     metrics = run_evaluate(run, data)

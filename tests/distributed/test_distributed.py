@@ -25,12 +25,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import msrec.api
-from msrec.config import TrainConfig
 from msrec.data.datasets import synthetic
 from msrec.errors import MsrecError
+from msrec.runs import RUN_FILES
 from msrec.train import distributed
-from msrec.train.run import RUN_FILES
-from msrec.train.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "worker.py"
@@ -247,28 +245,26 @@ def test_launch_names_the_rank_that_failed_first(monkeypatch):
 @given(n=st.integers(1, 200), batch=st.integers(4, 48), world=st.integers(2, 4))
 def test_rank_shares_rebuild_the_single_process_global_batches(n, batch, world):
     """Every rank's share of global batch k, in rank order, is batch k of the single process; the loss
-    factors make the mean over ranks of the scaled per-rank means the global-batch mean."""
+    scales make the mean over ranks of the scaled per-rank means the global-batch mean."""
     table = synthetic_table(n)
-    cfg = TrainConfig(batch_size=batch, seed=7)
-    trainer = Trainer(torch.nn.Linear(1, 1), cfg, ["s0"], ["click"])
-    single = [b.sparse for b, _ in trainer._train_batches(table, 0, torch.Generator().manual_seed(7))]
+    single = [b.sparse for b in table.batches(batch, shuffle=True, generator=torch.Generator().manual_seed(7))]
     shares = []
     for rank in range(world):
-        trainer.dist = distributed.DistInfo(rank, world)
+        shard = table.shard(rank, world)
         if n < world:  # not a row per rank: a clear error rather than an epoch of no steps
             with pytest.raises(MsrecError, match=f"{n} training rows cannot give each of the {world} ranks a row"):
-                trainer._steps_per_epoch(table)
+                shard.steps(batch)
             return
-        steps = trainer._steps_per_epoch(table)
-        shares.append(list(trainer._train_batches(table, steps, torch.Generator().manual_seed(7))))
+        shares.append(list(shard.batches(batch, shuffle=True, generator=torch.Generator().manual_seed(7))))
+        assert len(shares[-1]) == shard.steps(batch)
     steps = len(shares[0])
     assert all(len(s) == steps for s in shares)  # every rank takes the same number of steps (else DDP hangs)
     assert steps == len(single) - (1 if 0 < n % batch < world else 0)  # only a last batch too small to share
     for k in range(steps):
-        assert torch.equal(torch.cat([s[k][0].sparse for s in shares]), single[k])
-        assert all(len(s[k][0]) > 0 for s in shares)
-        losses = [s[k][0].sparse.double() for s in shares]  # any per-row loss: DDP averages scaled means
-        ddp = sum(s[k][1] * loss.mean() for s, loss in zip(shares, losses)) / world
+        assert torch.equal(torch.cat([s[k].sparse for s in shares]), single[k])
+        assert all(len(s[k]) > 0 for s in shares)
+        losses = [s[k].sparse.double() for s in shares]  # any per-row loss: DDP averages scaled means
+        ddp = sum(s[k].loss_scale * loss.mean() for s, loss in zip(shares, losses)) / world
         assert float(ddp) == pytest.approx(float(single[k].double().mean()), rel=1e-12)
 
 
@@ -281,10 +277,8 @@ def test_a_bad_launch_environment_is_named(monkeypatch, env):
 
 
 def test_global_batch_smaller_than_the_ranks_is_an_error():
-    trainer = Trainer(torch.nn.Linear(1, 1), TrainConfig(batch_size=3), ["s0"], ["click"])
-    trainer.dist = distributed.DistInfo(0, 4)
-    with pytest.raises(MsrecError, match="batch_size"):
-        trainer._steps_per_epoch(synthetic_table(10))
+    with pytest.raises(MsrecError, match="batch_size=3 is the global batch"):
+        synthetic_table(10).shard(0, 4).steps(3)
 
 
 def synthetic_table(n: int):

@@ -74,7 +74,7 @@ def learns(name: str, options: dict | None = None, epochs: int = 3, tasks: int =
     try:
         torch.manual_seed(cfg.train.seed)
         untrained = build_model(name, spec, cfg.model.options())
-        before = Trainer(untrained, cfg.train, spec.scenarios, spec.tasks).evaluate(data.tables["test"])
+        before = Trainer(untrained, cfg.train, spec.scenarios, spec.tasks).evaluate(data.test)
         after = msrec.train(cfg, save=False, data=data).metrics["test"]
     finally:
         torch.set_num_threads(threads)

@@ -12,8 +12,8 @@ from msrec.config import parse_config
 from msrec.data.encode import Encoder
 from msrec.errors import MsrecError
 from msrec.models.registry import build_model, parse_options
+from msrec.runs import write_run
 from msrec.schema import Schema
-from msrec.train.run import write_run
 
 SCENARIOS = ["home", "search", "cart"]
 TIERS = ["new", "low", "mid", "high"]

@@ -12,8 +12,8 @@ from msrec.cli import app
 from msrec.data.table import Batch
 from msrec.errors import MsrecError
 from msrec.models import list_models
+from msrec.runs import load_run
 from msrec.serve.export import FORMATS, ExportedModel, batch_inputs, example_batch, export_run
-from msrec.train.run import load_run
 
 MODELS = [entry.name for entry in list_models()]
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}

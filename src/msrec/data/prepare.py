@@ -1,4 +1,5 @@
-"""From a `data:` config section to raw train/val/test tables and the resolved schema."""
+"""From a `data:` config section to encoded splits: read, check, split, fit the encoder on the training rows
+only, encode. In memory, or (`data.streaming`) training rows left on disk as a Parquet stream."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pyarrow.compute as pc
 
 from msrec.config import DataConfig
 from msrec.data.datasets import load_builtin
-from msrec.data.encode import check_table
+from msrec.data.encode import Encoder, check_table
 from msrec.data.io import read_table
+from msrec.data.stream import ParquetStream
+from msrec.data.table import BatchSource, TensorTable
 from msrec.errors import MsrecError
 from msrec.schema import Schema
 
@@ -107,3 +110,46 @@ def load_splits(cfg: DataConfig, seed: int) -> RawSplits:
     if tables["train"].num_rows == 0 or "val" not in tables or tables["val"].num_rows == 0:
         raise MsrecError(f"{sources.get('train')}: too few rows to hold a training and a validation split")
     return RawSplits(schema, tables, {k: v for k, v in sources.items() if k in tables})
+
+
+@dataclass
+class EncodedData:
+    """Every split encoded by one encoder fitted on the training rows. `train` is a batch source (in memory
+    or streamed); the evaluation splits are in memory."""
+
+    encoder: Encoder
+    train: BatchSource
+    val: TensorTable
+    test: TensorTable | None = None
+
+    @property
+    def evaluated(self) -> str:
+        """The split a run's final metrics are taken on: test where there is one."""
+        return "test" if self.test is not None else "val"
+
+    def evaluation_splits(self) -> dict[str, TensorTable]:
+        return {"val": self.val, **({"test": self.test} if self.test is not None else {})}
+
+
+def prepare_data(cfg: DataConfig, seed: int) -> EncodedData:
+    """Load the splits, fit the encoder on the training split only, encode every split."""
+    if cfg.streaming:
+        return _prepare_streaming(cfg)
+    raw = load_splits(cfg, seed)
+    encoder = Encoder(raw.schema, cfg.min_freq, cfg.list_max_len).fit(raw.tables["train"], raw.sources["train"])
+    tables = {split: encoder.transform(t, raw.sources[split]) for split, t in raw.tables.items()}
+    return EncodedData(encoder, tables["train"], tables["val"], tables.get("test"))
+
+
+def _prepare_streaming(cfg: DataConfig) -> EncodedData:
+    """Training rows stay on disk (read by row group); the encoder is fitted in one streaming pass;
+    validation and test splits are read into memory."""
+    schema = resolve_schema(cfg)
+    wanted = [*schema.feature_columns(), *schema.labels]  # user and truth are read for evaluation only
+    stream = ParquetStream(cfg.train, wanted, cfg.shuffle_buffer)
+    encoder = Encoder(schema, cfg.min_freq, cfg.list_max_len).fit_chunks(stream.chunks(), str(cfg.train))
+    stream.encoder = encoder
+    text_columns = schema.text_columns()
+    splits = {split: encoder.transform(read_table(path, string_columns=text_columns), str(path))
+              for split in ("val", "test") if (path := getattr(cfg, split))}
+    return EncodedData(encoder, stream, splits["val"], splits.get("test"))

@@ -3,12 +3,12 @@
 Row groups are visited in a seeded random order, encoded as they arrive (by a background thread, so
 reading and encoding overlap the training step), and mixed in a bounded shuffle buffer: rows are
 shuffled within `buffer_rows`, not across the whole data. Memory holds at most the buffer plus the
-row groups in flight, whatever the data's size. The trainer consumes it like an in-memory
-`TensorTable` (`len()` and `batches()`).
+row groups in flight, whatever the data's size. It is a `BatchSource`, like the in-memory `TensorTable`.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Iterator
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import torch
 
 from msrec.data.encode import Encoder
-from msrec.data.table import Batch, TensorTable
+from msrec.data.table import Batch, TensorTable, check_global_batch
 from msrec.errors import MsrecError
 
 _DONE = object()
@@ -43,12 +43,17 @@ class ParquetStream:
         self.buffer_rows = buffer_rows
         self.prefetch = prefetch
         self.encoder: Encoder | None = None
+        self.world_size = 1  # a shard reads batch_size // world_size rows per batch: its part of the global batch
         self.pieces: list[tuple[Path, int, int]] = []  # (file, row group, rows)
-        for f in parquet_files(path):
+        for i, f in enumerate(parquet_files(path)):
             try:
-                meta = pq.ParquetFile(f).metadata
+                parquet = pq.ParquetFile(f)
             except (pa.ArrowInvalid, OSError) as err:
                 raise MsrecError(f"{f}: cannot be read as Parquet ({err})") from None
+            if i == 0:  # columns the data lacks are named by the encoder's own checks (user, truth: optional)
+                present = set(parquet.schema_arrow.names)
+                self.columns = [c for c in dict.fromkeys(columns) if c in present]
+            meta = parquet.metadata
             self.pieces += [(f, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
 
     def shard(self, rank: int, world_size: int) -> ParquetStream:
@@ -56,7 +61,17 @@ class ParquetStream:
         out = ParquetStream.__new__(ParquetStream)
         out.__dict__.update(self.__dict__)
         out.pieces = self.pieces[rank::world_size]
+        out.world_size = world_size
         return out
+
+    def _local_batch(self, batch_size: int) -> int:
+        check_global_batch(batch_size, self.world_size)
+        return max(1, batch_size // self.world_size)
+
+    def steps(self, batch_size: int) -> int:
+        """This reader's batches per epoch (ranks differ; the trainer takes the fewest on every rank, and a
+        rank with no row group makes that 0: an error on every rank at once, not a hang)."""
+        return math.ceil(len(self) / self._local_batch(batch_size))
 
     def __len__(self) -> int:
         return sum(p[2] for p in self.pieces)
@@ -108,6 +123,7 @@ class ParquetStream:
 
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
                 drop_last: bool = False) -> Iterator[Batch]:
+        batch_size = self._local_batch(batch_size)
         order = torch.randperm(len(self.pieces), generator=generator).tolist() if shuffle \
             else list(range(len(self.pieces)))
         buffer: list[TensorTable] = []

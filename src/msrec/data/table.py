@@ -1,12 +1,20 @@
-"""Encoded data as a few contiguous tensors, and batches cut from them by slicing a permutation."""
+"""Encoded data as a few contiguous tensors, and batches cut from them by slicing a permutation.
+
+`BatchSource` is what the trainer reads training batches from; the in-memory `TensorTable` and the Parquet
+stream (`data/stream.py`) implement it, and the trainer knows neither.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from typing import Protocol
 
 import torch
 from torch import Tensor
+
+from msrec.errors import MsrecError
 
 
 @dataclass
@@ -22,6 +30,9 @@ class Batch:
     # Rows per scenario id, counted on the host where the batch was cut: routing reads them instead of
     # copying counts back from the device (a sync per step on a GPU). None: routing counts itself.
     scenario_counts: list[int] | None = None
+    # Distributed: the factor on this rank's mean loss that makes DDP's average over ranks the mean over the
+    # global batch (a rank's share of the rows may be smaller than the others'). None: 1.
+    loss_scale: float | None = None
 
     def __len__(self) -> int:
         return self.scenario.shape[0]
@@ -41,7 +52,28 @@ class Batch:
             lists=[t.to(device, non_blocking=True) for t in self.lists],
             labels=None if self.labels is None else self.labels.to(device, non_blocking=True),
             scenario_counts=self.scenario_counts,
+            loss_scale=self.loss_scale,
         )
+
+
+class BatchSource(Protocol):
+    """Training rows as batches: `steps` batches per epoch of `batch_size` rows (the global batch), and
+    `shard` this rank's part of them under torchrun (every rank takes the same number of steps)."""
+
+    def __len__(self) -> int: ...
+
+    def steps(self, batch_size: int) -> int: ...
+
+    def batches(self, batch_size: int, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[Batch]: ...
+
+    def shard(self, rank: int, world_size: int) -> BatchSource: ...
+
+
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    if batch_size < world_size:
+        raise MsrecError(f"train.batch_size={batch_size} is the global batch and must give each of the "
+                         f"{world_size} ranks a row")
 
 
 @dataclass
@@ -106,6 +138,12 @@ class TensorTable:
                    labels=cat([t.labels for t in tables]), user=cat([t.user for t in tables]),
                    truth=cat([t.truth for t in tables]))
 
+    def steps(self, batch_size: int) -> int:
+        return math.ceil(len(self) / batch_size)
+
+    def shard(self, rank: int, world_size: int) -> TableShard:
+        return TableShard(self, rank, world_size)
+
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
                 drop_last: bool = False) -> Iterator[Batch]:
         """Shuffled: gather rows of a seeded permutation, one `index_select` per tensor per batch.
@@ -116,3 +154,42 @@ class TensorTable:
         for start in range(0, stop, batch_size):
             end = min(start + batch_size, n)
             yield self.batch(order[start:end] if order is not None else slice(start, end))
+
+
+@dataclass
+class TableShard:
+    """One rank's part of an in-memory table: its contiguous share of every global batch of the same seeded
+    permutation (so the ranks together take exactly the single-process batches). A share of n_r rows out of
+    n gets `loss_scale = world * n_r / n`, so the mean over ranks of the scaled per-rank mean losses is the
+    global-batch mean."""
+
+    table: TensorTable
+    rank: int
+    world_size: int
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def steps(self, batch_size: int) -> int:
+        """Every global batch that holds at least one row per rank."""
+        check_global_batch(batch_size, self.world_size)
+        n = len(self.table)
+        steps = n // batch_size + (1 if n % batch_size >= self.world_size else 0)
+        if steps == 0:
+            raise MsrecError(f"train: {n} training rows cannot give each of the {self.world_size} ranks a row; "
+                             "use fewer ranks")
+        return steps
+
+    def batches(self, batch_size: int, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[Batch]:
+        n = len(self.table)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, self.steps(batch_size) * batch_size, batch_size):
+            rows = order[start:start + batch_size]
+            share = rows.tensor_split(self.world_size)[self.rank]
+            batch = self.table.batch(share)
+            batch.loss_scale = self.world_size * len(share) / len(rows)
+            yield batch
+
+    def shard(self, rank: int, world_size: int) -> TableShard:
+        raise MsrecError("a shard cannot be sharded again")

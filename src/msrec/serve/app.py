@@ -71,7 +71,7 @@ class Service:
     """A loaded run: validates request bodies and scores them."""
 
     def __init__(self, run_dir: str | Path, max_records: int = DEFAULT_MAX_RECORDS):
-        from msrec.train.run import load_run
+        from msrec.runs import load_run
 
         if max_records < 1:
             raise MsrecError("--max-records must be at least 1")

@@ -116,7 +116,7 @@ def _export_onnx(wrapper: nn.Module, inputs: tuple[Tensor, ...], spec: FeatureSp
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
     """`msrec export`: the run's model, exported with its feature layout, scenarios and tasks as metadata."""
-    from msrec.train.run import load_run
+    from msrec.runs import load_run
 
     if fmt not in FORMATS:
         raise MsrecError(f"--format: unknown format `{fmt}` (formats: {', '.join(FORMATS)})")

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
 from msrec.config import TrainConfig
-from msrec.data.table import Batch, TensorTable
+from msrec.data.table import BatchSource, TensorTable
 from msrec.errors import MsrecError
 from msrec.train import distributed as D
 from msrec.train.metrics import evaluation_report, monitor_value
@@ -83,52 +83,16 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def _steps_per_epoch(self, train) -> int:
+    def _source(self, train: BatchSource) -> tuple[BatchSource, int]:
+        """This rank's part of the training rows and the steps per epoch every rank takes."""
         if not self.dist.enabled:
-            return math.ceil(len(train) / self.cfg.batch_size)
-        w, b = self.dist.world_size, self.cfg.batch_size
-        if b < w:
-            raise MsrecError(f"train.batch_size={b} is the global batch and must give each of the {w} ranks a row")
-        if isinstance(train, TensorTable):  # every global batch with at least one row per rank
-            n = len(train)
-            steps = n // b + (1 if n % b >= w else 0)
-            if steps == 0:
-                raise MsrecError(f"train: {n} training rows cannot give each of the {w} ranks a row; use fewer ranks")
-            return steps
-        local = math.ceil(len(train.shard(self.dist.rank, w)) / max(1, b // w))
-        steps = D.all_reduce_min(local, self.device)  # every rank must take the same number of steps
+            return train, train.steps(self.cfg.batch_size)
+        source = train.shard(self.dist.rank, self.dist.world_size)
+        steps = D.all_reduce_min(source.steps(self.cfg.batch_size), self.device)  # the same on every rank
         if steps == 0:
-            raise MsrecError(f"{getattr(train, 'path', 'train')}: a rank has no training rows "
-                             f"({len(train.pieces)} row groups for {w} ranks); use fewer ranks or smaller row groups")
-        return steps
-
-    def _train_batches(self, train, steps: int, generator: torch.Generator) -> Iterator[tuple[Batch, float | None]]:
-        """Batches for this rank, with the factor that makes DDP's average the global-batch gradient.
-
-        Single process: the table's own batches, factor None. In memory: each rank takes its contiguous share
-        of every global batch of the same seeded permutation; a share of n_r rows out of n gets the factor
-        world * n_r / n, so the average over ranks of the scaled per-rank mean losses is the global mean.
-        Streaming: each rank reads its own row groups in batches of batch_size // world (factor 1).
-        """
-        cfg, w, r = self.cfg, self.dist.world_size, self.dist.rank
-        if not self.dist.enabled:
-            for batch in train.batches(cfg.batch_size, shuffle=True, generator=generator):
-                yield batch, None
-            return
-        if isinstance(train, TensorTable):
-            n = len(train)
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, steps * cfg.batch_size, cfg.batch_size):
-                rows = order[start:start + cfg.batch_size]
-                share = rows.tensor_split(w)[r]
-                yield train.batch(share), w * len(share) / len(rows)
-            return
-        batches = train.shard(r, w).batches(max(1, cfg.batch_size // w), shuffle=True, generator=generator)
-        try:
-            for _, batch in zip(range(steps), batches):
-                yield batch, 1.0
-        finally:
-            batches.close()  # stops the stream's reader thread when this rank has batches left
+            raise MsrecError(f"train: a rank has no training rows ({len(train):,} rows for {self.dist.world_size} "
+                             "ranks); use fewer ranks (streaming: more, smaller row groups)")
+        return source, steps
 
     def _scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
         cfg = self.cfg
@@ -146,13 +110,13 @@ class Trainer:
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
-    def fit(self, train: TensorTable, val: TensorTable) -> FitResult:
+    def fit(self, train: BatchSource, val: TensorTable) -> FitResult:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         generator = torch.Generator().manual_seed(cfg.seed)
         optimizer = self._optimizer()
-        steps_per_epoch = self._steps_per_epoch(train)
+        source, steps_per_epoch = self._source(train)
         scheduler = self._scheduler(optimizer, steps_per_epoch)
         best_score, best_epoch, best_state, best_val = -math.inf, 0, None, {}
         history: list[dict] = []
@@ -170,13 +134,14 @@ class Trainer:
                 loss_sum = torch.zeros((), device=self.device)
                 t0 = time.perf_counter()
                 seen = 0
-                for step, (batch, factor) in enumerate(self._train_batches(train, steps_per_epoch, generator), 1):
+                batches = source.batches(self.cfg.batch_size, shuffle=True, generator=generator)
+                for step, batch in enumerate(itertools.islice(batches, steps_per_epoch), 1):
                     batch = batch.to(self.device)
                     with self._autocast():
                         logits = self.train_model(batch)
                     loss = self.loss(logits.float(), batch.labels)
-                    if factor is not None:
-                        loss = loss * factor
+                    if batch.loss_scale is not None:
+                        loss = loss * batch.loss_scale
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -186,6 +151,7 @@ class Trainer:
                     if step % PROGRESS_EVERY == 0 or step == steps_per_epoch:
                         progress.update(bar, completed=step, loss=f"{loss_sum.item() / step:.4f}",
                                         speed=f"{seen * self.dist.world_size / (time.perf_counter() - t0):,.0f}")
+                batches.close()  # stops a stream's reader thread when this rank has batches left
                 if self.dist.enabled:  # the epoch's loss and rows over all ranks (one all-reduce per epoch)
                     totals = D.all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(
                         float(seen), dtype=torch.float64, device=self.device)]))
