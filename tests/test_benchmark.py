@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import yaml
 
+from msrec.bench import runner
+from msrec.bench.runner import run_benchmark
+from msrec.bench.spec import resolve_grid
 from msrec.errors import MsrecError
-from msrec.report import benchmark
-from msrec.report.benchmark import resolve_grid, run_benchmark
 from msrec.report.stats import paired_difference, replicate_metrics, weighted_auc
 from msrec.train.metrics import auc
 
@@ -74,9 +75,9 @@ def test_killed_grid_resumes_to_the_same_results(full, tmp_path):
     started = tmp_path / "second-run-started"
     child = textwrap.dedent(f"""
         import time
-        from msrec.report import benchmark
+        from msrec.bench import runner
         calls = []
-        train_one = benchmark._train_one
+        train_one = runner._train_one
         def slow(cfg, data):
             calls.append(1)
             if len(calls) == 2:  # the second run: announce it, then hang until killed
@@ -84,8 +85,8 @@ def test_killed_grid_resumes_to_the_same_results(full, tmp_path):
                 open({str(started)!r}, "w").close()
                 time.sleep(600)
             return train_one(cfg, data)
-        benchmark._train_one = slow
-        benchmark.run_benchmark({SPEC!r}, out={str(out)!r})
+        runner._train_one = slow
+        runner.run_benchmark({SPEC!r}, out={str(out)!r})
     """)
     proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -108,14 +109,14 @@ def test_killed_grid_resumes_to_the_same_results(full, tmp_path):
 
 
 def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
-    real = benchmark._train_one
+    real = runner._train_one
 
     def flaky(cfg, data):
         if cfg.model.name == "dnn" and cfg.train.seed == 2022:
             raise RuntimeError("out of luck")
         return real(cfg, data)
 
-    monkeypatch.setattr(benchmark, "_train_one", flaky)
+    monkeypatch.setattr(runner, "_train_one", flaky)
     out = tmp_path / "grid"
     result = run_benchmark(SPEC, out=out, console=quiet())
     assert result.ran == 3
@@ -128,7 +129,7 @@ def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, monkeypatch):
     assert "dnn,2022," not in (out / "results.csv").read_text()
     assert "separate,2022," in (out / "results.csv").read_text()
 
-    monkeypatch.setattr(benchmark, "_train_one", real)  # the next resume retries the failed run only
+    monkeypatch.setattr(runner, "_train_one", real)  # the next resume retries the failed run only
     again = run_benchmark(SPEC, out=out, console=quiet())
     assert again.ran == 1 and not again.failures
     assert not (out / "runs" / "dnn--seed2022.failed.json").exists()
@@ -258,7 +259,7 @@ def test_cli_benchmark_resumes_and_writes_markdown_copy(full, tmp_path):
 
 
 def test_demo_prints_the_table_with_the_oracle_and_writes_the_report(tmp_path):
-    from msrec.demo import run_demo
+    from msrec.bench.demo import run_demo
 
     console = quiet()
     result = run_demo(rows=1500, epochs=1, models=["dnn", "separate"], out=tmp_path / "demo", console=console)

@@ -41,7 +41,8 @@ def weighted_logloss(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray
     p = np.clip(scores.astype(np.float64), LOGLOSS_EPS, 1 - LOGLOSS_EPS)
     loss = -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
     w = weights.astype(np.float64)
-    return (w @ loss) / w.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a replicate that drew no row: NaN, left out later
+        return (w @ loss) / w.sum(1)
 
 
 def replicate_metrics(labels: np.ndarray, scores: np.ndarray, scenario: np.ndarray, scenario_names: list[str],

@@ -1,48 +1,245 @@
-"""Per-scenario result tables for the terminal (rich) and for Markdown files."""
+"""The result tables: the per-scenario table (`msrec train`, `evaluate`, `benchmark`), the differences from
+the reference, training figures and failures.
+
+Every table is built once as plain cells (`TableData`) and then written as Markdown, HTML or a rich table,
+so the three never disagree. A metrics block is one task's `{overall, scenarios, macro_auc, ...}`.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
+from msrec.report.stats import Difference, mean_std, paired_difference, replicate_metrics
 
-def _task_block(metrics_split: dict, task: str | None) -> dict:
-    return metrics_split["tasks"][task] if task and "tasks" in metrics_split else metrics_split
+if TYPE_CHECKING:  # the report reads the records the benchmark stores; it does not run one
+    from msrec.bench.spec import Grid
+    from msrec.bench.store import Failure, RunRecord
 
 
-def scenario_rows(results: dict[str, dict], task: str | None = None, metric: str = "auc") -> tuple[list[str], list]:
-    """Columns (scenario names with row counts, overall, macro) and one row per model; the oracle row
-    is added when the data knows its truth."""
-    first = _task_block(next(iter(results.values())), task)
-    names = list(first["scenarios"])
-    columns = [f"{n} ({first['scenarios'][n]['rows']:,})" for n in names] + ["overall", "macro"]
-    rows = []
-    for model, split in results.items():
-        b = _task_block(split, task)
-        rows.append([model, *[b["scenarios"].get(n, {}).get(metric, math.nan) for n in names],
-                     b["overall"][metric], b["macro_auc"] if metric == "auc" else math.nan])
+@dataclass
+class Cell:
+    text: str
+    best: bool = False
+    short: str | None = None  # a compact form for the terminal
+
+
+@dataclass
+class TableData:
+    title: str
+    header: list[str]
+    rows: list[list[Cell]]
+    note: str = ""
+    muted: set[int] = field(default_factory=set)  # row indices shown dimmed (the oracle)
+
+
+# ------------------------------------------------------------------------------------------ numbers
+def fmt(x: float | None, digits: int = 4, sign: bool = False) -> str:
+    if x is None or math.isnan(x):
+        return "-"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def fmt_seconds(x: float | None) -> str:
+    """Three significant digits, so that a run of 0.04 s does not read 0.0."""
+    if x is None or math.isnan(x) or x == 0:
+        return fmt(x, 0)
+    return fmt(x, max(0, 2 - math.floor(math.log10(abs(x)))))
+
+
+def value(block: dict, column: str, metric: str) -> float:
+    """A metric of one column of a task's block: a scenario's name, "overall" or "macro" (the mean over
+    scenarios; the stored macro AUC / oracle AUC / GAUC where the block has it)."""
+    if column == "overall":
+        return block["overall"].get(metric, math.nan)
+    if column == "macro":
+        stored = {"auc": "macro_auc", "oracle_auc": "oracle_macro_auc", "gauc": "macro_gauc"}.get(metric)
+        if stored:
+            return block.get(stored, math.nan)
+        values = [m.get(metric, math.nan) for m in block["scenarios"].values()]
+        values = [v for v in values if not math.isnan(v)]
+        return sum(values) / len(values) if values else math.nan
+    return block["scenarios"].get(column, {}).get(metric, math.nan)
+
+
+def by_label(labels: list[str], records: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Records grouped by model label, in the grid's order; labels without a finished run left out."""
+    out: dict[str, list[RunRecord]] = {label: [] for label in labels}
+    for r in records:
+        out[r.label].append(r)
+    return {k: v for k, v in out.items() if v}
+
+
+def columns_of(block: dict) -> list[str]:
+    return [*block["scenarios"], "overall", "macro"]
+
+
+# ------------------------------------------------------------------------------------------- tables
+def scenario_cells(title: str, runs: dict[str, list[dict]], metric: str = "auc", note: str = "") -> TableData:
+    """The one per-scenario table: a row per model with its mean (± std over several blocks: seeds) per
+    scenario, overall and macro; the best mean per column marked; the oracle row where the data knows
+    its true probabilities."""
+    first = next(iter(runs.values()))[0]
+    columns = columns_of(first)
+    header = ["model", *[f"{n} ({first['scenarios'][n]['rows']:,})" for n in first["scenarios"]], "overall",
+              "macro"]
+    higher = metric == "auc"
+    stats = {label: [mean_std([value(b, c, metric) for b in blocks]) for c in columns]
+             for label, blocks in runs.items()}
+    best = []
+    for j in range(len(columns)):
+        means = [s[j][0] for s in stats.values() if not math.isnan(s[j][0])]
+        best.append((max(means) if higher else min(means)) if means else math.nan)
+    rows = [[Cell(label), *[Cell(fmt(m) + ("" if math.isnan(sd) else f" ± {sd:.4f}"), m == best[j])
+                            for j, (m, sd) in enumerate(s)]] for label, s in stats.items()]
+    muted = set()
     if metric == "auc" and "oracle_auc" in first["overall"]:
-        rows.append(["oracle", *[first["scenarios"][n].get("oracle_auc", math.nan) for n in names],
-                     first["overall"]["oracle_auc"], first.get("oracle_macro_auc", math.nan)])
-    return columns, rows
-
-
-def _cell(x: float) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+        blocks = [b for bs in runs.values() for b in bs]
+        rows.append([Cell("oracle"), *[Cell(fmt(mean_std([value(b, c, "oracle_auc") for b in blocks])[0]))
+                                       for c in columns]])
+        muted.add(len(rows) - 1)
+    return TableData(title, header, rows, note, muted)
 
 
 def scenario_table(results: dict[str, dict], title: str, task: str | None = None, metric: str = "auc") -> Table:
-    columns, rows = scenario_rows(results, task, metric)
-    table = Table(title=title)
-    table.add_column("model")
-    for c in columns:
-        table.add_column(c, justify="right")
-    model_rows = [r for r in rows if r[0] != "oracle"]
-    best = [max((r[j] for r in model_rows if not math.isnan(r[j])), default=math.nan) for j in range(1, len(columns) + 1)]
-    for r in rows:
-        cells = [_cell(x) for x in r[1:]]
-        if r[0] != "oracle":
-            cells = [f"[bold]{c}[/bold]" if x == b else c for c, x, b in zip(cells, r[1:], best)]
-        table.add_row(r[0], *cells, style="dim" if r[0] == "oracle" else None)
+    """`msrec train` / `evaluate`: one split's metrics per model, for `task` (default: the only one)."""
+    blocks = {}
+    for model, split in results.items():
+        tasks = split["tasks"]
+        blocks[model] = [tasks[task] if task else next(iter(tasks.values()))]
+    return rich_table(scenario_cells(title, blocks, metric))
+
+
+def _tagged(title: str, task: str, multi_task: bool) -> str:
+    return f"{title} - {task}" if multi_task else title
+
+
+def metric_table(grid: Grid, records: list[RunRecord], task: str, metric: str, multi_task: bool) -> TableData:
+    """The per-scenario table of a benchmark: mean ± std over seeds."""
+    seeds = len(grid.seeds)
+    name = "AUC" if metric == "auc" else "logloss"
+    note = (f"Test {name}, mean ± std over {seeds} seed{'s' if seeds > 1 else ''} (sample std); bold: the best "
+            f"mean in the column ({'highest' if metric == 'auc' else 'lowest'}); macro: mean of the per-scenario "
+            "values.")
+    runs = {label: [r.block(task) for r in rs] for label, rs in by_label(grid.labels, records).items()}
+    table = scenario_cells(_tagged(f"Test {name} per scenario", task, multi_task), runs, metric, note)
+    if table.muted:
+        table.note += " oracle: the AUC of the true probabilities, the ceiling no model can pass on these rows."
+    return table
+
+
+def differences(grid: Grid, records: list[RunRecord], task: str, metric: str,
+                cache: dict) -> dict[str, dict[str, Difference]]:
+    """label -> column -> the model minus the reference, paired by seed and by test row (the paired
+    hierarchical bootstrap of `stats`); empty without the reference or a second model. `cache` keeps
+    each run's bootstrap replicates between the calls of one report."""
+    runs = by_label(grid.labels, records)
+    ref = grid.spec.reference
+    if ref not in runs or len(runs) < 2:
+        return {}
+
+    def replicates(r: RunRecord) -> tuple:
+        if (r.id, task) not in cache:
+            z, j = r.arrays(), r.tasks.index(task)
+            cache[r.id, task] = (z["labels"][:, j], replicate_metrics(
+                z["labels"][:, j], z["scores"][:, j], z["scenario"], r.scenarios, grid.spec.bootstrap, seed=r.seed))
+        return cache[r.id, task]
+
+    ref_by_seed = {r.seed: r for r in runs[ref]}
+    out = {}
+    for label, model_runs in runs.items():
+        pairs = [(r, ref_by_seed[r.seed]) for r in model_runs if r.seed in ref_by_seed]
+        if label == ref or not pairs:
+            continue
+        out[label] = {}
+        for c in [*records[0].scenarios, "overall", "macro"]:
+            observed, reps = [], []
+            for r, q in pairs:
+                (y_r, rep_r), (y_q, rep_q) = replicates(r), replicates(q)
+                if not np.array_equal(y_r, y_q):
+                    raise ValueError(f"{r.id} and {q.id} were tested on different rows; cannot pair them")
+                observed.append(value(r.block(task), c, metric) - value(q.block(task), c, metric))
+                reps.append(rep_r[metric][c] - rep_q[metric][c])
+            out[label][c] = paired_difference(observed, reps, metric == "auc", seed=len(pairs))
+    return out
+
+
+def difference_table(grid: Grid, diffs: dict[str, dict[str, Difference]], task: str, metric: str,
+                     multi_task: bool) -> TableData | None:
+    """Each model minus the reference per column (`differences`), with its 95% interval."""
+    if not diffs:
+        return None
+    higher = metric == "auc"
+    rows = []
+    for label, per_column in diffs.items():
+        cells = [Cell(label)]
+        for d in per_column.values():
+            star = "*" if d.significant else ""
+            cells.append(Cell(f"{fmt(d.delta, sign=True)}{star} [{fmt(d.low, sign=True)}, {fmt(d.high, sign=True)}] "
+                              f"{d.wins}/{d.seeds}", d.significant and ((d.delta > 0) == higher),
+                              f"{fmt(d.delta, sign=True)}{star}"))
+        rows.append(cells)
+    ref, name = grid.spec.reference, "AUC" if higher else "logloss"
+    note = (f"Δ = model − {ref} in test {name}, averaged over the seeds where both ran. [95% interval] from a "
+            f"paired hierarchical bootstrap ({grid.spec.bootstrap} replicates): within a seed the test rows are "
+            f"resampled with Poisson(1) weights shared by both models; across seeds the seeds are resampled with "
+            f"replacement, so the interval holds both test-sampling and training (seed) noise. "
+            f"*: the interval excludes 0 (bold: a significant improvement). k/n: seeds where the model was better.")
+    header = ["model", *next(iter(diffs.values()))]
+    return TableData(_tagged(f"Difference from {ref} ({name})", task, multi_task), header, rows, note)
+
+
+def training_table(grid: Grid, records: list[RunRecord], failures: list[Failure]) -> TableData:
+    rows = []
+    runs_of = by_label(grid.labels, records)
+    failed = {label: sum(f.label == label for f in failures) for label in grid.labels}
+    for label in grid.labels:
+        runs = runs_of.get(label, [])
+        if not runs:
+            rows.append([Cell(label), *[Cell("-")] * 7, Cell(f"0/{len(grid.seeds)}")])
+            continue
+        t = [r.metrics["train"] for r in runs]
+        sps, sps_sd = mean_std([x["samples_per_second"] for x in t])
+        rows.append([
+            Cell(label if grid.models[label] == label else f"{label} ({grid.models[label]})"),
+            Cell(f"{int(t[0]['parameters']):,}"),
+            Cell(f"{sps:,.0f}" + ("" if math.isnan(sps_sd) else f" ± {sps_sd:,.0f}")),
+            Cell(fmt_seconds(mean_std([x["seconds"] for x in t])[0])),
+            Cell(fmt_seconds(mean_std([r.wall_seconds for r in runs])[0])),
+            Cell(fmt_seconds(mean_std([r.cpu_seconds for r in runs])[0])),
+            Cell(fmt(mean_std([x["epochs"] for x in t])[0], 1)),
+            Cell(fmt(mean_std([x["best_epoch"] for x in t])[0], 1)),
+            Cell(f"{len(runs)}/{len(runs) + failed[label]}" if failed[label] else f"{len(runs)}"),
+        ])
+    note = ("Means over seeds. samples/s: training throughput (training steps only); train s: fit time including "
+            "validation; run s: the whole run (fit, test scoring), wall clock; run CPU s: its CPU time over all "
+            "threads (steadier than wall time on a shared machine); epochs: epochs run (early stopping on the "
+            "validation macro AUC), best epoch: the one whose weights were kept; runs: finished (/tried).")
+    return TableData("Training", ["model", "parameters", "samples/s", "train s", "run s", "run CPU s", "epochs",
+                                  "best epoch", "runs"], rows, note)
+
+
+def failure_table(failures: list[Failure]) -> TableData | None:
+    if not failures:
+        return None
+    return TableData("Failed runs", ["model", "seed", "error"],
+                     [[Cell(f.label), Cell(str(f.seed)), Cell(f.error)] for f in failures],
+                     "Retried by the next `msrec benchmark` on the same folder; the traceback is in "
+                     "runs/<model>--seed<seed>.failed.json.")
+
+
+def rich_table(t: TableData, compact: bool = False) -> Table:
+    """The table for the terminal; `compact` shows the short form of cells that have one (no intervals)."""
+    table = Table(title=t.title + (" (* = 95% interval excludes 0; see the report)" if compact else ""))
+    for j, h in enumerate(t.header):
+        table.add_column(h, justify="left" if j == 0 else "right", no_wrap=j == 0)
+    for i, row in enumerate(t.rows):
+        texts = [escape(c.short if compact and c.short else c.text) for c in row]
+        table.add_row(*[f"[bold green]{x}[/bold green]" if c.best else x for x, c in zip(texts, row)],
+                      style="dim italic" if i in t.muted else None)
     return table

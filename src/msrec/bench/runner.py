@@ -1,0 +1,160 @@
+"""`msrec benchmark SPEC.yaml`: every model of a spec x every seed on one dataset, resumable, then a report.
+
+The grid runs seed by seed (all models per seed) into `OUT/runs/` (see `store.py`); the data is prepared
+once per split seed. A failed run is recorded and the grid goes on. At the end: `results.csv`,
+`report.md`, `report.html` (self-contained) and `plots/`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from msrec.api import prepare_data, train
+from msrec.bench.spec import BenchmarkSpec, Grid, resolve_grid
+from msrec.bench.store import Failure, RunRecord, RunStore, config_key
+from msrec.config import Config
+from msrec.data.prepare import EncodedData
+from msrec.errors import MsrecError
+from msrec.report.writers import Summary, write_report
+
+
+@dataclass
+class BenchmarkResult:
+    out: Path
+    records: list[RunRecord]
+    failures: list[Failure]
+    grid: Grid
+    ran: int = 0  # runs trained by this call (the rest were resumed from the folder)
+    summary: Summary | None = field(default=None, repr=False)
+
+
+def _train_one(cfg: Config, data: EncodedData) -> tuple[dict, dict[str, np.ndarray], list[str], list[str], str]:
+    """Train one grid cell; return its metrics and the evaluated split's scores, labels and scenario ids."""
+    result = train(cfg, save=False, data=data, console=Console(quiet=True))
+    split = data.evaluated
+    table = getattr(data, split)
+    spec = result.encoder.spec()
+    arrays = {"scores": result.scores[split].numpy().astype(np.float32),
+              "labels": table.labels.numpy().astype(np.int8), "scenario": table.scenario.numpy().astype(np.int32)}
+    return result.metrics, arrays, list(spec.scenarios), list(spec.tasks), split
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "ETA -"
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"ETA {h}h{m:02d}m" if h else f"ETA {m}m{s:02d}s"
+
+
+def _eta(todo: list[str], seconds: dict[str, list[float]], labels: dict[str, str]) -> float | None:
+    """Remaining time from the runs timed so far: a model's own mean where it has run, else the mean of all."""
+    every = [s for v in seconds.values() for s in v]
+    if not every:
+        return None
+    overall = sum(every) / len(every)
+    return sum(sum(seconds[labels[r]]) / len(seconds[labels[r]]) if seconds.get(labels[r]) else overall
+               for r in todo)
+
+
+def _todo(grid: Grid, store: RunStore, overwrite: bool) -> list[str]:
+    """The runs still to train; a stored run of another config is refused rather than mixed in."""
+    todo = []
+    for rid, label, seed in grid.order:
+        if store.done(rid) and not overwrite:
+            if store.stored_config(rid) != config_key(grid.configs[rid]):
+                raise MsrecError(f"{store.dir / rid}.json: stored by a different spec (its config differs from model "
+                                 f"{label}, seed {seed} now); use another --out, or --overwrite to redo the runs")
+            continue
+        todo.append(rid)
+    return todo
+
+
+class _GridRun:
+    """Runs the cells of one grid call, preparing the data only when a run's data section changes."""
+
+    def __init__(self, grid: Grid, store: RunStore, console: Console):
+        self.grid, self.store, self.console = grid, store, console
+        self.label = {rid: label for rid, label, _ in grid.order}
+        self.seed = {rid: seed for rid, _, seed in grid.order}
+        self.seconds: dict[str, list[float]] = {}  # label -> wall seconds of its runs so far (for the ETA)
+        self.data, self.data_key, self.ran = None, None, 0
+
+    def _data(self, cfg: Config) -> EncodedData:
+        key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
+        if key != self.data_key:  # once per grid (fixed split) or once per seed (resplit)
+            self.data, self.data_key = None, None
+            self.data, self.data_key = prepare_data(cfg), key
+        return self.data
+
+    def run(self, rid: str) -> None:
+        """Train one run and store it, or store its failure; either way the grid goes on."""
+        cfg, label, seed = self.grid.configs[rid], self.label[rid], self.seed[rid]
+        t0 = time.perf_counter()
+        try:
+            data = self._data(cfg)
+            t0, c0 = time.perf_counter(), time.process_time()  # a run's time excludes data preparation
+            metrics, arrays, scenarios, tasks, split = _train_one(cfg, data)
+            wall = time.perf_counter() - t0
+            self.store.save(rid, {"label": label, "model": cfg.model.name, "seed": seed, "tasks": tasks,
+                                  "scenarios": scenarios, "split": split, "wall_seconds": wall,
+                                  "cpu_seconds": time.process_time() - c0, "config": config_key(cfg),
+                                  "metrics": metrics}, arrays)
+            self.ran += 1
+            self.console.print(f"  {label:<16} seed {seed:<6} {split} macro AUC {metrics[split]['macro_auc']:.4f}  "
+                               f"({wall:.0f}s)", highlight=False)
+        except Exception as err:  # noqa: BLE001  (one failed run must not cost the rest of the grid)
+            wall = time.perf_counter() - t0
+            message = f"{type(err).__name__}: {err}".splitlines()[0]
+            self.store.save_failure(rid, {"label": label, "model": cfg.model.name, "seed": seed, "error": message,
+                                          "traceback": traceback.format_exc(), "config": config_key(cfg)})
+            self.console.print(f"  [red]{label} seed {seed} failed[/red]: {message}", highlight=False)
+        self.seconds.setdefault(label, []).append(wall)
+
+    def run_all(self, todo: list[str]) -> None:
+        total = len(self.grid.order)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.fields[eta]}"), console=self.console, transient=True,
+                      disable=not todo) as progress:
+            bar = progress.add_task("benchmark", total=total, completed=total - len(todo), eta=_fmt_eta(None))
+            for i, rid in enumerate(todo):
+                progress.update(bar, description=f"{self.label[rid]} seed {self.seed[rid]}")
+                self.run(rid)
+                progress.update(bar, advance=1, eta=_fmt_eta(_eta(todo[i + 1:], self.seconds, self.label)))
+
+
+def default_out(spec: str | Path | dict | BenchmarkSpec) -> Path:
+    stem = Path(spec).stem if isinstance(spec, str | Path) else "benchmark"
+    return Path("runs") / "benchmarks" / stem
+
+
+def run_benchmark(spec: str | Path | dict | BenchmarkSpec, out: str | Path | None = None,
+                  only: list[str] | None = None, overwrite: bool = False, console: Console | None = None,
+                  markdown: str | Path | None = None) -> BenchmarkResult:
+    """Run (or resume) the grid of `spec` into `out`, then write results.csv, report.md and report.html.
+
+    `only` restricts the grid to some of the spec's models (labels or names); `overwrite` redoes runs
+    already stored; `markdown` also writes the report's Markdown (with its plots beside it) to that path.
+    """
+    console = console or Console()
+    grid = resolve_grid(spec, only)
+    out = Path(out) if out is not None else default_out(spec)
+    store = RunStore(out)
+    todo = _todo(grid, store, overwrite)
+    (out / "spec.yaml").write_text(grid.spec.to_yaml())
+    console.print(f"[bold]{grid.title}[/bold]: {len(grid.labels)} models x {len(grid.seeds)} seeds = "
+                  f"{len(grid.order)} runs; {len(grid.order) - len(todo)} already in {out}, {len(todo)} to run",
+                  highlight=False)
+    runner = _GridRun(grid, store, console)
+    runner.run_all(todo)
+    records, failures = store.collect(grid)
+    summary = write_report(out, grid, records, failures, markdown=markdown)
+    return BenchmarkResult(out, records, failures, grid, runner.ran, summary)
