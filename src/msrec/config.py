@@ -45,6 +45,9 @@ class DataConfig(_Strict):
     user: str | None = None
     truth: dict[str, str] | None = None
     min_freq: int = 1
+    missing_ids: Literal["error", "unknown", "category"] = Field("category", description=(
+        "A blank id in a sparse column (empty, NaN, null): `category` = a value of its own, learned like any "
+        "other; `unknown` = the unknown id; `error` = stop, naming the row. A missing scenario is always an error."))
     streaming: bool = False  # train from a Parquet file/folder row group by row group (larger than memory)
     shuffle_buffer: int = Field(1_000_000, ge=1)
 
