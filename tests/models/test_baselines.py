@@ -14,7 +14,7 @@ from msrec.models.registry import build_model
 
 def _model(name: str, scenarios: int = 3, tasks: int = 1):
     torch.manual_seed(0)
-    return build_model(name, make_spec(tasks=tasks, scenarios=scenarios), {"dropout": 0.0, "hidden": [16, 8]})
+    return build_model(name, make_spec(tasks=tasks, scenarios=scenarios), {"mlp": {"dropout": 0.0, "hidden": [16, 8]}})
 
 
 # ----------------------------------------------------------------------------------------------- dnn
@@ -106,7 +106,7 @@ def test_separate_models_are_independent_copies_and_multi_task_shapes():
 
 
 def test_separate_learns():
-    before, after = learns("separate", {"hidden": [32]}, epochs=2)
+    before, after = learns("separate", {"mlp": {"hidden": [32]}}, epochs=2)
     assert after > before + 0.05 and after > 0.6
 
 

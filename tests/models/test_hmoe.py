@@ -11,7 +11,7 @@ from msrec.models.registry import build_model
 
 def build(spec, **options):
     torch.manual_seed(0)
-    model = build_model("hmoe", spec, {"dropout": 0.0, "tower_dropout": 0.0, **options})
+    model = build_model("hmoe", spec, {"mlp": {"dropout": 0.0}, "tower": {"dropout": 0.0}, **options})
     for gate in model.gates:  # non-uniform gates, so the test does not rest on the zero initialization
         torch.nn.init.normal_(gate.weight, std=0.5)
     return model

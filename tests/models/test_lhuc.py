@@ -12,7 +12,7 @@ ITEM = 1  # the `item` field of make_spec
 
 def _model():
     torch.manual_seed(0)
-    return build_model("lhuc", make_spec(), {"dropout": 0.0}).eval()
+    return build_model("lhuc", make_spec(), {"mlp": {"dropout": 0.0}}).eval()
 
 
 @settings(max_examples=25, deadline=None)

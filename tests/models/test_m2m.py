@@ -12,7 +12,7 @@ from msrec.nn.meta import condition
 
 def _model(tasks=1, **options):
     torch.manual_seed(0)
-    return build_model("m2m", make_spec(tasks), {"dropout": 0.0, "hidden": [32, 16], "experts": 3, **options})
+    return build_model("m2m", make_spec(tasks), {"mlp": {"dropout": 0.0, "hidden": [32, 16]}, "experts": 3, **options})
 
 
 def test_changing_only_the_scenario_changes_expert_weights_and_tower_output():

@@ -10,7 +10,7 @@ from msrec.models.registry import build_model
 
 def build(spec, **options):
     torch.manual_seed(0)
-    model = build_model("mmoe", spec, {"dropout": 0.0, "tower_dropout": 0.0, "hidden": [16, 8], **options})
+    model = build_model("mmoe", spec, {"mlp": {"dropout": 0.0, "hidden": [16, 8]}, "tower": {"dropout": 0.0}, **options})
     for gate in model.gates:  # gates far from uniform, so that each expert's weight differs by row
         torch.nn.init.normal_(gate.linear.weight, std=1.0)
     return model
@@ -60,10 +60,10 @@ def test_multi_task_one_head_per_task_both_train():
 
 
 def test_learns_on_synthetic_data():
-    before, after = learns("mmoe", {"hidden": [64, 32]})
+    before, after = learns("mmoe", {"mlp": {"hidden": [64, 32]}})
     assert after > before + 0.08 and after > 0.6, (before, after)
 
 
 def test_learns_two_tasks():
-    before, after = learns("mmoe", {"hidden": [64, 32]}, tasks=2)
+    before, after = learns("mmoe", {"mlp": {"hidden": [64, 32]}}, tasks=2)
     assert after > before + 0.05, (before, after)

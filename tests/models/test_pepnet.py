@@ -19,7 +19,7 @@ from msrec.models.registry import build_model
 
 def _model(spec=None, **options):
     torch.manual_seed(0)
-    return build_model("pepnet", spec or make_spec(), {"hidden": [32, 16], **options})
+    return build_model("pepnet", spec or make_spec(), {"mlp": {"hidden": [32, 16]}, **options})
 
 
 def _perturb_gates(model, std=1.0):

@@ -13,7 +13,7 @@ from msrec.models.registry import build_model
 
 def build(spec, **options):
     torch.manual_seed(0)
-    model = build_model("ple", spec, {"dropout": 0.0, "tower_dropout": 0.0, "hidden": [16, 8], **options})
+    model = build_model("ple", spec, {"mlp": {"dropout": 0.0, "hidden": [16, 8]}, "tower": {"dropout": 0.0}, **options})
     for level in model.levels:  # gates far from uniform
         for gate in [*level.gates, level.shared_gate]:
             if gate is not None:
@@ -88,10 +88,10 @@ def test_multi_task_one_head_per_task_both_train():
 
 
 def test_learns_on_synthetic_data():
-    before, after = learns("ple", {"hidden": [64, 32]})
+    before, after = learns("ple", {"mlp": {"hidden": [64, 32]}})
     assert after > before + 0.08 and after > 0.6, (before, after)
 
 
 def test_learns_two_tasks():
-    before, after = learns("ple", {"hidden": [64, 32]}, tasks=2)
+    before, after = learns("ple", {"mlp": {"hidden": [64, 32]}}, tasks=2)
     assert after > before + 0.05, (before, after)

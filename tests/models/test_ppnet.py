@@ -34,7 +34,7 @@ def test_gate_path_alone_gives_main_embeddings_zero_gradient():
 
 def test_gate_path_adds_nothing_to_the_main_embedding_gradient():
     """The full loss gives the main embeddings exactly the gradient it gives with the gates frozen."""
-    model = _model(dropout=0.0)
+    model = _model(mlp={"dropout": 0.0})
     _perturb_gates(model)  # gates away from 1, so they shape the main gradient
     batch = make_batch(make_spec(), [0, 1, 2] * 5)
     bce(model, batch).backward()
@@ -58,7 +58,7 @@ def test_main_path_trains_the_scenario_embedding():
 
 
 def test_gates_scale_each_hidden_layer_in_0_2():
-    model = _model(hidden=[32, 16])
+    model = _model(mlp={"hidden": [32, 16]})
     _perturb_gates(model, 10.0)
     deltas = model.gate_values(make_batch(make_spec(), [0, 1, 2, 0]))
     assert [tuple(d.shape) for d in deltas] == [(4, 32), (4, 16)]

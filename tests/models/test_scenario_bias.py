@@ -10,7 +10,7 @@ from msrec.models.registry import build_model
 
 def build(spec, **options):
     torch.manual_seed(0)
-    return build_model("scenario_bias", spec, {"dropout": 0.0, **options})
+    return build_model("scenario_bias", spec, {"mlp": {"dropout": 0.0}, **options})
 
 
 def zero_(module: torch.nn.Module) -> None:
@@ -21,7 +21,7 @@ def zero_(module: torch.nn.Module) -> None:
 
 def test_with_main_network_zeroed_predictions_differ_by_scenario():
     spec = make_spec()
-    model = build(spec, shallow_hidden=[8])
+    model = build(spec, shallow={"hidden": [8]})
     zero_(model.main)
     model.eval()
     batch = make_batch(spec, [0] * 5)
@@ -34,7 +34,7 @@ def test_with_main_network_zeroed_predictions_differ_by_scenario():
 
 def test_dropout_one_gives_the_shallow_tower_no_gradient():
     spec = make_spec()
-    model = build(spec, shallow_dropout=1.0).train()
+    model = build(spec, logit_dropout=1.0).train()
     batch = make_batch(spec, [0, 1, 2, 1, 0, 2])
     bce(model, batch).backward()
     assert grad_norm(model.shallow) == 0.0
@@ -49,7 +49,7 @@ def test_dropout_one_gives_the_shallow_tower_no_gradient():
 
 def test_without_dropout_the_shallow_tower_learns():
     spec = make_spec()
-    model = build(spec, shallow_dropout=0.0).train()
+    model = build(spec, logit_dropout=0.0).train()
     bce(model, make_batch(spec, [0, 1, 2, 1, 0, 2])).backward()
     assert grad_norm(model.shallow) > 0
 

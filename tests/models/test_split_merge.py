@@ -10,7 +10,7 @@ from msrec.models.registry import build_model
 
 def build(spec, **options):
     torch.manual_seed(0)
-    return build_model("split_merge", spec, {"dropout": 0.0, "tower_dropout": 0.0, **options})
+    return build_model("split_merge", spec, {"mlp": {"dropout": 0.0}, "tower": {"dropout": 0.0}, **options})
 
 
 def test_no_scenario_b_rows_gives_tower_b_exactly_zero_gradient():

@@ -7,14 +7,14 @@ import torch
 from zoo_batch import bce, grad_norm, learns, make_batch, make_spec, with_scenario
 
 from msrec.models.registry import build_model
-from msrec.nn import ScenarioRouting
+from msrec.nn import MLPOptions, ScenarioRouting
 from msrec.nn.norm import PartitionedNorm
 from msrec.nn.star import StarFCN
 
 
 def build(spec, **options):
     torch.manual_seed(0)
-    return build_model("star", spec, {"dropout": 0.0, **options})
+    return build_model("star", spec, {"mlp": {"dropout": 0.0}, **options})
 
 
 def warm_up(model, spec, steps: int = 5) -> None:
@@ -93,7 +93,7 @@ def test_normalization_parameters_learn_per_scenario():
 # ------------------------------------------------------------------ star topology FCN
 def test_star_fcn_with_unit_scenario_weights_is_the_same_function_for_all_scenarios():
     torch.manual_seed(0)
-    fcn = StarFCN(6, [8, 4], 1, num_scenarios=3)
+    fcn = StarFCN(6, MLPOptions(hidden=[8, 4], dropout=0.0), 1, num_scenarios=3)
     x = torch.randn(5, 6)
     outs = [fcn(x, ScenarioRouting(torch.full((5,), s), 3)) for s in range(3)]
     torch.testing.assert_close(outs[1], outs[0])
@@ -105,7 +105,7 @@ def test_star_fcn_with_unit_scenario_weights_is_the_same_function_for_all_scenar
 
 def test_star_layer_uses_elementwise_product_and_sum():
     torch.manual_seed(0)
-    fcn = StarFCN(3, [], 2, num_scenarios=2)
+    fcn = StarFCN(3, MLPOptions(hidden=[], dropout=0.0), 2, num_scenarios=2)
     layer = fcn.layers[0]
     with torch.no_grad():
         layer.weight_s[1].uniform_(-2, 2)

@@ -26,8 +26,7 @@ class DNN(nn.Module):
     def __init__(self, spec: FeatureSpec, options: DNNOptions):
         super().__init__()
         self.embedding = FeatureEmbedding(spec, options.embed_dim)
-        self.mlp = MLP(self.embedding.flat_dim, options.hidden, spec.num_tasks, options.dropout,
-                       options.activation, options.batch_norm)
+        self.mlp = MLP.of(self.embedding.flat_dim, options.mlp, spec.num_tasks)
 
     def forward(self, batch: Batch) -> Tensor:
         return self.mlp(self.embedding.flat(batch))

@@ -27,28 +27,33 @@ Choices:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 from torch import Tensor, nn
 
 from msrec.data.table import Batch
-from msrec.models.registry import ModelOptions, register
-from msrec.nn import MLP, FeatureEmbedding
+from msrec.models.registry import ModelOptions, part, register, without_batch_norm
+from msrec.nn import MLP, FeatureEmbedding, MLPOptions
 from msrec.nn.meta import MetaMLP, condition
 from msrec.schema import FeatureSpec
 
 
 class DynamicWeightOptions(ModelOptions):
-    """`hidden`: the shared MLP; `generated`: widths of the generated layers; `generator_hidden`: the
-    generator MLP's hidden layers; `rank`: low-rank generation when set; `generated_bias`: generate
-    biases too; `position`: where the generated network runs (on `e`, or on the shared MLP's output)."""
-
+    legacy = ModelOptions.legacy | {"generator_hidden": ("generator.hidden",),
+                                    "activation": ("mlp.activation", "generator.activation")}
+    mlp: MLPOptions = part([256, 128], dropout=0.2)
+    """The shared MLP, before ("output") or after ("input") the generated layers (they use its activation, dropout)."""
     position: Literal["input", "output"] = "input"
+    """Where the generated layers run: on the embeddings `e`, or on the shared MLP's output."""
     generated: list[int] = Field(default_factory=lambda: [64, 32], min_length=1)
-    generator_hidden: list[int] = Field(default_factory=lambda: [64])
+    """Widths of the generated layers."""
+    generator: Annotated[MLPOptions, without_batch_norm("it runs on one row per scenario group")] = part([64])
+    """The weight generator over `z`."""
     rank: int | None = Field(None, ge=1)
+    """Low-rank generation `W = U diag(g(z)) V` with this rank (None: full rank)."""
     generated_bias: bool = True
+    """Whether biases are generated too."""
 
 
 @register("dynamic_weight", DynamicWeightOptions,
@@ -62,17 +67,17 @@ class DynamicWeight(nn.Module):
         self.embedding = FeatureEmbedding(spec, o.embed_dim)
         cond_dim = len(self.scenario_fields) * o.embed_dim
         if o.position == "output":
-            self.shared = MLP(self.embedding.flat_dim, o.hidden, None, o.dropout, o.activation, o.batch_norm)
+            self.shared = MLP.of(self.embedding.flat_dim, o.mlp)
             in_dim = self.shared.out_dim
         else:
             in_dim = self.embedding.flat_dim
-        self.generated = MetaMLP(cond_dim, [in_dim, *o.generated], o.generator_hidden, o.rank, o.generated_bias,
-                                 o.activation)
-        self.dropout = nn.Dropout(o.dropout)
+        self.generated = MetaMLP(cond_dim, [in_dim, *o.generated], o.mlp.activation, o.generator, o.rank,
+                                 o.generated_bias)
+        self.dropout = nn.Dropout(o.mlp.dropout)
         if o.position == "output":
             self.head = nn.Linear(o.generated[-1], spec.num_tasks)
         else:
-            self.head = MLP(o.generated[-1], o.hidden, spec.num_tasks, o.dropout, o.activation, o.batch_norm)
+            self.head = MLP.of(o.generated[-1], o.mlp, spec.num_tasks)
 
     def forward(self, batch: Batch) -> Tensor:
         e = self.embedding.flat(batch)

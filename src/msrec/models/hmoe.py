@@ -23,22 +23,27 @@ no batch norm, so foreign rows never touch a tower's state.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from msrec.data.table import Batch
-from msrec.models.registry import ModelOptions, register
-from msrec.nn import MLP, FeatureEmbedding, ScenarioRouting
+from msrec.models.registry import ModelOptions, part, register, without_batch_norm
+from msrec.nn import MLP, FeatureEmbedding, MLPOptions, ScenarioRouting
 from msrec.nn.towers import ScenarioTowers
 from msrec.schema import FeatureSpec
 
 
 class HMoEOptions(ModelOptions):
-    tower_hidden: list[int] = Field(default_factory=lambda: [64])
-    """Hidden widths of each scenario's tower (`hidden` is the shared bottom)."""
-    tower_dropout: float = Field(0.1, ge=0, le=1)
+    legacy = ModelOptions.legacy | {"tower_hidden": ("tower.hidden",), "tower_dropout": ("tower.dropout",),
+                                    "activation": ("mlp.activation", "tower.activation")}
+    mlp: MLPOptions = part([256, 128], dropout=0.2)
+    """The shared bottom, on every row."""
+    tower: Annotated[MLPOptions, without_batch_norm("a tower also scores other scenarios' rows")] = part(
+        [64], dropout=0.1)
+    """Each scenario's tower, scoring every row."""
     gate_indicators: bool = False
     """Whether the gates also read the scenario-indicator embeddings `z` besides `h`."""
     gate_init_own: float = Field(0.8, gt=0, lt=1)
@@ -53,10 +58,8 @@ class HMoE(nn.Module):
         self.num_scenarios, self.num_tasks = spec.num_scenarios, spec.num_tasks
         self.scenario_fields = list(spec.scenario_fields) if options.gate_indicators else []
         self.embedding = FeatureEmbedding(spec, options.embed_dim)
-        self.bottom = MLP(self.embedding.flat_dim, options.hidden, None, options.dropout, options.activation,
-                          options.batch_norm)
-        self.towers = ScenarioTowers(self.bottom.out_dim, options.tower_hidden, spec.num_tasks, spec.num_scenarios,
-                                     options.tower_dropout, options.activation)
+        self.bottom = MLP.of(self.embedding.flat_dim, options.mlp)
+        self.towers = ScenarioTowers(self.bottom.out_dim, options.tower, spec.num_tasks, spec.num_scenarios)
         gate_dim = self.bottom.out_dim + len(self.scenario_fields) * options.embed_dim
         self.gates = nn.ModuleList(nn.Linear(gate_dim, spec.num_scenarios * spec.num_tasks)
                                    for _ in range(spec.num_scenarios))

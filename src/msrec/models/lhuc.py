@@ -19,18 +19,20 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from msrec.data.table import Batch
-from msrec.models.registry import ModelOptions, register
-from msrec.nn import MLP, FeatureEmbedding
+from msrec.models.registry import ModelOptions, part, register
+from msrec.nn import MLP, FeatureEmbedding, MLPOptions
 from msrec.nn.gates import ScaleGate
 from msrec.schema import FeatureSpec
 
 
 class LHUCOptions(ModelOptions):
-    """`hidden`: the main MLP; `gate_hidden`: hidden layers of the weight net over `z`; `gamma`: the
-    largest weight (2 in LHUC)."""
-
-    gate_hidden: list[int] = Field(default_factory=lambda: [64])
+    legacy = ModelOptions.legacy | {"gate_hidden": ("gate.hidden",), "activation": ("mlp.activation", "gate.activation")}
+    mlp: MLPOptions = part([256, 128], dropout=0.2)
+    """The main MLP, over the re-weighted fields."""
+    gate: MLPOptions = part([64])
+    """The field-weight net over `z`."""
     gamma: float = Field(2.0, gt=0)
+    """The largest field weight (2 in LHUC)."""
 
 
 @register("lhuc", LHUCOptions, "Per-scenario field weights in [0, 2] (2*sigmoid of an MLP over the scenario features)")
@@ -40,9 +42,8 @@ class LHUC(nn.Module):
         o = options
         self.scenario_fields = list(spec.scenario_fields)
         self.embedding = FeatureEmbedding(spec, o.embed_dim)
-        self.gate = ScaleGate(len(self.scenario_fields) * o.embed_dim, self.embedding.num_fields, o.gate_hidden,
-                              o.gamma, o.activation)
-        self.mlp = MLP(self.embedding.flat_dim, o.hidden, spec.num_tasks, o.dropout, o.activation, o.batch_norm)
+        self.gate = ScaleGate(len(self.scenario_fields) * o.embed_dim, self.embedding.num_fields, o.gate, o.gamma)
+        self.mlp = MLP.of(self.embedding.flat_dim, o.mlp, spec.num_tasks)
 
     def field_weights(self, batch: Batch) -> Tensor:
         """`C [B, F]`, one weight per embedded field."""

@@ -22,52 +22,55 @@ Choices (the paper leaves them open or is specific to its data):
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from torch import Tensor, nn
 
 from msrec.data.table import Batch
-from msrec.models.registry import ModelOptions, register
-from msrec.nn import MLP, FeatureEmbedding
+from msrec.models.registry import ModelOptions, part, register, with_layers
+from msrec.nn import MLP, FeatureEmbedding, MLPOptions
 from msrec.nn.meta import ConditionGroups, MetaMLP, condition
 from msrec.nn.mlp import ACTIVATIONS
 from msrec.schema import FeatureSpec
 
 
 class M2MOptions(ModelOptions):
-    """`hidden`: each expert's MLP (its last width is the expert size); `experts`: E; `task_dim`: size of
-    the task embeddings; `scenario_dim`: size of S; `attention_hidden`: width of the meta attention unit;
-    `tower_layers`: residual meta layers per task tower."""
-
-    hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
+    mlp: Annotated[MLPOptions, AfterValidator(with_layers)] = part([128, 64], dropout=0.2)
+    """Each expert, last width = expert size d (its activation and dropout serve the whole model)."""
     experts: int = Field(4, ge=1)
+    """Number of experts E."""
     task_dim: int = Field(16, ge=1)
+    """Size of the task embeddings."""
     scenario_dim: int = Field(32, ge=1)
+    """Size of the scenario knowledge representation S."""
     attention_hidden: int = Field(32, ge=1)
+    """Width of the meta attention unit."""
     tower_layers: int = Field(2, ge=0)
+    """Residual meta layers per task tower."""
 
 
 @register("m2m", M2MOptions, "Multi-task MMoE; expert attention and towers generated from the scenario (M2M)")
 class M2M(nn.Module):
     def __init__(self, spec: FeatureSpec, options: M2MOptions):
         super().__init__()
-        o = options
+        o, act = options, options.mlp.activation
         self.num_tasks = spec.num_tasks
         self.scenario_fields = list(spec.scenario_fields)
         self.embedding = FeatureEmbedding(spec, o.embed_dim)
-        self.scenario_net = MLP(len(self.scenario_fields) * o.embed_dim, [o.scenario_dim], activation=o.activation)
-        self.experts = nn.ModuleList(MLP(self.embedding.flat_dim, o.hidden, None, o.dropout, o.activation,
-                                         o.batch_norm) for _ in range(o.experts))
-        d = o.hidden[-1]
+        self.scenario_net = MLP(len(self.scenario_fields) * o.embed_dim, [o.scenario_dim], activation=act)
+        self.experts = nn.ModuleList(MLP.of(self.embedding.flat_dim, o.mlp) for _ in range(o.experts))
+        d = o.mlp.hidden[-1]
         self.task_embedding = nn.Parameter(torch.randn(spec.num_tasks, o.task_dim) * 0.1)
-        self.attention = MetaMLP(o.scenario_dim, [d + o.task_dim, o.attention_hidden], activation=o.activation)
+        self.attention = MetaMLP(o.scenario_dim, [d + o.task_dim, o.attention_hidden], act)
         self.v = nn.Linear(o.attention_hidden, 1, bias=False)
         self.towers = nn.ModuleList(
-            nn.ModuleList(MetaMLP(o.scenario_dim, [d, d], activation=o.activation, final_activation=False)
+            nn.ModuleList(MetaMLP(o.scenario_dim, [d, d], act, final_activation=False)
                           for _ in range(o.tower_layers))
             for _ in range(spec.num_tasks))
-        self.act = ACTIVATIONS[o.activation]()
-        self.dropout = nn.Dropout(o.dropout)
+        self.act = ACTIVATIONS[act]()
+        self.dropout = nn.Dropout(o.mlp.dropout)
         self.heads = nn.ModuleList(nn.Linear(d, 1) for _ in range(spec.num_tasks))
 
     def _attend(self, batch: Batch) -> tuple[Tensor, Tensor, ConditionGroups, Tensor]:

@@ -13,30 +13,33 @@ Choices (the paper is multi-task, not multi-scenario):
   scenario's tower, as in split_merge), not one gate per (scenario, task): the experts are shared by
   scenarios, which is where this structure is compared in the multi-scenario literature.
 - The gate reads the model input `e` (as in the paper); it is a single linear layer and a softmax.
-- Experts are MLPs over `e` ending with their last hidden activation (`hidden`; the last width is d).
+- Experts are MLPs over `e` ending with their last hidden activation (`mlp`; the last width is d).
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
 from torch import Tensor, nn
 
 from msrec.data.table import Batch
-from msrec.models.registry import ModelOptions, register
-from msrec.nn import FeatureEmbedding, ScenarioRouting
+from msrec.models.registry import ModelOptions, part, register, with_layers
+from msrec.nn import FeatureEmbedding, MLPOptions, ScenarioRouting
 from msrec.nn.moe import ExpertGate, Experts, mix, route_many
 from msrec.nn.towers import ScenarioTowers
 from msrec.schema import FeatureSpec
 
 
 class MMoEOptions(ModelOptions):
-    """`hidden`: each expert's MLP (its last width is the expert size d); `experts`: E;
-    `tower_hidden` / `tower_dropout`: each scenario's tower."""
-
-    hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
+    legacy = ModelOptions.legacy | {"tower_hidden": ("tower.hidden",), "tower_dropout": ("tower.dropout",),
+                                    "activation": ("mlp.activation", "tower.activation")}
+    mlp: Annotated[MLPOptions, AfterValidator(with_layers)] = part([128, 64], dropout=0.2)
+    """Each expert (its last width is the expert size d)."""
     experts: int = Field(4, ge=1)
-    tower_hidden: list[int] = Field(default_factory=lambda: [64])
-    tower_dropout: float = Field(0.1, ge=0, le=1)
+    """Number of shared experts E."""
+    tower: MLPOptions = part([64], dropout=0.1)
+    """Each scenario's tower, on its own rows."""
 
 
 @register("mmoe", MMoEOptions, "Shared experts; one softmax gate and one tower per scenario on its own rows (MMoE)")
@@ -46,10 +49,9 @@ class MMoE(nn.Module):
         o = options
         self.num_scenarios = spec.num_scenarios
         self.embedding = FeatureEmbedding(spec, o.embed_dim)
-        self.experts = Experts(self.embedding.flat_dim, o.hidden, o.experts, o.dropout, o.activation, o.batch_norm)
+        self.experts = Experts(self.embedding.flat_dim, o.mlp, o.experts)
         self.gates = nn.ModuleList(ExpertGate(self.embedding.flat_dim, o.experts) for _ in range(spec.num_scenarios))
-        self.towers = ScenarioTowers(self.experts.out_dim, o.tower_hidden, spec.num_tasks, spec.num_scenarios,
-                                     o.tower_dropout, o.activation)
+        self.towers = ScenarioTowers(self.experts.out_dim, o.tower, spec.num_tasks, spec.num_scenarios)
 
     def gate_weights(self, batch: Batch) -> Tensor:
         """`[B, E]`: each row's weights over the experts, from its own scenario's gate."""

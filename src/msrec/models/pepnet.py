@@ -35,22 +35,26 @@ from torch import Tensor, nn
 
 from msrec.data.table import Batch
 from msrec.models.ppnet import personal_field_indices
-from msrec.models.registry import ModelOptions, register
-from msrec.nn import FeatureEmbedding
+from msrec.models.registry import ModelOptions, part, register
+from msrec.nn import FeatureEmbedding, MLPOptions
 from msrec.nn.gates import GatedMLP, ScaleGate, SubsetEmbedding
 from msrec.schema import FeatureSpec
 
 
 class PEPNetOptions(ModelOptions):
-    """`hidden`: the main MLP (one PPNet gate per layer); `epnet_hidden` / `gate_hidden`: width of the EPNet /
-    each PPNet gate's ReLU layer; `personal_fields`: sparse fields embedded for the PPNet gates (None: user/item
-    id fields); `gate_embed_dim`: size of the gates' own embeddings (None: `embed_dim`); `gamma`: largest scale."""
-
-    epnet_hidden: int = Field(64, ge=1)
-    gate_hidden: int = Field(64, ge=1)
+    legacy = ModelOptions.legacy | {"epnet_hidden": ("epnet.hidden",), "gate_hidden": ("gate.hidden",)}
+    mlp: MLPOptions = part([256, 128], dropout=0.2)
+    """The main MLP, one PPNet gate per hidden layer."""
+    epnet: MLPOptions = part([64])
+    """The EPNet gate on `e`."""
+    gate: MLPOptions = part([64])
+    """Each PPNet gate."""
     personal_fields: list[str] | None = None
+    """Sparse fields embedded for the PPNet gates (None: the user/item id fields, else the two largest)."""
     gate_embed_dim: int | None = Field(None, ge=1)
+    """Size of the gates' own embeddings (None: `embed_dim`)."""
     gamma: float = Field(2.0, gt=0)
+    """The largest scale."""
 
 
 @register("pepnet", PEPNetOptions, "EPNet scenario gate on the input embeddings + PPNet hidden-layer gates (PEPNet)")
@@ -62,11 +66,10 @@ class PEPNet(nn.Module):
         self.embedding = FeatureEmbedding(spec, o.embed_dim)
         e_dim = self.embedding.flat_dim
         self.scenario_embedding = SubsetEmbedding(spec, list(spec.scenario_fields), gate_dim)
-        self.epnet = ScaleGate(self.scenario_embedding.out_dim + e_dim, e_dim, [o.epnet_hidden], o.gamma)
+        self.epnet = ScaleGate(self.scenario_embedding.out_dim + e_dim, e_dim, o.epnet, o.gamma)
         self.personal_embedding = SubsetEmbedding(spec, personal_field_indices(spec, o.personal_fields), gate_dim)
         ppnet_in = self.personal_embedding.out_dim + e_dim
-        self.main = GatedMLP(e_dim, o.hidden, spec.num_tasks, ppnet_in, o.gate_hidden, o.gamma, o.dropout,
-                             o.activation, o.batch_norm)
+        self.main = GatedMLP(e_dim, o.mlp, spec.num_tasks, ppnet_in, o.gate, o.gamma)
 
     def epnet_gate(self, batch: Batch, e: Tensor | None = None) -> Tensor:
         """`delta_ep [B, dim(e)]`: the EPNet scales of the input embedding (the EPNet gate path alone)."""

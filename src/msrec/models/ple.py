@@ -19,34 +19,38 @@ Choices (the paper is multi-task, not multi-scenario):
   scenario): running another scenario's experts on a row would break "scenario modules see only their own
   rows" and cost S times the work. The shared stream thus still carries a little of each row's scenario.
 - Gates are a single linear layer and a softmax over the input of their stream (`h_s` or `h_sh`).
-- Every level's experts have the widths `hidden` (the last width is d); the first level reads `e`.
+- Every level's experts are the MLP `mlp` (its last width is d); the first level reads `e`.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from torch import Tensor, nn
 
 from msrec.data.table import Batch
-from msrec.models.registry import ModelOptions, register
-from msrec.nn import FeatureEmbedding, ScenarioRouting
+from msrec.models.registry import ModelOptions, part, register, with_layers
+from msrec.nn import FeatureEmbedding, MLPOptions, ScenarioRouting
 from msrec.nn.moe import ExpertGate, Experts, mix, route_many
 from msrec.nn.towers import ScenarioTowers
 from msrec.schema import FeatureSpec
 
 
 class PLEOptions(ModelOptions):
-    """`hidden`: each expert's MLP (its last width is the expert size d); `levels`: extraction levels (1 is
-    CGC); `shared_experts` / `specific_experts`: experts shared by all scenarios / of each scenario, per level;
-    `tower_hidden` / `tower_dropout`: each scenario's tower."""
-
-    hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
+    legacy = ModelOptions.legacy | {"tower_hidden": ("tower.hidden",), "tower_dropout": ("tower.dropout",),
+                                    "activation": ("mlp.activation", "tower.activation")}
+    mlp: Annotated[MLPOptions, AfterValidator(with_layers)] = part([128, 64], dropout=0.2)
+    """Each expert (its last width is the expert size d)."""
     levels: int = Field(2, ge=1)
+    """Extraction levels (1 is CGC)."""
     shared_experts: int = Field(2, ge=1)
+    """Experts shared by all scenarios, per level."""
     specific_experts: int = Field(1, ge=1)
-    tower_hidden: list[int] = Field(default_factory=lambda: [64])
-    tower_dropout: float = Field(0.1, ge=0, le=1)
+    """Experts of each scenario, per level."""
+    tower: MLPOptions = part([64], dropout=0.1)
+    """Each scenario's tower, on its own rows."""
 
 
 class ExtractionLevel(nn.Module):
@@ -56,9 +60,8 @@ class ExtractionLevel(nn.Module):
     def __init__(self, in_dim: int, options: PLEOptions, num_scenarios: int, last: bool):
         super().__init__()
         o = options
-        self.shared = Experts(in_dim, o.hidden, o.shared_experts, o.dropout, o.activation, o.batch_norm)
-        self.specific = nn.ModuleList(Experts(in_dim, o.hidden, o.specific_experts, o.dropout, o.activation,
-                                              o.batch_norm) for _ in range(num_scenarios))
+        self.shared = Experts(in_dim, o.mlp, o.shared_experts)
+        self.specific = nn.ModuleList(Experts(in_dim, o.mlp, o.specific_experts) for _ in range(num_scenarios))
         n = o.shared_experts + o.specific_experts
         self.gates = nn.ModuleList(ExpertGate(in_dim, n) for _ in range(num_scenarios))
         self.shared_gate = None if last else ExpertGate(in_dim, n)
@@ -88,11 +91,10 @@ class PLE(nn.Module):
         o = options
         self.num_scenarios = spec.num_scenarios
         self.embedding = FeatureEmbedding(spec, o.embed_dim)
-        dims = [self.embedding.flat_dim] + [o.hidden[-1]] * (o.levels - 1)
+        dims = [self.embedding.flat_dim] + [o.mlp.hidden[-1]] * (o.levels - 1)
         self.levels = nn.ModuleList(ExtractionLevel(dim, o, spec.num_scenarios, k == o.levels - 1)
                                     for k, dim in enumerate(dims))
-        self.towers = ScenarioTowers(o.hidden[-1], o.tower_hidden, spec.num_tasks, spec.num_scenarios,
-                                     o.tower_dropout, o.activation)
+        self.towers = ScenarioTowers(o.mlp.hidden[-1], o.tower, spec.num_tasks, spec.num_scenarios)
 
     def _extract(self, batch: Batch) -> tuple[Tensor, list[Tensor], ScenarioRouting]:
         routing = ScenarioRouting.of(batch, self.num_scenarios)

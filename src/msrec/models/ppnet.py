@@ -28,8 +28,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from msrec.data.table import Batch
-from msrec.models.registry import ModelOptions, register
-from msrec.nn import FeatureEmbedding
+from msrec.models.registry import ModelOptions, part, register
+from msrec.nn import FeatureEmbedding, MLPOptions
 from msrec.nn.gates import GatedMLP, SubsetEmbedding
 from msrec.schema import FeatureSpec
 
@@ -37,14 +37,17 @@ ID_FIELD = re.compile(r"^(user|item|movie|video|news|product|goods|ad|author|u|i
 
 
 class PPNetOptions(ModelOptions):
-    """`hidden`: the main MLP (one gate per layer); `gate_hidden`: width of each gate's ReLU layer;
-    `personal_fields`: sparse fields embedded for the gate (None: user/item id fields, see above);
-    `gate_embed_dim`: size of the gate's own embeddings (None: `embed_dim`); `gamma`: the largest scale."""
-
-    gate_hidden: int = Field(64, ge=1)
+    legacy = ModelOptions.legacy | {"gate_hidden": ("gate.hidden",)}  # 0.1's gates were ReLU whatever `activation`
+    mlp: MLPOptions = part([256, 128], dropout=0.2)
+    """The main MLP, one gate per hidden layer."""
+    gate: MLPOptions = part([64])
+    """Each hidden layer's gate."""
     personal_fields: list[str] | None = None
+    """Sparse fields embedded for the gate (None: the user/item id fields, else the two largest)."""
     gate_embed_dim: int | None = Field(None, ge=1)
+    """Size of the gate's own embeddings (None: `embed_dim`)."""
     gamma: float = Field(2.0, gt=0)
+    """The largest scale."""
 
 
 def personal_field_indices(spec: FeatureSpec, names: list[str] | None) -> list[int]:
@@ -66,8 +69,7 @@ class PPNet(nn.Module):
         gate_fields = list(dict.fromkeys([*spec.scenario_fields, *personal_field_indices(spec, o.personal_fields)]))
         self.gate_embedding = SubsetEmbedding(spec, gate_fields, o.gate_embed_dim or o.embed_dim)
         gate_in = self.gate_embedding.out_dim + self.embedding.flat_dim
-        self.main = GatedMLP(self.embedding.flat_dim, o.hidden, spec.num_tasks, gate_in, o.gate_hidden, o.gamma,
-                             o.dropout, o.activation, o.batch_norm)
+        self.main = GatedMLP(self.embedding.flat_dim, o.mlp, spec.num_tasks, gate_in, o.gate, o.gamma)
 
     def gate_input(self, batch: Batch, e: Tensor) -> Tensor:
         """`g = [emb'(z); emb'(personal ids); stop_gradient(e)]`."""

@@ -1,6 +1,7 @@
 """scenario_bias: the scenario-indicator features added shallow, beside the main network.
 
     logit = MLP_main(e) + dropout(MLP_shallow(z)),     z = [emb(indicator_1); ...; emb(indicator_k)]
+                                                       (MLP_main: option `mlp`, MLP_shallow: `shallow`)
 
 The main MLP learns what all scenarios share; the shallow tower over the indicator embeddings `z` learns
 a per-scenario shift of the logit (with `z` = the scenario alone and no hidden layer it is exactly a
@@ -22,15 +23,19 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from msrec.data.table import Batch
-from msrec.models.registry import ModelOptions, register
-from msrec.nn import MLP, FeatureEmbedding
+from msrec.models.registry import ModelOptions, part, register
+from msrec.nn import MLP, FeatureEmbedding, MLPOptions
 from msrec.schema import FeatureSpec
 
 
 class ScenarioBiasOptions(ModelOptions):
-    shallow_hidden: list[int] = Field(default_factory=list)
-    """Hidden widths of the shallow tower over `z` (empty: a linear layer)."""
-    shallow_dropout: float = Field(0.1, ge=0, le=1)
+    legacy = ModelOptions.legacy | {"shallow_hidden": ("shallow.hidden",), "shallow_dropout": ("logit_dropout",),
+                                    "activation": ("mlp.activation", "shallow.activation")}
+    mlp: MLPOptions = part([256, 128], dropout=0.2)
+    """The main MLP."""
+    shallow: MLPOptions = part([])
+    """The shallow tower over `z`."""
+    logit_dropout: float = Field(0.1, ge=0, le=1)
     """Dropout rate on the shallow tower's output logit, in training only."""
     indicators_in_main: bool = True
     """Whether the indicator features are also fields of the main network's input `e`."""
@@ -47,11 +52,9 @@ class ScenarioBias(nn.Module):
         keep = [i for i in range(self.embedding.num_fields) if i not in indicators]
         self.register_buffer("main_fields", torch.tensor(keep, dtype=torch.long), persistent=False)
         main_dim = len(keep) * options.embed_dim + spec.dense_dim
-        self.main = MLP(main_dim, options.hidden, spec.num_tasks, options.dropout, options.activation,
-                        options.batch_norm)
-        self.shallow = MLP(len(self.scenario_fields) * options.embed_dim, options.shallow_hidden, spec.num_tasks,
-                           activation=options.activation)
-        self.shallow_dropout = nn.Dropout(options.shallow_dropout)
+        self.main = MLP.of(main_dim, options.mlp, spec.num_tasks)
+        self.shallow = MLP.of(len(self.scenario_fields) * options.embed_dim, options.shallow, spec.num_tasks)
+        self.shallow_dropout = nn.Dropout(options.logit_dropout)
 
     def forward(self, batch: Batch) -> Tensor:
         fields = self.embedding.fields(batch)

@@ -8,28 +8,28 @@ scenario s's rows (`ScenarioRouting`: group once, run each tower on its slice, p
 order), so it learns only from them and costs one tower pass per row. One BCE loss covers the merged
 batch. Multi-task: each tower has one output per task (one head per task on a per-scenario tower).
 
-Choices: `hidden` is the bottom MLP, `tower_hidden` the towers' hidden widths; the bottom ends with its
-last hidden activation (no output layer), towers end with a linear layer of width T.
+Choices: `mlp` is the bottom MLP, `tower` each scenario's tower; the bottom ends with its last hidden
+activation (no output layer), towers end with a linear layer of width T.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
 from torch import Tensor, nn
 
 from msrec.data.table import Batch
-from msrec.models.registry import ModelOptions, register
-from msrec.nn import MLP, FeatureEmbedding, ScenarioRouting
+from msrec.models.registry import ModelOptions, part, register
+from msrec.nn import MLP, FeatureEmbedding, MLPOptions, ScenarioRouting
 from msrec.nn.towers import ScenarioTowers
 from msrec.schema import FeatureSpec
 
 
 class SplitMergeOptions(ModelOptions):
-    hidden: list[int] = Field(default_factory=lambda: [256, 128])
-    """Hidden widths of the shared bottom MLP."""
-    tower_hidden: list[int] = Field(default_factory=lambda: [64])
-    """Hidden widths of each scenario's tower."""
-    tower_dropout: float = Field(0.1, ge=0, le=1)
+    legacy = ModelOptions.legacy | {"tower_hidden": ("tower.hidden",), "tower_dropout": ("tower.dropout",),
+                                    "activation": ("mlp.activation", "tower.activation")}
+    mlp: MLPOptions = part([256, 128], dropout=0.2)
+    """The shared bottom, on every row."""
+    tower: MLPOptions = part([64], dropout=0.1)
+    """Each scenario's tower, on its own rows."""
 
 
 @register("split_merge", SplitMergeOptions,
@@ -39,10 +39,8 @@ class SplitMerge(nn.Module):
         super().__init__()
         self.num_scenarios = spec.num_scenarios
         self.embedding = FeatureEmbedding(spec, options.embed_dim)
-        self.bottom = MLP(self.embedding.flat_dim, options.hidden, None, options.dropout, options.activation,
-                          options.batch_norm)
-        self.towers = ScenarioTowers(self.bottom.out_dim, options.tower_hidden, spec.num_tasks, spec.num_scenarios,
-                                     options.tower_dropout, options.activation)
+        self.bottom = MLP.of(self.embedding.flat_dim, options.mlp)
+        self.towers = ScenarioTowers(self.bottom.out_dim, options.tower, spec.num_tasks, spec.num_scenarios)
 
     def forward(self, batch: Batch) -> Tensor:
         h = self.bottom(self.embedding.flat(batch))

@@ -23,25 +23,32 @@ fields); the two logits are summed before the sigmoid. Multi-task: both parts ou
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field
 from torch import Tensor, nn
 
 from msrec.data.table import Batch
-from msrec.models.registry import ModelOptions, register
-from msrec.nn import MLP, FeatureEmbedding, ScenarioRouting
+from msrec.models.registry import ModelOptions, part, register, without_batch_norm
+from msrec.nn import MLP, FeatureEmbedding, MLPOptions, ScenarioRouting
 from msrec.nn.norm import PartitionedNorm
 from msrec.nn.star import StarFCN
 from msrec.schema import FeatureSpec
 
 
 class StarOptions(ModelOptions):
-    hidden: list[int] = Field(default_factory=lambda: [256, 128])
-    """Hidden widths of the star-topology FCN."""
+    # 0.1 accepted `batch_norm` and ignored it: its configs still load, the nested key is refused.
+    legacy = ModelOptions.legacy | {"aux_hidden": ("aux.hidden",), "activation": ("mlp.activation", "aux.activation"),
+                                    "batch_norm": ()}
+    mlp: Annotated[MLPOptions, without_batch_norm("partitioned normalization is star's")] = part(
+        [256, 128], dropout=0.2)
+    """The star-topology FCN (shared weights times each scenario's)."""
     partitioned_norm: bool = True
     """Partitioned normalization of the FCN input (off: the raw embeddings feed the FCN)."""
     norm_momentum: float = Field(0.1, gt=0, le=1)
-    aux_hidden: list[int] = Field(default_factory=lambda: [32])
-    """Hidden widths of the auxiliary network."""
+    """Momentum of the partitioned normalization's running statistics."""
+    aux: MLPOptions = part([32])
+    """The auxiliary network over the scenario indicators."""
     aux_fields: list[str] = Field(default_factory=list)
     """Sparse fields read by the auxiliary network besides the scenario indicators."""
 
@@ -56,11 +63,9 @@ class Star(nn.Module):
         dim = self.embedding.flat_dim
         self.norm = (PartitionedNorm(dim, spec.num_scenarios, momentum=options.norm_momentum)
                      if options.partitioned_norm else None)
-        self.fcn = StarFCN(dim, options.hidden, spec.num_tasks, spec.num_scenarios, options.dropout,
-                           options.activation)
+        self.fcn = StarFCN(dim, options.mlp, spec.num_tasks, spec.num_scenarios)
         self.aux_fields = list(dict.fromkeys([*spec.scenario_fields, *(spec.sparse_index(f) for f in options.aux_fields)]))
-        self.aux = MLP(len(self.aux_fields) * options.embed_dim, options.aux_hidden, spec.num_tasks,
-                       activation=options.activation)
+        self.aux = MLP.of(len(self.aux_fields) * options.embed_dim, options.aux, spec.num_tasks)
 
     def forward(self, batch: Batch) -> Tensor:
         e = self.embedding.flat(batch)

@@ -11,17 +11,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from msrec.nn.mlp import MLP
+from msrec.nn.mlp import MLP, MLPOptions
 from msrec.schema import FeatureSpec
 
 
 class ScaleGate(nn.Module):
-    """`gamma * sigmoid(MLP(x))`: `out_dim` scales in `[0, gamma]`."""
+    """`gamma * sigmoid(MLP(x))`: `out_dim` scales in `[0, gamma]`; `options` are the MLP's hidden layers."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: list[int], gamma: float = 2.0, activation: str = "relu"):
+    def __init__(self, in_dim: int, out_dim: int, options: MLPOptions, gamma: float = 2.0):
         super().__init__()
         self.gamma = gamma
-        self.net = MLP(in_dim, hidden, out_dim, activation=activation)
+        self.net = MLP.of(in_dim, options, out_dim)
         last = self.net.layers[-1]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -32,19 +32,20 @@ class ScaleGate(nn.Module):
 
 class GatedMLP(nn.Module):
     """PPNet's main network: hidden layer l is `delta_l(g) * act(W_l h + b_l)` (then dropout), each layer with
-    its own `ScaleGate` of the gate input `g`; a linear output layer. `gate_values(g)` is the gate path alone."""
+    its own `ScaleGate` of the gate input `g`; a linear output layer. `gate_values(g)` is the gate path alone.
+    `options` describe the main layers, `gate` each gate's hidden layers."""
 
-    def __init__(self, in_dim: int, hidden: list[int], out_dim: int, gate_in: int, gate_hidden: int,
-                 gamma: float = 2.0, dropout: float = 0.0, activation: str = "relu", batch_norm: bool = False):
+    def __init__(self, in_dim: int, options: MLPOptions, out_dim: int, gate_in: int, gate: MLPOptions,
+                 gamma: float = 2.0):
         super().__init__()
         self.layers = nn.ModuleList()
         self.gates = nn.ModuleList()
         dim = in_dim
-        for width in hidden:  # one hidden layer of the shared MLP each, so that its gate scales it before dropout
-            self.layers.append(MLP(dim, [width], activation=activation, batch_norm=batch_norm))
-            self.gates.append(ScaleGate(gate_in, width, [gate_hidden], gamma))
+        for width in options.hidden:  # one hidden layer of the shared MLP each, so that its gate scales it before dropout
+            self.layers.append(MLP(dim, [width], activation=options.activation, batch_norm=options.batch_norm))
+            self.gates.append(ScaleGate(gate_in, width, gate, gamma))
             dim = width
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(options.dropout)
         self.out = nn.Linear(dim, out_dim)
 
     def gate_values(self, g: Tensor) -> list[Tensor]:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from msrec.data.table import Batch
 from msrec.errors import MsrecError
 from msrec.nn.embedding import FeatureEmbedding
-from msrec.nn.mlp import ACTIVATIONS, MLP
+from msrec.nn.mlp import ACTIVATIONS, MLP, MLPOptions
 from msrec.nn.routing import ScenarioRouting, exporting
 
 GROUP_LOOP_MAX = 16  # up to this many groups: one matmul per group; beyond: gather weights per row
@@ -125,8 +125,8 @@ class WeightGenerator(nn.Module):
     (base 1), `U_k`, `V_k` are shared.
     """
 
-    def __init__(self, cond_dim: int, dims: list[int], hidden: list[int] | None = None, rank: int | None = None,
-                 bias: bool = True, activation: str = "relu", delta_scale: float = 0.1):
+    def __init__(self, cond_dim: int, dims: list[int], body: MLPOptions | None = None, rank: int | None = None,
+                 bias: bool = True, delta_scale: float = 0.1):
         super().__init__()
         if len(dims) < 2:
             raise MsrecError("model: a generated network needs at least one layer (two widths)")
@@ -154,7 +154,7 @@ class WeightGenerator(nn.Module):
             init.append(torch.zeros(b_size))
             scales.append(torch.full((b_size,), bound))
             self.sizes.append((w_size, b_size))
-        self.body = MLP(cond_dim, hidden or [], activation=activation)
+        self.body = MLP.of(cond_dim, body) if body is not None else MLP(cond_dim, [])
         total = sum(w + b for w, b in self.sizes)
         self.base = nn.Parameter(torch.cat(init))
         self.head = nn.Linear(self.body.out_dim, total, bias=False)
@@ -176,13 +176,14 @@ class WeightGenerator(nn.Module):
 
 
 class MetaMLP(nn.Module):
-    """An MLP `dims[0] -> ... -> dims[K]` whose weights come from a `WeightGenerator` on `z`; the
-    activation runs between layers and, with `final_activation`, after the last one."""
+    """An MLP `dims[0] -> ... -> dims[K]` whose weights come from a `WeightGenerator` on `z` (whose hidden
+    layers are `generator`; None: none); the activation runs between layers and, with `final_activation`,
+    after the last one."""
 
-    def __init__(self, cond_dim: int, dims: list[int], hidden: list[int] | None = None, rank: int | None = None,
-                 bias: bool = True, activation: str = "relu", final_activation: bool = True):
+    def __init__(self, cond_dim: int, dims: list[int], activation: str = "relu", generator: MLPOptions | None = None,
+                 rank: int | None = None, bias: bool = True, final_activation: bool = True):
         super().__init__()
-        self.generator = WeightGenerator(cond_dim, dims, hidden, rank, bias, activation)
+        self.generator = WeightGenerator(cond_dim, dims, generator, rank, bias)
         self.act = ACTIVATIONS[activation]()
         self.final_activation = final_activation
         self.out_dim = dims[-1]

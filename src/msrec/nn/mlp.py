@@ -1,11 +1,29 @@
-"""The multilayer perceptron every model is built from."""
+"""The multilayer perceptron every model is built from, and `MLPOptions`, the options of any MLP part of a
+model (main network, towers, gates, ...), so that every part is configured with the same four keys."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "prelu": nn.PReLU}
+
+
+class MLPOptions(BaseModel):
+    """One MLP part of a model. A model gives each part its own defaults (`part()` in models/registry.py)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    hidden: list[int] = Field(default_factory=lambda: [256, 128])
+    """Hidden layer widths ([]: none)."""
+    dropout: float = Field(0.2, ge=0, le=1)
+    """Dropout after each hidden layer (training only)."""
+    activation: Literal["relu", "gelu", "silu", "tanh", "prelu"] = "relu"
+    """Activation after each hidden layer."""
+    batch_norm: bool = False
+    """Batch normalization before each activation."""
 
 
 class BatchNorm(nn.BatchNorm1d):
@@ -40,6 +58,11 @@ class MLP(nn.Module):
             dim = out_dim
         self.out_dim = dim
         self.layers = nn.Sequential(*layers)
+
+    @classmethod
+    def of(cls, in_dim: int, options: MLPOptions, out_dim: int | None = None) -> MLP:
+        """The MLP an `MLPOptions` part describes."""
+        return cls(in_dim, options.hidden, out_dim, options.dropout, options.activation, options.batch_norm)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)

@@ -14,17 +14,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from msrec.nn.mlp import MLP
+from msrec.nn.mlp import MLP, MLPOptions
 from msrec.nn.routing import ScenarioRouting
 
 
 class Experts(nn.Module):
     """`num` independent MLPs over the same input; `forward` gives `[B, num, out_dim]`."""
 
-    def __init__(self, in_dim: int, hidden: list[int], num: int, dropout: float = 0.0, activation: str = "relu",
-                 batch_norm: bool = False):
+    def __init__(self, in_dim: int, options: MLPOptions, num: int):
         super().__init__()
-        self.experts = nn.ModuleList(MLP(in_dim, hidden, None, dropout, activation, batch_norm) for _ in range(num))
+        self.experts = nn.ModuleList(MLP.of(in_dim, options) for _ in range(num))
         self.num = num
         self.out_dim = self.experts[0].out_dim if num else in_dim
 

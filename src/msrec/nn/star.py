@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msrec.nn.mlp import ACTIVATIONS
+from msrec.nn.mlp import ACTIVATIONS, MLPOptions
 from msrec.nn.routing import ScenarioRouting
 
 
@@ -37,15 +37,17 @@ class StarLinear(nn.Module):
 
 
 class StarFCN(nn.Module):
-    """Hidden star layers (activation, dropout after each) and a star output layer of width `out_dim`."""
+    """Hidden star layers (activation, dropout after each) and a star output layer of width `out_dim`.
+    No batch normalization: STAR normalizes its input per scenario instead (nn.norm.PartitionedNorm)."""
 
-    def __init__(self, in_dim: int, hidden: list[int], out_dim: int, num_scenarios: int, dropout: float = 0.0,
-                 activation: str = "relu"):
+    def __init__(self, in_dim: int, options: MLPOptions, out_dim: int, num_scenarios: int):
         super().__init__()
-        dims = [in_dim, *hidden, out_dim]
+        if options.batch_norm:
+            raise ValueError("the star FCN has no batch normalization (partitioned normalization replaces it)")
+        dims = [in_dim, *options.hidden, out_dim]
         self.layers = nn.ModuleList(StarLinear(a, b, num_scenarios) for a, b in pairwise(dims))
-        self.act = ACTIVATIONS[activation]()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.act = ACTIVATIONS[options.activation]()
+        self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
 
     def scenario_forward(self, s: int, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):

@@ -5,17 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from msrec.nn.mlp import MLP
+from msrec.nn.mlp import MLP, MLPOptions
 from msrec.nn.routing import ScenarioRouting, exporting
 
 
 class ScenarioTowers(nn.Module):
-    def __init__(self, in_dim: int, hidden: list[int], out_dim: int, num_scenarios: int, dropout: float = 0.0,
-                 activation: str = "relu", batch_norm: bool = False):
+    def __init__(self, in_dim: int, options: MLPOptions, out_dim: int, num_scenarios: int):
         super().__init__()
         self.num_scenarios = num_scenarios
-        self.towers = nn.ModuleList(MLP(in_dim, hidden, out_dim, dropout, activation, batch_norm)
-                                    for _ in range(num_scenarios))
+        self.towers = nn.ModuleList(MLP.of(in_dim, options, out_dim) for _ in range(num_scenarios))
 
     def __getitem__(self, s: int) -> nn.Module:
         return self.towers[s]
