@@ -17,7 +17,7 @@ from msrec.errors import MsrecError, first_problem
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)  # docstrings: the README reference
 
 
 class DataConfig(_Strict):
@@ -28,28 +28,48 @@ class DataConfig(_Strict):
     """
 
     dataset: str | None = None
+    """A built-in dataset's name (`msrec datasets`), instead of `train` paths."""
     path: str | None = None
+    """The built-in dataset's folder or file (MovieLens: downloaded there when absent)."""
     options: dict[str, Any] = Field(default_factory=dict)
+    """The built-in dataset's own options, e.g. `scenarios: [...]` to keep only some."""
     train: str | None = None
+    """Training data: a CSV or Parquet file (with `streaming`, also a folder of Parquet files)."""
     val: str | None = None
+    """Validation data (optional: without it, a seeded split of `train`)."""
     test: str | None = None
+    """Test data (optional)."""
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """Train/val/test fractions of `train` when `val` / `test` are not given."""
     split_seed: int | None = None
+    """Seed of that split (null: `train.seed`)."""
     sparse: list[str] | None = None
+    """Categorical id columns, one embedding each."""
     dense: list[str] | None = None
+    """Numeric columns, standardised with the training split's mean/std; missing: 0 plus a flag."""
     lists: dict[str, str] | None = None
+    """Multi-hot text columns and their separator, e.g. `{genres: "|"}`."""
     list_max_len: int = 32
+    """Longest list kept (the longest training list, at most this)."""
     scenario: str | None = None
+    """The column whose values are the scenarios."""
     scenario_features: list[str] | None = None
+    """Indicator features that scenario-aware parts read (null: the scenario column)."""
     labels: list[str] | None = None
+    """One 0/1 label column per task."""
     user: str | None = None
+    """The user id column (optional): enables GAUC."""
     truth: dict[str, str] | None = None
+    """A column of true probabilities per label (optional): enables the oracle AUC."""
     min_freq: int = 1
+    """Ids seen fewer times in training map to index 0 (unknown)."""
     missing_ids: Literal["error", "unknown", "category"] = Field("category", description=(
         "A blank id in a sparse column (empty, NaN, null): `category` = a value of its own, learned like any "
         "other; `unknown` = the unknown id; `error` = stop, naming the row. A missing scenario is always an error."))
-    streaming: bool = False  # train from a Parquet file/folder row group by row group (larger than memory)
+    streaming: bool = False
+    """Train from Parquet row groups, for data larger than memory (needs `train` and `val`)."""
     shuffle_buffer: int = Field(1_000_000, ge=1)
+    """Rows held for the streaming shuffle."""
 
     @model_validator(mode="after")
     def _source(self) -> DataConfig:
@@ -67,32 +87,53 @@ class DataConfig(_Strict):
 class ModelConfig(BaseModel):
     """`name` picks the model; every other key is one of that model's options (checked by the registry)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
     name: str = "dnn"
+    """The model (`msrec models`); the other keys are its options (`msrec models NAME`)."""
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
 
 class TrainConfig(_Strict):
+    """How to train: optimizer and schedule, early stopping, devices."""
+
     epochs: int = Field(10, ge=1)
+    """Most epochs to train (early stopping may end sooner)."""
     batch_size: int = Field(4096, ge=1)
+    """Rows per training step (over all ranks when distributed)."""
     eval_batch_size: int = Field(65536, ge=1)
+    """Rows per scoring step (validation, test, predict)."""
     lr: float = Field(0.001, gt=0)
+    """Learning rate."""
     weight_decay: float = Field(0.0, ge=0)
+    """Weight decay (decoupled with `adamw`)."""
     optimizer: Literal["adam", "adamw"] = "adam"
+    """The optimizer."""
     scheduler: Literal["none", "cosine", "step"] = "none"
+    """Learning-rate schedule: constant, cosine to 0 over the epochs, or times `step_gamma` per epoch."""
     step_gamma: float = 0.5
+    """Learning-rate factor per epoch with `scheduler: step`."""
     warmup_epochs: int = Field(0, ge=0)
+    """Epochs of linear learning-rate warm-up first."""
     patience: int = Field(3, ge=1)
+    """Epochs without improvement of `monitor` before training stops."""
     monitor: Literal["macro_auc", "auc", "logloss"] = "macro_auc"
+    """Validation metric that picks the best epoch and drives early stopping."""
     seed: int = 2022
+    """Seed of initialisation and batch order (and of the split without `data.split_seed`)."""
     task_weights: list[float] | None = None
+    """Loss weight per task (null: 1 each)."""
     threads: int | None = None
+    """CPU threads of torch (null: torch's default)."""
     progress: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when CUDA is present (one per rank)
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast forward passes (loss and optimizer in fp32)
-    dist_timeout: float = Field(1800, gt=0)  # seconds a distributed rank waits on its peers before failing
+    """Show a progress bar per epoch."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: the GPU when CUDA is present (one per rank), else the CPU."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """`bf16`: autocast forward passes (loss and optimizer in fp32)."""
+    dist_timeout: float = Field(1800, gt=0)
+    """Seconds a distributed rank waits on its peers before failing."""
 
     @field_validator("task_weights")
     @classmethod
