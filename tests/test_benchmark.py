@@ -4,6 +4,7 @@ goes on, the report's statistics are right, and the HTML report carries its plot
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import re
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ import yaml
 from msrec.bench import runner
 from msrec.bench.runner import run_benchmark
 from msrec.bench.spec import resolve_grid
+from msrec.bench.store import RunStore
 from msrec.errors import MsrecError
 from msrec.report.stats import paired_difference, replicate_metrics, weighted_auc
 from msrec.train.metrics import auc
@@ -258,11 +261,104 @@ def test_cli_benchmark_resumes_and_writes_markdown_copy(full, tmp_path):
     assert (out / "results.csv").read_text() == (full.out / "results.csv").read_text()
 
 
-def test_demo_prints_the_table_with_the_oracle_and_writes_the_report(tmp_path):
+def test_demo_prints_the_tables_and_the_reading_and_writes_the_report(tmp_path):
+    """The reading names the smallest scenario's winner, its difference from dnn with its interval, and the
+    gap to the oracle, computed from the runs whatever they are; it heads report.md and report.html too."""
     from msrec.bench.demo import run_demo
 
     console = quiet()
-    result = run_demo(rows=1500, epochs=1, models=["dnn", "separate"], out=tmp_path / "demo", console=console)
+    result = run_demo(rows=3000, epochs=2, models=["dnn", "separate", "star"], out=tmp_path / "demo",
+                      console=console)
     text = console.file.getvalue()
-    assert "Test AUC per scenario" in text and "oracle" in text and "separate" in text
-    assert (tmp_path / "demo" / "report.html").is_file() and result.ran == 2
+    assert "Test AUC per scenario" in text and "oracle" in text and "separate" in text and result.ran == 3
+
+    test = {r.label: r.block("click")["scenarios"] for r in result.records}
+    smallest = min(test["dnn"], key=lambda s: test["dnn"][s]["rows"])
+    auc = {label: scenarios[smallest]["auc"] for label, scenarios in test.items()}
+    winner = max(auc, key=auc.get)
+    gap = test["dnn"][smallest]["oracle_auc"] - auc[winner]
+    [reading] = result.summary.reading
+    assert f"smallest scenario, {smallest} ({test['dnn'][smallest]['rows']:,} rows), {winner} has the highest " \
+           f"test AUC, {auc[winner]:.4f}" in reading
+    other = winner if winner != "dnn" else max(("separate", "star"), key=auc.get)
+    assert f"{auc[other] - auc['dnn']:+.4f}" in reading and "against" in reading
+    assert re.search(r"\(95% interval \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\], (not )?significant\)", reading)
+    assert f"the oracle reaches {test['dnn'][smallest]['oracle_auc']:.4f} there, {gap:.4f} above {winner}" in reading
+    assert reading in " ".join(text.split())
+    html = (tmp_path / "demo" / "report.html").read_text()
+    md = (tmp_path / "demo" / "report.md").read_text()
+    assert html.index("Reading.") < html.index("<h2>") and md.index(reading) < md.index("## ")
+
+
+def test_demo_models_train_to_early_stopping(tmp_path):
+    """The demo's training settings stop every model after its best epoch (checked on a smaller demo: the
+    full one takes minutes)."""
+    from msrec.bench.demo import DEMO_EPOCHS, run_demo
+
+    result = run_demo(rows=20_000, models=["dnn", "star", "mmoe"], out=tmp_path / "demo", console=quiet())
+    for r in result.records:
+        train = r.metrics["train"]
+        assert train["best_epoch"] < train["epochs"] < DEMO_EPOCHS, (r.label, train["best_epoch"], train["epochs"])
+
+
+def test_unknown_spec_key_lists_the_allowed_keys():
+    with pytest.raises(MsrecError, match=r"unknown key `dataset` \(allowed: title, config, data, train, models, "
+                                         r"seeds, resplit, reference, bootstrap\)"):
+        resolve_grid({**SPEC, "dataset": "my.yaml"})
+    with pytest.raises(MsrecError, match=r"unknown key `models.1.lable` \(allowed: name, label, options, train\)"):
+        resolve_grid({**SPEC, "models": ["dnn", {"name": "separate", "lable": "x"}]})
+
+
+def test_docs_list_every_spec_key_as_the_spec_documents_it():
+    from msrec.bench.spec import spec_reference
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "benchmark.md").read_text()
+    section = docs.split("<!-- spec keys -->\n", 1)[1].split("<!-- end spec keys -->", 1)[0]
+    tables = [t for t in spec_reference().split("\n\n") if t]
+    assert [t.strip() for t in section.split("\n\n") if t.startswith("| key")] == [t.strip() for t in tables]
+
+
+def test_old_single_task_records_load_in_the_tasks_form(full, tmp_path):
+    """Records stored before metrics had one shape (one task: the split block itself) still report."""
+    shutil.copytree(full.out / "runs", tmp_path / "runs")
+    for r in full.records:
+        path = tmp_path / "runs" / f"{r.id}.json"
+        raw = json.loads(path.read_text())
+        raw["metrics"].update({split: r.metrics[split]["tasks"]["click"] for split in ("val", "test")})
+        path.write_text(json.dumps(raw))
+    records, _ = RunStore(tmp_path).collect(full.grid)
+    assert [r.block("click") for r in records] == [r.block("click") for r in full.records]
+    assert records[0].metrics["test"]["macro_auc"] == full.records[0].metrics["test"]["macro_auc"]
+
+
+def test_training_table_shows_short_runs_with_three_significant_digits(full):
+    from msrec.report.tables import training_table
+
+    short = [dataclasses.replace(r, wall_seconds=0.0734, cpu_seconds=0.0912,
+                                 metrics={**r.metrics, "train": {**r.metrics["train"], "seconds": 0.0421}})
+             for r in full.records]
+    row = training_table(full.grid, short, [])
+    cells = [c.text for c in row.rows[0]]
+    assert cells[row.header.index("train s")] == "0.0421"
+    assert cells[row.header.index("run s")] == "0.0734"
+    assert cells[row.header.index("run CPU s")] == "0.0912"
+
+
+def test_train_and_benchmark_print_the_same_per_scenario_table(full):
+    """`msrec train` / `evaluate` and the benchmark build the per-scenario table by one function."""
+    from rich.console import Console
+
+    from msrec.report.tables import metric_table, rich_table, scenario_table
+
+    one_seed = [r for r in full.records if r.seed == 2022]
+    grid = dataclasses.replace(full.grid, seeds=[2022])
+
+    def text(table):
+        console = Console(file=io.StringIO(), width=200)
+        console.print(table)
+        return console.file.getvalue()
+
+    bench = metric_table(grid, one_seed, "click", "auc", multi_task=False)
+    bench.title = "AUC"
+    train = scenario_table({r.label: r.metrics["test"] for r in one_seed}, "AUC")
+    assert text(train) == text(rich_table(bench))
