@@ -10,10 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import yaml
 
 import msrec
+from msrec.api import score_table
+from msrec.data.io import read_table, write_table
 
 
 def check_error(result, *fragments: str) -> str:
@@ -67,17 +70,50 @@ def run_dir(synthetic_config, tmp_path_factory) -> Path:
     (11, "click", "-1", "column `click` row 11: label -1 is not 0 or 1"),
     (300, "click", "", "column `click` row 300: missing label"),
     (301, "click", "NaN", "column `click` row 301: missing label"),
-    (900, "user_id", "", "column `user_id` row 900: missing id"),
+    (900, "user_id", "", "column `user_id` row 900: missing id"),  # data.missing_ids: error
     (901, "item_id", "NaN", "column `item_id` row 901: missing id"),
     (2999, "scenario", "", "column `scenario` row 2999: missing scenario"),
 ])
 def test_bad_values_in_the_training_file_name_the_file_row(cli, tmp_path, synthetic_csv, synthetic_config,
                                                           row, column, value, expected):
-    """Rows are those of the user's file, although training reads a seeded split of it."""
+    """Rows are those of the user's file (counted from 1, the header excluded), although training reads a
+    seeded split of it."""
     data = edit_csv(synthetic_csv, tmp_path / "train.csv", row, column, value)
-    cfg = write_config(tmp_path / "c.yaml", synthetic_config(data={"train": str(data)}))
+    cfg = write_config(tmp_path / "c.yaml", synthetic_config(data={"train": str(data), "missing_ids": "error"}))
     check_error(cli("train", cfg, "--out", tmp_path / "run"), f"{data}", expected)
     assert not (tmp_path / "run").exists()
+
+
+def test_blank_ids_are_a_category_by_default_and_the_same_when_scoring(cli, tmp_path, synthetic_csv,
+                                                                       synthetic_config):
+    """A blank in a categorical column trains (its own id value); predict and the serving path score it
+    alike; a blank scenario stays an error whatever data.missing_ids says."""
+    data = shutil.copy(synthetic_csv, tmp_path / "train.csv")
+    for row in range(100, 3000, 150):  # 20 blanks, spelt two ways: some fall in the training split
+        edit_csv(data, data, row, "user_group", "" if row % 300 else "NaN")
+    msrec.train(synthetic_config(data={"train": str(data)}), out=tmp_path / "run")
+    run = msrec.load_run(tmp_path / "run")
+    assert run.encoder.missing_ids == "category" and run.encoder.sparse["user_group"].vocab[-1] is None
+    rows = edit_csv(synthetic_csv, tmp_path / "in.csv", 1, "user_group", "")
+    assert cli("predict", tmp_path / "run", rows, tmp_path / "out.csv").code == 0
+    predicted = msrec.predict(tmp_path / "run", rows, keep_columns=False)["score_click"][0].as_py()
+    record = read_table(rows, string_columns=run.encoder.schema.text_columns()).slice(0, 1)
+    record = record.set_column(record.column_names.index("user_group"), "user_group", pa.array([None], pa.string()))
+    assert score_table(run, record)[0, 0].item() == pytest.approx(predicted)
+    unknown = msrec.train(synthetic_config(data={"train": str(data), "missing_ids": "unknown"}), save=False)
+    assert None not in unknown.encoder.sparse["user_group"].vocab
+    blank_scenario = edit_csv(data, tmp_path / "s.csv", 17, "scenario", "")
+    cfg = write_config(tmp_path / "s.yaml", synthetic_config(data={"train": str(blank_scenario)}))
+    check_error(cli("train", cfg, "--out", tmp_path / "run-s"), "column `scenario` row 17: missing scenario")
+
+
+def test_a_date_declared_as_a_label_is_named_as_written(cli, tmp_path, synthetic_csv, synthetic_config):
+    table = read_table(synthetic_csv)
+    table = table.append_column("day", pa.array(["2010-10-06"] * table.num_rows))
+    write_table(table, tmp_path / "dated.csv")
+    cfg = write_config(tmp_path / "c.yaml", synthetic_config(data={"train": str(tmp_path / "dated.csv"),
+                                                                  "labels": ["day"]}))
+    check_error(cli("train", cfg, "--out", tmp_path / "run"), "column `day` row 1: '2010-10-06' is not a 0/1 label")
 
 
 def test_missing_column(cli, tmp_path, synthetic_csv, synthetic_config):
@@ -154,8 +190,8 @@ def test_prediction_input_errors(cli, tmp_path, run_dir, synthetic_csv):
     check_error(cli("predict", run_dir, data, tmp_path / "out.csv"), str(data), "missing column `item_category`")
     data = edit_csv(synthetic_csv, tmp_path / "in2.csv", 42, "user_activity", "high")
     check_error(cli("predict", run_dir, data, tmp_path / "out.csv"), "column `user_activity` row 42")
-    data = edit_csv(synthetic_csv, tmp_path / "in3.csv", 7, "user_id", "")
-    check_error(cli("predict", run_dir, data, tmp_path / "out.csv"), "column `user_id` row 7: missing id")
+    data = edit_csv(synthetic_csv, tmp_path / "in3.csv", 7, "user_id", "u7")  # integer ids in training (CSV text)
+    check_error(cli("predict", run_dir, data, tmp_path / "out.csv"), "column `user_id` row 7: 'u7' is not an integer id")
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     check_error(cli("predict", run_dir, empty, tmp_path / "out.csv"), str(empty), "empty")

@@ -64,7 +64,7 @@ def test_synthetic_two_tasks_conversion_follows_click():
 def test_synthetic_options_are_validated():
     with pytest.raises(MsrecError, match=r"data.options: shares: need 2 positive values"):
         prepare_data(as_config({"data": {"dataset": "synthetic", "options": {"scenarios": 2, "shares": [1.0]}}}))
-    with pytest.raises(MsrecError, match="data.options.colour: unknown option"):
+    with pytest.raises(MsrecError, match=r"data.options: unknown option `colour` for dataset synthetic \(options: rows, "):
         prepare_data(as_config({"data": {"dataset": "synthetic", "options": {"colour": 1}}}))
 
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from msrec.data.encode import Encoder
+from msrec.data.encode import Encoder, SparseColumn
 from msrec.errors import MsrecError
 from msrec.schema import Schema
 
@@ -88,7 +88,7 @@ def test_dense_standardized_with_train_moments_and_missing_flag():
     enc = fitted()
     known = np.array([1.0, 2.0, 4.0, 5.0, 6.0])
     mean, std = known.mean(), known.std()
-    assert enc.dense["price"] == pytest.approx({"mean": mean, "std": std})
+    assert (enc.dense["price"].mean, enc.dense["price"].std) == pytest.approx((mean, std))
     train = enc.transform(TRAIN).dense.numpy()
     assert train.shape == (6, 2)  # value, then its missing flag
     assert train[:, 1].tolist() == [0, 0, 1, 0, 0, 0]
@@ -110,7 +110,7 @@ def test_constant_or_all_missing_dense_column_does_not_divide_by_zero():
 
 def test_lists_are_multi_hot_padded_unknown_dropped_and_truncated():
     enc = fitted(list_max_len=2)
-    vocab = enc.lists["tags"]["vocab"]
+    vocab = enc.lists["tags"].vocab
     assert vocab == ["a", "b", "c"]  # empty and null lists add nothing
     a, b, c = 1, 2, 3
     train = enc.transform(TRAIN).lists[0].tolist()
@@ -123,7 +123,7 @@ def test_lists_are_multi_hot_padded_unknown_dropped_and_truncated():
 
 def test_list_length_defaults_to_the_longest_training_list():
     enc = fitted()
-    assert enc.lists["tags"]["max_len"] == 3
+    assert enc.lists["tags"].max_len == 3
     assert enc.transform(TRAIN).lists[0].shape == (6, 3)
 
 
@@ -243,7 +243,7 @@ def test_streaming_fit_turns_integer_ids_into_text_when_a_later_chunk_holds_text
     first = TRAIN.slice(0, 3)
     later = TRAIN.slice(3).set_column(1, "item", pa.array(["12", "x", "x"]))
     enc = Encoder(schema(lists={})).fit_chunks([first, later], "data/")
-    assert enc.sparse["item"] == {"kind": "str", "vocab": ["10", "11", "12", "x"]}
+    assert enc.sparse["item"] == SparseColumn("str", ["10", "11", "12", "x"])
     probe = VAL.set_column(1, "item", pa.array(["10", "x", "13"]))
     assert column(enc.transform(probe), enc, "item") == [1, 4, 0]
 
@@ -252,3 +252,140 @@ def test_written_out_missing_users_are_not_one_pretend_user():
     enc = Encoder(schema(user="viewer")).fit(TRAIN)
     val = VAL.append_column("viewer", pa.array(["nan", "NULL", " "]))
     assert len(set(enc.transform(val).user.tolist())) == 3
+
+
+# ------------------------------------------------------------------ blank ids (data.missing_ids)
+
+BLANKS = pa.table({"city": ["paris", "", "rome", None, " nan ", "paris"], "scene": ["web"] * 6, "click": [0, 1] * 3})
+
+
+def city_encoder(missing_ids: str, min_freq: int = 1) -> Encoder:
+    return Encoder(Schema(sparse=["city"], dense=[], lists={}, scenario="scene", scenario_features=[],
+                          labels=["click"]), min_freq=min_freq, missing_ids=missing_ids)
+
+
+def test_a_blank_id_is_a_category_of_its_own_by_default():
+    enc = Encoder(city_encoder("category").schema).fit(BLANKS)  # the default
+    assert enc.missing_ids == "category" and enc.sparse["city"] == SparseColumn("str", ["paris", "rome", None])
+    assert enc.transform(BLANKS).sparse[:, 0].tolist() == [1, 3, 2, 3, 3, 1]  # "", null and " nan " alike
+    probe = BLANKS.set_column(0, "city", pa.array(["NULL", "oslo", "rome", "", "x", None]))
+    assert enc.transform(probe, with_labels=False).sparse[:, 0].tolist() == [3, 0, 2, 3, 0, 3]
+
+
+def test_a_rare_or_unseen_blank_is_unknown():
+    enc = city_encoder("category", min_freq=4).fit(BLANKS.slice(0, 3))  # one blank: below min_freq
+    assert enc.sparse["city"].vocab == []
+    unseen = city_encoder("category").fit(BLANKS.slice(0, 1))
+    assert unseen.transform(BLANKS).sparse[:, 0].tolist() == [1, 0, 0, 0, 0, 1]
+
+
+def test_blank_ids_as_unknown():
+    enc = city_encoder("unknown").fit(BLANKS)
+    assert enc.sparse["city"].vocab == ["paris", "rome"]
+    assert enc.transform(BLANKS).sparse[:, 0].tolist() == [1, 0, 2, 0, 0, 1]
+
+
+def test_blank_ids_as_errors_name_the_row_counted_from_1():
+    with pytest.raises(MsrecError, match=r"^train.csv: column `city` row 2: missing id$"):
+        city_encoder("error").fit(BLANKS, "train.csv")
+    enc = city_encoder("error").fit(BLANKS.slice(0, 1))
+    with pytest.raises(MsrecError, match=r"^in.csv: column `city` row 2: missing id$") as err:
+        enc.transform(BLANKS.slice(2), "in.csv")
+    assert (err.value.column, err.value.row) == ("city", 1)  # a service points at record 1 (counted from 0)
+
+
+def test_integer_blank_ids_and_a_missing_scenario():
+    table = pa.table({"city": pa.array([7.0, None, float("nan"), 7.0]), "scene": ["a", "b", "a", None],
+                      "click": [0, 1, 0, 1]})
+    with pytest.raises(MsrecError, match="column `scene` row 4: missing scenario"):  # whatever missing_ids says
+        city_encoder("category").fit(table)
+    enc = city_encoder("category").fit(table.slice(0, 3))
+    assert enc.sparse["city"] == SparseColumn("int", [7, None])
+    assert enc.transform(table.slice(0, 3)).sparse[:, 0].tolist() == [1, 2, 2]
+
+
+# ------------------------------------------------------------------ integer ids read as text (CSV)
+
+
+def test_text_ids_that_are_all_canonical_integers_fit_as_integers():
+    table = TRAIN.set_column(1, "item", pa.array(["10", "11", "11", "-12", "12", "0"]))
+    enc = Encoder(schema()).fit(table)
+    assert enc.sparse["item"] == SparseColumn("int", [-12, 0, 10, 11, 12])
+    assert enc.id_types()["item"] == pa.int64() and enc.id_types()["user"] == pa.string()
+    as_ints = TRAIN.set_column(1, "item", pa.array([10, 11, 99, -12, 12, 0]))
+    assert column(enc.transform(as_ints), enc, "item") == [3, 4, 0, 1, 5, 2]  # Parquet/JSON integers match
+    for bad in ["1.5", "abc", "9" * 30]:
+        probe = VAL.set_column(1, "item", pa.array(["10", bad, "12"]))
+        with pytest.raises(MsrecError, match=rf"in.csv: column `item` row 2: {bad!r} is not an integer id"):
+            enc.transform(probe, "in.csv")
+
+
+@pytest.mark.parametrize("values", [["007", "8"], ["+7", "8"], [" 7", "8"], ["9" * 30, "8"], ["-0", "8"],
+                                    ["7", "x"]])
+def test_text_ids_that_are_not_canonical_integers_stay_text(values):
+    table = TRAIN.slice(0, 2).set_column(1, "item", pa.array(values))
+    enc = Encoder(schema()).fit(table)
+    assert enc.sparse["item"] == SparseColumn("str", sorted(values))
+    assert column(enc.transform(table), enc, "item") == [sorted(values).index(v) + 1 for v in values]
+
+
+def test_scenarios_read_as_text_integers_are_integers_and_an_unknown_one_is_named():
+    table = TRAIN.set_column(4, "scene", pa.array(["2", "0", "0", "2", "1", "2"]))
+    enc = Encoder(schema()).fit(table)
+    assert enc.scenario.kind == "int" and enc.scenario_names == ["0", "1", "2"]
+    bad = VAL.set_column(4, "scene", pa.array(["1", "web", "2"]))
+    with pytest.raises(MsrecError, match=r"in.csv: column `scene` row 2: unknown scenario 'web' \(known: 0, 1, 2\)"):
+        enc.transform(bad, "in.csv")
+
+
+def test_streaming_fit_of_text_integers_turns_text_when_a_later_chunk_is_not_canonical():
+    first = TRAIN.slice(0, 3).set_column(1, "item", pa.array(["10", "11", "11"]))
+    later = TRAIN.slice(3).set_column(1, "item", pa.array(["012", "12", "12"]))
+    enc = Encoder(schema(lists={})).fit_chunks([first, later])
+    assert enc.sparse["item"] == SparseColumn("str", ["012", "10", "11", "12"])
+
+
+# ------------------------------------------------------------------ labels and files of format 1
+
+
+def test_a_date_declared_as_label_is_named_as_written():
+    import datetime
+
+    table = TRAIN.set_column(5, "click", pa.array([datetime.date(2010, 10, 6)] * 6))
+    with pytest.raises(MsrecError, match=r"^in.csv: column `click` row 1: '2010-10-06' is not a 0/1 label$"):
+        Encoder(schema()).fit(table, "in.csv")
+    text = TRAIN.set_column(5, "click", pa.array(["0", "1", "yes", "0", "1", "0"]))
+    with pytest.raises(MsrecError, match=r"column `click` row 3: 'yes' is not a 0/1 label"):
+        Encoder(schema()).fit(text)
+
+
+V1_FILE = (  # written by msrec 0.1 for TRAIN
+    '{"version": 1, "schema": {"sparse": ["user", "item", "scene"], "dense": ["price"], "lists": {"tags": "|"}, '
+    '"scenario": "scene", "scenario_features": ["scene"], "labels": ["click"], "user": null, "truth": {}}, '
+    '"min_freq": 1, "list_max_len": 32, "sparse": {"user": {"kind": "str", "vocab": ["u1", "u2", "u3"]}, '
+    '"item": {"kind": "int", "vocab": [10, 11, 12]}, "scene": {"kind": "str", "vocab": ["app", "tv", "web"]}}, '
+    '"lists": {"tags": {"sep": "|", "kind": "str", "max_len": 3, "vocab": ["a", "b", "c"]}}, '
+    '"dense": {"price": {"mean": 3.6, "std": 1.8547236990991407}}, '
+    '"scenario": {"kind": "str", "values": ["app", "tv", "web"], "names": ["app", "tv", "web"]}}')
+
+
+def test_an_encoder_file_of_format_1_loads_and_encodes_as_before(tmp_path):
+    (tmp_path / "encoder.json").write_text(V1_FILE)
+    old = Encoder.load(tmp_path / "encoder.json")
+    new = fitted()
+    a, b = old.transform(VAL), new.transform(VAL)
+    for x, y in [(a.sparse, b.sparse), (a.dense, b.dense), (a.scenario, b.scenario), (a.lists[0], b.lists[0])]:
+        assert torch.equal(x, y)
+    assert old.spec() == new.spec()
+    assert old.missing_ids == "error"  # as 0.1 trained it: a blank id stays an error when scoring
+    with pytest.raises(MsrecError, match="column `user` row 2: missing id"):
+        old.transform(VAL.set_column(0, "user", pa.array(["u1", "", "u3"])))
+    old.save(tmp_path / "again.json")
+    assert Encoder.load(tmp_path / "again.json").to_dict()["version"] == 2
+
+
+@pytest.mark.parametrize("change", [{"version": 3}, {"missing_ids": "maybe"}, {"sparse": {"user": {"kind": "float"}}}])
+def test_a_bad_encoder_file_is_refused(change):
+    d = {**fitted().to_dict(), **change}
+    with pytest.raises(MsrecError, match="encoder.json: .*(not a valid encoder file|encoder version 3)"):
+        Encoder.from_dict(d, "encoder.json")

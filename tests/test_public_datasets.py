@@ -15,8 +15,8 @@ import pyarrow.csv as pacsv
 import pytest
 
 import msrec
-from msrec.data.datasets import DATASETS, load_builtin
-from msrec.data.datasets.public import KUAIRAND_EXCLUDED
+from msrec.data.datasets import DATASETS, list_datasets, load_builtin
+from msrec.data.datasets.kuairand import KUAIRAND_EXCLUDED
 from msrec.errors import MsrecError
 
 NAMES = ["aliexpress", "kuairand", "douban", "mind"]
@@ -39,7 +39,17 @@ def _rows(tables: dict[str, pa.Table]) -> pa.Table:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_registered_with_a_description(name):
-    assert name in DATASETS and DATASETS[name].description
+    assert name in DATASETS and DATASETS[name].description.endswith("; options: scenarios")
+
+
+def test_every_dataset_is_listed_and_options_are_typed():
+    assert [d.name for d in list_datasets()] == ["synthetic", "movielens-100k", "movielens-1m", "ali-ccp", *NAMES]
+    with pytest.raises(MsrecError, match=r"^data.options: unknown option `rows` for dataset ali-ccp \(options: none\)$"):
+        load_builtin("ali-ccp", "x", {"rows": 1})
+    with pytest.raises(MsrecError, match=r"^data.options.scenarios: Input should be a valid list"):
+        load_builtin("douban", "x", {"scenarios": "book"})
+    with pytest.raises(MsrecError, match=r"^data.dataset: unknown dataset `nope` \(known: synthetic, "):
+        load_builtin("nope", None, {})
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -128,7 +138,7 @@ def test_scenarios_option_keeps_some_scenarios(samples):
     assert tables["all"].num_rows == 200
     with pytest.raises(MsrecError, match=r"data.options.scenarios: none of \['7'\] in column `tab`"):
         load_builtin("kuairand", str(samples / "kuairand"), {"scenarios": [7]})
-    with pytest.raises(MsrecError, match=r"data.options: dataset mind takes only `scenarios`, got \['rows'\]"):
+    with pytest.raises(MsrecError, match=r"data.options: unknown option `rows` for dataset mind \(options: scenarios\)"):
         load_builtin("mind", str(samples / "mind"), {"rows": 5})
     with pytest.raises(MsrecError, match="data.options.scenarios: a non-empty list"):
         load_builtin("mind", str(samples / "mind"), {"scenarios": []})

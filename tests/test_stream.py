@@ -9,7 +9,7 @@ import torch
 import msrec
 from msrec.data.datasets import synthetic
 from msrec.data.encode import Encoder
-from msrec.data.stream import ParquetStream
+from msrec.data.stream import ParquetFiles, ParquetStream
 from msrec.errors import MsrecError
 from msrec.schema import Schema
 
@@ -36,22 +36,22 @@ def _schema() -> Schema:
 
 def test_streaming_encoder_fit_equals_in_memory_fit(parquet_folder):
     folder, table = parquet_folder
-    stream = ParquetStream(folder / "train", table.column_names)
-    streamed = Encoder(_schema(), min_freq=2).fit_chunks(stream.chunks())
+    files = ParquetFiles(folder / "train", table.column_names)
+    streamed = Encoder(_schema(), min_freq=2).fit_chunks(files.chunks())
     in_memory = Encoder(_schema(), min_freq=2).fit(table.slice(0, 24_000))
     assert streamed.sparse == in_memory.sparse
     assert streamed.scenario == in_memory.scenario
     for name in FEATURES["dense"]:
-        assert streamed.dense[name]["mean"] == pytest.approx(in_memory.dense[name]["mean"], rel=1e-9)
-        assert streamed.dense[name]["std"] == pytest.approx(in_memory.dense[name]["std"], rel=1e-9)
+        assert streamed.dense[name].mean == pytest.approx(in_memory.dense[name].mean, rel=1e-9)
+        assert streamed.dense[name].std == pytest.approx(in_memory.dense[name].std, rel=1e-9)
 
 
 def test_every_row_once_per_epoch_and_shuffled(parquet_folder):
     folder, table = parquet_folder
-    stream = ParquetStream(folder / "train", table.column_names, buffer_rows=4_000)
-    stream.encoder = Encoder(_schema()).fit(table.slice(0, 24_000))
+    encoder = Encoder(_schema()).fit(table.slice(0, 24_000))
+    stream = ParquetStream(ParquetFiles(folder / "train", table.column_names), encoder, buffer_rows=4_000)
     assert len(stream) == 24_000
-    in_memory = stream.encoder.transform(table.slice(0, 24_000))
+    in_memory = encoder.transform(table.slice(0, 24_000))
     # Identify rows by (user, item, price): nearly unique; compare the multisets.
     def keys(sparse, dense):
         return sorted(zip(sparse[:, 0].tolist(), sparse[:, 1].tolist(), dense[:, 1].tolist()))
@@ -68,10 +68,23 @@ def test_every_row_once_per_epoch_and_shuffled(parquet_folder):
 
 def test_shards_partition_the_row_groups(parquet_folder):
     folder, table = parquet_folder
-    stream = ParquetStream(folder / "train", table.column_names)
+    encoder = Encoder(_schema()).fit(table.slice(0, 1_000))
+    stream = ParquetStream(ParquetFiles(folder / "train", table.column_names), encoder)
     shards = [stream.shard(r, 2) for r in range(2)]
     assert sum(len(s) for s in shards) == len(stream)
-    assert not set(shards[0].pieces) & set(shards[1].pieces)
+    assert not set(shards[0].files.groups) & set(shards[1].files.groups)
+    assert all(s.world_size == 2 and s.encoder is encoder for s in shards)
+    rows = [sum(len(b) for b in s.batches(1000)) for s in shards]
+    assert sum(rows) == len(stream) and all(len(b) <= 500 for b in shards[0].batches(1000))  # its share
+    groups = len(stream.files.groups)
+    lone = stream.shard(groups, groups + 1)  # one rank more than row groups: it reads nothing
+    assert len(lone) == 0 and lone.steps(1024) == 0
+
+
+def test_a_stream_needs_a_fitted_encoder(parquet_folder):
+    folder, table = parquet_folder
+    with pytest.raises(MsrecError, match="fit the encoder first"):
+        ParquetStream(ParquetFiles(folder / "train", table.column_names), Encoder(_schema()))
 
 
 def test_streaming_training_learns_like_in_memory(parquet_folder):
@@ -92,11 +105,11 @@ def test_bad_row_group_names_the_file(parquet_folder, tmp_path):
     bad = table.slice(0, 100).set_column(table.column_names.index("click"), "click",
                                          pq.read_table(folder / "val.parquet")["item_price"].slice(0, 100))
     pq.write_table(bad, tmp_path / "bad.parquet")
-    stream = ParquetStream(tmp_path / "bad.parquet", table.column_names)
+    files = ParquetFiles(tmp_path / "bad.parquet", table.column_names)
     with pytest.raises(MsrecError, match=r"bad.parquet.*click.*row \d+"):
-        Encoder(_schema()).fit_chunks(stream.chunks(), str(tmp_path / "bad.parquet"))
+        Encoder(_schema()).fit_chunks(files.chunks(), str(tmp_path / "bad.parquet"))
     with pytest.raises(MsrecError, match="no Parquet files"):
-        ParquetStream(tmp_path / "missing", table.column_names)
+        ParquetFiles(tmp_path / "missing", table.column_names)
 
 
 def test_evaluating_a_streaming_run_reads_only_its_test_file(parquet_folder, tmp_path):

@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from msrec.config import DataConfig
+from msrec.data.checks import ColumnError, as_written, check_table
 from msrec.data.datasets import load_builtin
-from msrec.data.encode import Encoder, check_table
+from msrec.data.encode import Encoder
 from msrec.data.io import read_table
-from msrec.data.stream import ParquetStream
+from msrec.data.stream import ParquetFiles, ParquetStream
 from msrec.data.table import BatchSource, TensorTable
 from msrec.errors import MsrecError
 from msrec.schema import Schema
@@ -33,9 +34,7 @@ def resolve_schema(cfg: DataConfig, defaults: dict | None = None) -> Schema:
         value = getattr(cfg, key)
         return value if value is not None else d.get(key, fallback)
 
-    scenario = pick("scenario", None)
-    if scenario is None:
-        raise MsrecError("data.scenario: name the column whose values are the scenarios")
+    scenario = pick("scenario", None)  # Schema refuses None, naming data.scenario
     return Schema(
         sparse=list(pick("sparse", [])),
         dense=list(pick("dense", [])),
@@ -64,9 +63,9 @@ def _check_split_scenarios(full: pa.Table, train_rows: np.ndarray, other_rows: n
     if pc.any(unseen).as_py():
         i = int(pc.index(unseen, True).as_py())
         row = int(other_rows[i])
-        raise MsrecError(f"{source}: column `{scenario}` row {row + 1}: scenario {full[scenario][row].as_py()!r} "
-                         f"has no rows in the training split (all in the {split} split); give it more rows or "
-                         "change data.split / data.split_seed")
+        raise ColumnError(source, scenario, row, f"scenario {as_written(full[scenario], row)} has no rows in the "
+                          f"training split (all in the {split} split); give it more rows or change data.split / "
+                          "data.split_seed")
 
 
 def load_splits(cfg: DataConfig, seed: int) -> RawSplits:
@@ -86,7 +85,7 @@ def load_splits(cfg: DataConfig, seed: int) -> RawSplits:
                 sources[split] = str(path)
         sources["all"] = sources["train"]
     for split, table in tables.items():  # before any split, so that errors name rows of the file
-        check_table(table, schema, sources[split])
+        check_table(table, schema, sources[split], missing_ids=cfg.missing_ids)
     if set(tables) == {"train"}:  # one file, as a built-in dataset: the seeded train/val/test split of data.split
         tables["all"] = tables.pop("train")
     if "all" in tables:
@@ -136,7 +135,7 @@ def prepare_data(cfg: DataConfig, seed: int) -> EncodedData:
     if cfg.streaming:
         return _prepare_streaming(cfg)
     raw = load_splits(cfg, seed)
-    encoder = Encoder(raw.schema, cfg.min_freq, cfg.list_max_len).fit(raw.tables["train"], raw.sources["train"])
+    encoder = _encoder(cfg, raw.schema).fit(raw.tables["train"], raw.sources["train"])
     tables = {split: encoder.transform(t, raw.sources[split]) for split, t in raw.tables.items()}
     return EncodedData(encoder, tables["train"], tables["val"], tables.get("test"))
 
@@ -146,10 +145,14 @@ def _prepare_streaming(cfg: DataConfig) -> EncodedData:
     validation and test splits are read into memory."""
     schema = resolve_schema(cfg)
     wanted = [*schema.feature_columns(), *schema.labels]  # user and truth are read for evaluation only
-    stream = ParquetStream(cfg.train, wanted, cfg.shuffle_buffer)
-    encoder = Encoder(schema, cfg.min_freq, cfg.list_max_len).fit_chunks(stream.chunks(), str(cfg.train))
-    stream.encoder = encoder
+    files = ParquetFiles(cfg.train, wanted)
+    encoder = _encoder(cfg, schema).fit_chunks(files.chunks(), str(cfg.train))
+    stream = ParquetStream(files, encoder, cfg.shuffle_buffer)
     text_columns = schema.text_columns()
     splits = {split: encoder.transform(read_table(path, string_columns=text_columns), str(path))
               for split in ("val", "test") if (path := getattr(cfg, split))}
     return EncodedData(encoder, stream, splits["val"], splits.get("test"))
+
+
+def _encoder(cfg: DataConfig, schema: Schema) -> Encoder:
+    return Encoder(schema, cfg.min_freq, cfg.list_max_len, cfg.missing_ids)

@@ -3,15 +3,20 @@
 Row groups are visited in a seeded random order, encoded as they arrive (by a background thread, so
 reading and encoding overlap the training step), and mixed in a bounded shuffle buffer: rows are
 shuffled within `buffer_rows`, not across the whole data. Memory holds at most the buffer plus the
-row groups in flight, whatever the data's size. It is a `BatchSource`, like the in-memory `TensorTable`.
+row groups in flight, whatever the data's size.
+
+`ParquetFiles(path, columns)` indexes the row groups and yields raw chunks (the encoder is fitted on them);
+`ParquetStream(files, encoder)` is the `BatchSource`, like the in-memory `TensorTable`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import queue
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -36,15 +41,21 @@ def parquet_files(path: str | Path) -> list[Path]:
     return files
 
 
-class ParquetStream:
-    def __init__(self, path: str | Path, columns: list[str], buffer_rows: int = 1_000_000, prefetch: int = 2):
+@dataclass(frozen=True)
+class RowGroup:
+    file: Path
+    index: int
+    rows: int
+
+
+class ParquetFiles:
+    """The row groups of a Parquet file or folder (read from the footers, no data read), and the raw chunks
+    they hold: what the encoder is fitted on, and what a `ParquetStream` encodes."""
+
+    def __init__(self, path: str | Path, columns: list[str]):
         self.path = Path(path)
-        self.columns = columns
-        self.buffer_rows = buffer_rows
-        self.prefetch = prefetch
-        self.encoder: Encoder | None = None
-        self.world_size = 1  # a shard reads batch_size // world_size rows per batch: its part of the global batch
-        self.pieces: list[tuple[Path, int, int]] = []  # (file, row group, rows)
+        self.columns = list(dict.fromkeys(columns))
+        self.groups: list[RowGroup] = []
         for i, f in enumerate(parquet_files(path)):
             try:
                 parquet = pq.ParquetFile(f)
@@ -52,17 +63,46 @@ class ParquetStream:
                 raise MsrecError(f"{f}: cannot be read as Parquet ({err})") from None
             if i == 0:  # columns the data lacks are named by the encoder's own checks (user, truth: optional)
                 present = set(parquet.schema_arrow.names)
-                self.columns = [c for c in dict.fromkeys(columns) if c in present]
+                self.columns = [c for c in self.columns if c in present]
             meta = parquet.metadata
-            self.pieces += [(f, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+            self.groups += [RowGroup(f, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+
+    def __len__(self) -> int:
+        return sum(g.rows for g in self.groups)
+
+    def part(self, rank: int, world_size: int) -> ParquetFiles:
+        """Every `world_size`-th row group from `rank` on: one rank's share."""
+        out = copy.copy(self)
+        out.groups = self.groups[rank::world_size]
+        return out
+
+    def read(self, group: RowGroup) -> pa.Table:
+        try:
+            return pq.ParquetFile(group.file).read_row_group(group.index, columns=self.columns)
+        except (pa.ArrowInvalid, OSError, KeyError) as err:
+            raise MsrecError(f"{group.file}: row group {group.index} cannot be read ({err})") from None
+
+    def chunks(self) -> Iterator[pa.Table]:
+        """Raw row groups in file order (for fitting the encoder in one streaming pass)."""
+        for group in self.groups:
+            yield self.read(group)
+
+
+class ParquetStream:
+    """Training batches from `files`, encoded by a fitted `encoder` (a `BatchSource`). A shard reads
+    batch_size // world_size rows per batch: its part of the global batch."""
+
+    def __init__(self, files: ParquetFiles, encoder: Encoder, buffer_rows: int = 1_000_000, prefetch: int = 2,
+                 world_size: int = 1):
+        if not encoder.fitted:
+            raise MsrecError("ParquetStream: fit the encoder first (Encoder.fit_chunks(files.chunks()))")
+        self.files, self.encoder = files, encoder
+        self.buffer_rows, self.prefetch, self.world_size = buffer_rows, prefetch, world_size
 
     def shard(self, rank: int, world_size: int) -> ParquetStream:
         """This rank's share of the row groups (for distributed training)."""
-        out = ParquetStream.__new__(ParquetStream)
-        out.__dict__.update(self.__dict__)
-        out.pieces = self.pieces[rank::world_size]
-        out.world_size = world_size
-        return out
+        return ParquetStream(self.files.part(rank, world_size), self.encoder, self.buffer_rows, self.prefetch,
+                             world_size)
 
     def _local_batch(self, batch_size: int) -> int:
         check_global_batch(batch_size, self.world_size)
@@ -74,23 +114,10 @@ class ParquetStream:
         return math.ceil(len(self) / self._local_batch(batch_size))
 
     def __len__(self) -> int:
-        return sum(p[2] for p in self.pieces)
-
-    def _read(self, piece: tuple[Path, int, int]) -> pa.Table:
-        f, group, _ = piece
-        try:
-            return pq.ParquetFile(f).read_row_group(group, columns=self.columns)
-        except (pa.ArrowInvalid, OSError, KeyError) as err:
-            raise MsrecError(f"{f}: row group {group} cannot be read ({err})") from None
-
-    def chunks(self) -> Iterator[pa.Table]:
-        """Raw row groups in file order (for fitting the encoder in one streaming pass)."""
-        for piece in self.pieces:
-            yield self._read(piece)
+        return len(self.files)
 
     def _encoded(self, order: list[int]) -> Iterator[TensorTable]:
         """Encoded row groups in `order`, produced by a background thread `prefetch` groups ahead."""
-        assert self.encoder is not None, "fit or attach an encoder first"
         out: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
@@ -99,8 +126,8 @@ class ParquetStream:
                 for i in order:
                     if stop.is_set():
                         return
-                    f, group, _ = self.pieces[i]
-                    out.put(self.encoder.transform(self._read(self.pieces[i]), f"{f} (row group {group})",
+                    group = self.files.groups[i]
+                    out.put(self.encoder.transform(self.files.read(group), f"{group.file} (row group {group.index})",
                                                    with_evaluation_columns=False))
                 out.put(_DONE)
             except BaseException as err:  # noqa: BLE001  (re-raised in the consumer thread)
@@ -124,8 +151,8 @@ class ParquetStream:
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
                 drop_last: bool = False) -> Iterator[Batch]:
         batch_size = self._local_batch(batch_size)
-        order = torch.randperm(len(self.pieces), generator=generator).tolist() if shuffle \
-            else list(range(len(self.pieces)))
+        groups = len(self.files.groups)
+        order = torch.randperm(groups, generator=generator).tolist() if shuffle else list(range(groups))
         buffer: list[TensorTable] = []
         buffered = 0
         for chunk in self._encoded(order):

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from msrec.data.datasets import DatasetOptions, Loaded, register
 from msrec.errors import MsrecError
 
 ARCHIVES = {
@@ -179,3 +180,13 @@ def write_100k_layout(ratings: pa.Table, users: pa.Table, items: pa.Table, folde
     write("u.user", users.select(["user_id", "age", "gender", "occupation", "zip_code"]), "|")
     write("u.item", items, "|", "latin-1")
     return folder
+
+
+@register("movielens-100k", "MovieLens 100K (GroupLens u.data/u.user/u.item), scenario = age group")
+def _load_100k(path: str | None, options: DatasetOptions) -> Loaded:
+    return {"all": load_100k(path)}, dict(DEFAULTS)
+
+
+@register("movielens-1m", "MovieLens 1M (GroupLens ratings.dat/users.dat/movies.dat), scenario = age group")
+def _load_1m(path: str | None, options: DatasetOptions) -> Loaded:
+    return {"all": load_1m(path)}, dict(DEFAULTS)

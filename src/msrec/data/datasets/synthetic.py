@@ -21,22 +21,34 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from msrec.data.datasets import DatasetOptions, Loaded, register
 
 
-class SyntheticOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SyntheticOptions(DatasetOptions):
     rows: int = Field(300_000, ge=10)
+    """Rows generated."""
     scenarios: int = Field(3, ge=1, le=1000)
+    """Number of scenarios (s0, s1, ...)."""
     shares: list[float] | None = None
+    """Each scenario's share of the rows (normalised); default 0.6/0.3/0.1 for three, halving otherwise."""
     users: int = Field(5_000, ge=1)
+    """Distinct users."""
     items: int = Field(2_000, ge=1)
+    """Distinct items."""
     tasks: int = Field(1, ge=1, le=2)
+    """1: click; 2: click and conversion (a conversion only after a click)."""
     latent_dim: int = Field(8, ge=1)
+    """Size of the true user and item preference vectors."""
     heterogeneity: float = Field(1.0, ge=0)
+    """How much scenarios differ (0: one shared preference)."""
     zipf: float = Field(1.05, gt=0)
+    """Popularity skew of users and items."""
     seed: int = 0
+    """Seed of the world (users, items, scenario effects) and, without row_seed, of the rows."""
     row_seed: int | None = None
+    """Seed of the rows alone: new rows from the same world (e.g. a large dataset written file by file)."""
 
     @model_validator(mode="after")
     def _shares(self) -> SyntheticOptions:
@@ -138,3 +150,8 @@ def defaults(options: SyntheticOptions) -> dict:
         "user": "user_id",
         "truth": {label: f"p_{label}" for label in labels},
     }
+
+
+@register("synthetic", "Generated multi-scenario clicks (and conversions) with a known truth", SyntheticOptions)
+def load(path: str | None, options: SyntheticOptions) -> Loaded:
+    return {"all": generate(options)}, defaults(options)
