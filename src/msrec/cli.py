@@ -74,13 +74,15 @@ def predict(run_dir: Path, input_path: Path, output_path: Path,
 
 
 @app.command()
-def export(run_dir: Path, out_file: Annotated[Path, typer.Option("--out", help="File to write (.pt / .onnx)")],
-           fmt: str = typer.Option("torchscript", "--format", help="torchscript or onnx")):
+def export(run_dir: Path, out_file: Annotated[Path, typer.Option("--out", help="File to write: .pt (TorchScript) "
+                                                                  "or .onnx (ONNX)")],
+           fmt: Annotated[str | None, typer.Option("--format", help="torchscript or onnx (default: from the --out "
+                                                   "extension; a mismatch is refused)", show_default=False)] = None):
     """Export a saved run's model (every scenario, any batch size) to TorchScript or ONNX."""
-    from msrec.serve.export import export_run
+    from msrec.serve.export import export_run, resolve_format
 
     path = export_run(run_dir, fmt, out_file)
-    out.print(f"{fmt} model written to {path}")
+    out.print(f"{resolve_format(fmt, path)} model written to {path}")
 
 
 @app.command()
@@ -103,12 +105,32 @@ def datasets():
 
 
 @app.command()
-def models():
-    """List the models with a one-line description."""
-    from msrec.models import list_models
+def models(name: Annotated[str | None, typer.Argument(help="A model: print its options", show_default=False)] = None):
+    """List the models with a one-line description; with NAME, that model's options with their defaults and
+    meanings (read from its options class, so they are the ones a config is checked against)."""
+    from msrec.models.registry import describe_options, list_models
 
-    for entry in list_models():
-        out.print(f"[bold]{entry.name:<16}[/bold] {entry.description}", highlight=False, soft_wrap=True)
+    entries = {entry.name: entry for entry in list_models()}
+    if name is None:
+        for entry in entries.values():
+            out.print(f"[bold]{entry.name:<16}[/bold] {escape(entry.description)}", highlight=False, soft_wrap=True)
+        out.print("\n`msrec models NAME` prints a model's options.", highlight=False)
+        return
+    if name not in entries:
+        raise MsrecError(f"unknown model `{name}` (models: {', '.join(entries)})")
+    out.print(f"[bold]{name}[/bold]: {escape(entries[name].description)}", highlight=False, soft_wrap=True)
+    out.print("options (under `model:` in a config, or --set model.KEY=VALUE), with their defaults:",
+              highlight=False, soft_wrap=True)
+    for key, type_, default, meaning in describe_options(name):
+        out.print(f"  [bold]{key}[/bold]: {escape(_yaml_value(default))}  [dim]({escape(type_)})[/dim]\n"
+                  f"      {escape(meaning)}", highlight=False, soft_wrap=True)
+
+
+def _yaml_value(value: object) -> str:
+    """A default as it is written in a config file (true, null, [256, 128])."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
 
 
 @app.command()

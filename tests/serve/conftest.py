@@ -36,3 +36,27 @@ def run_dirs(serve_root, encoder):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def ml_csv(ml100k_dir, tmp_path_factory) -> Path:
+    """A user's own CSV data: MovieLens 100K's seeded split written as train/val/test CSV files, and a small
+    dnn trained on them in `runs/ml-dnn` (the folder holds both)."""
+    import pyarrow.csv as pacsv
+
+    import msrec
+    from msrec.config import parse_config
+    from msrec.data.prepare import load_splits
+
+    root = tmp_path_factory.mktemp("ml-csv")
+    cfg = parse_config({"data": {"dataset": "movielens-100k", "path": str(ml100k_dir)}, "model": {"name": "dnn"}})
+    raw = load_splits(cfg.data, 2022)
+    for split, table in raw.tables.items():
+        pacsv.write_csv(table, root / f"{split}.csv")
+    s = raw.schema
+    data = {split: str(root / f"{split}.csv") for split in raw.tables}
+    msrec.train({"data": {**data, "sparse": s.sparse, "dense": s.dense, "scenario": s.scenario, "labels": s.labels},
+                 "model": {"name": "dnn", "embed_dim": 4, "mlp": {"hidden": [16]}},
+                 "train": {"epochs": 1, "batch_size": 4096, "progress": False, "seed": 1}},
+                out=root / "runs" / "ml-dnn")
+    return root

@@ -68,3 +68,21 @@ def test_export_command_writes_a_loadable_file(run_dirs, tmp_path):
 def test_unknown_format_is_an_error(run_dirs, tmp_path):
     with pytest.raises(MsrecError, match="format"):
         export_run(run_dirs("dnn"), "tflite", tmp_path / "m.tflite")
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("onnx", "x.pt"), ("torchscript", "x.onnx"), ("onnx", "x"),
+                                           ("torchscript", "x.bin"), (None, "x.bin")])
+def test_an_extension_that_does_not_name_the_format_is_refused(run_dirs, tmp_path, fmt, name):
+    """ONNX in a `.pt` file would fail later, deep inside whatever loads it by its extension."""
+    args = ["export", str(run_dirs("dnn")), "--out", str(tmp_path / name), *(["--format", fmt] if fmt else [])]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    assert isinstance(result.exception, MsrecError) and "--out" in str(result.exception)
+    assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize(("name", "fmt"), [("model.onnx", "onnx"), ("model.pt", "torchscript")])
+def test_without_format_the_extension_chooses_it(run_dirs, tmp_path, name, fmt):
+    result = CliRunner().invoke(app, ["export", str(run_dirs("dnn")), "--out", str(tmp_path / name)])
+    assert result.exit_code == 0, result.output
+    assert ExportedModel(tmp_path / name).metadata["format"] == fmt

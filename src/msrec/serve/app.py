@@ -5,12 +5,12 @@
     GET  /health    {"status": "ok"}
     GET  /metadata  model, scenarios by name, features, tasks, version
 
-A request is validated by pydantic against the run's own schema (a record type built from the encoder:
-integer or text ids, numbers or null for dense values, text lists, the known scenario values), so a
-missing feature, a wrong type or an unknown scenario is a 422 naming the record and the field; an
-oversized body or too many records is a 413. The validated records become one Arrow table, encoded by
-the run's own encoder (unknown ids -> the unknown index) and scored as one batch
-(`msrec.api.score_table`): no per-record model call, no per-record Python in our code. Scoring runs in
+A request is checked against the run's own schema (`msrec.serve.records`: integer or text ids, coerced as
+`msrec predict` coerces a CSV, numbers or null for dense values, text lists, the known scenario values), so
+a missing feature, a wrong type or an unknown scenario is a 422 naming the record and the field, as is a
+value only the encoder refuses (a blank id under `data.missing_ids: error`); an oversized body or too many
+records is a 413. The records become one Arrow table, encoded by the run's own encoder (unknown ids -> the
+unknown index) and scored as one batch (`msrec.api.score_table`): no per-record model call. Scoring runs in
 the thread pool, so a slow request does not stop /health; an unexpected error is a 500 for that request
 only, and the process keeps serving.
 """
@@ -18,53 +18,19 @@ only, and the process keeps serving.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-import pyarrow as pa
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
-from typing_extensions import TypedDict  # pydantic needs this one (not typing's) before Python 3.12
 
-from msrec.data.encode import Encoder
 from msrec.errors import MsrecError
+from msrec.serve.records import RecordError, RecordTable, encoding_problem, problem
 
 DEFAULT_MAX_RECORDS = 10_000
 BYTES_PER_RECORD = 4096  # the body limit is max_records times this (and at least 1 MiB)
-INT64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-DENSE = Annotated[float, Field(allow_inf_nan=False)] | None
-
-
-def record_schema(encoder: Encoder) -> tuple[type, pa.Schema]:
-    """The pydantic record type of a request and the Arrow schema of the table its records become."""
-    s = encoder.schema
-    types: dict[str, Any] = {}
-    arrow: dict[str, pa.DataType] = {}
-    for name in s.sparse:
-        kind = encoder.sparse[name]["kind"]
-        types[name], arrow[name] = (INT64, pa.int64()) if kind == "int" else (str, pa.string())
-    for name in s.dense:
-        types[name], arrow[name] = DENSE, pa.float64()
-    for name in s.lists:  # the raw text list, separator-joined as in the training data
-        types[name], arrow[name] = str | None, pa.string()
-    values = tuple(encoder.scenario["values"])
-    types[s.scenario] = Literal[values]  # type: ignore[valid-type]
-    arrow[s.scenario] = pa.int64() if encoder.scenario["kind"] == "int" else pa.string()
-    record = TypedDict("Record", types)  # type: ignore[misc]  (TypedDict: any column name is a valid key)
-    record.__pydantic_config__ = ConfigDict(extra="ignore", coerce_numbers_to_str=True)  # type: ignore[attr-defined]
-    return record, pa.schema(list(arrow.items()))
-
-
-def _problem(loc: list, msg: str, kind: str) -> dict[str, Any]:
-    """One error entry; `record` and `field` are spelt out when the location has them."""
-    entry: dict[str, Any] = {"loc": ["body", *loc], "msg": msg, "type": kind}
-    if loc and isinstance(loc[0], int):
-        entry["record"] = loc[0]
-        if len(loc) > 1:
-            entry["field"] = str(loc[1])
-    return entry
+SOURCE = "request"
 
 
 class Service:
@@ -78,8 +44,7 @@ class Service:
         self.run = load_run(run_dir)  # fails here, at start-up, on a missing or broken file
         self.max_records = max_records
         self.max_bytes = max(1 << 20, max_records * BYTES_PER_RECORD)
-        self.record, self.arrow_schema = record_schema(self.run.encoder)
-        self.adapter = TypeAdapter(Annotated[list[self.record], Field(max_length=max_records)])  # type: ignore[name-defined]
+        self.records = RecordTable(self.run.encoder, max_records)
         self.tasks = list(self.run.encoder.schema.labels)
         self._warm_up()
 
@@ -98,8 +63,8 @@ class Service:
             "model": self.run.config.model.name, "version": __version__, "run": self.run.path.name,
             "scenario": {"column": s.scenario, "names": enc.scenario_names},
             "features": {
-                "sparse": [{"name": n, "type": "integer" if enc.sparse[n]["kind"] == "int" else "string",
-                            "vocabulary": len(enc.sparse[n]["vocab"])} for n in s.sparse],
+                "sparse": [{"name": n, "type": "integer" if enc.sparse[n].kind == "int" else "string",
+                            "vocabulary": len(enc.sparse[n].vocab)} for n in s.sparse],
                 "dense": [{"name": n, "type": "number", "nullable": True} for n in s.dense],
                 "lists": [{"name": n, "type": "string", "separator": sep} for n, sep in s.lists.items()],
                 "scenario_features": list(s.scenario_features)},
@@ -110,23 +75,14 @@ class Service:
         from msrec.api import score_table
 
         try:
-            records = self.adapter.validate_json(body)
-        except ValidationError as err:
-            return self._invalid(err)
-        table = pa.Table.from_pylist(records, schema=self.arrow_schema)
+            table = self.records.table(body)
+        except RecordError as err:
+            return err.status, {"detail": err.problems}
         try:
-            scores = score_table(self.run, table, "request")
-        except MsrecError as err:  # whatever validation let through, the encoder still names
-            return 422, {"detail": [_problem([], str(err), "encoding_error")]}
+            scores = score_table(self.run, table, SOURCE)
+        except MsrecError as err:  # what only the encoder finds (a blank id under data.missing_ids: error)
+            return 422, {"detail": [encoding_problem(err, SOURCE)]}
         return 200, {"tasks": self.tasks, "scores": scores.tolist()}
-
-    def _invalid(self, err: ValidationError) -> tuple[int, dict[str, Any]]:
-        errors = err.errors(include_url=False, include_input=False, include_context=False)
-        if any(e["type"] == "too_long" and not e["loc"] for e in errors):
-            return 413, {"detail": [_problem([], f"too many records: at most {self.max_records} per request",
-                                              "too_many_records")]}
-        status = 400 if any(e["type"] == "json_invalid" for e in errors) else 422
-        return status, {"detail": [_problem(list(e["loc"]), e["msg"], e["type"]) for e in errors[:20]]}
 
 
 def create_app(run_dir: str | Path, max_records: int = DEFAULT_MAX_RECORDS) -> FastAPI:
@@ -134,7 +90,7 @@ def create_app(run_dir: str | Path, max_records: int = DEFAULT_MAX_RECORDS) -> F
     app = FastAPI(title="msrec scoring service", version=service.metadata()["version"],
                   description=f"Model `{service.run.config.model.name}` from run {service.run.path.name}")
     app.state.service = service
-    record_json_schema = service.adapter.json_schema()
+    record_json_schema = service.records.adapter.json_schema()
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -163,7 +119,7 @@ def create_app(run_dir: str | Path, max_records: int = DEFAULT_MAX_RECORDS) -> F
 
 
 def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"detail": [_problem([], f"request body larger than {limit} bytes", "body_too_large")]},
+    return JSONResponse({"detail": [problem([], f"request body larger than {limit} bytes", "body_too_large")]},
                         status_code=413)
 
 
@@ -176,4 +132,4 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 
-__all__ = ["DEFAULT_MAX_RECORDS", "Service", "create_app", "record_schema", "serve"]
+__all__ = ["DEFAULT_MAX_RECORDS", "Service", "create_app", "serve"]

@@ -31,6 +31,7 @@ from msrec.errors import MsrecError
 from msrec.schema import FeatureSpec
 
 FORMATS = ("torchscript", "onnx")
+SUFFIXES = {"torchscript": (".pt", ".pth"), "onnx": (".onnx",)}  # what loaders (ExportedModel too) go by
 ONNX_OPSET = 17
 METADATA_KEY = "msrec"  # TorchScript extra file `msrec.json` / ONNX metadata_props key
 OUTPUTS = ["logits", "scores"]
@@ -76,10 +77,27 @@ def metadata(spec: FeatureSpec, model_name: str, fmt: str) -> dict[str, Any]:
             "dense_dim": spec.dense_dim, "scenarios": spec.scenarios, "tasks": spec.tasks}
 
 
-def export_model(model: nn.Module, spec: FeatureSpec, fmt: str, out: str | Path, model_name: str = "") -> Path:
-    """Write `model` (in eval mode) as TorchScript (`.pt`) or ONNX to `out`."""
-    if fmt not in FORMATS:
+def resolve_format(fmt: str | None, out: str | Path) -> str:
+    """The format to write: `fmt`, or without one the extension of `out`. An extension naming another format
+    (ONNX in `x.pt`) is refused: whatever loads the file later picks its loader by the extension."""
+    if fmt is not None and fmt not in FORMATS:
         raise MsrecError(f"--format: unknown format `{fmt}` (formats: {', '.join(FORMATS)})")
+    suffix = Path(out).suffix.lower()
+    named = next((f for f, suffixes in SUFFIXES.items() if suffix in suffixes), None)
+    expected = " or ".join(f"{', '.join(s)} for {f}" for f, s in SUFFIXES.items())
+    if fmt is None and named is None:
+        raise MsrecError(f"--out {out}: cannot tell the format from the extension `{suffix}` ({expected}); "
+                         "name the file so or pass --format")
+    if fmt is not None and named != fmt:
+        raise MsrecError(f"--out {out}: --format {fmt} writes a {' / '.join(SUFFIXES[fmt])} file, not "
+                         f"`{suffix or 'no extension'}` (loaders go by the extension)")
+    return named
+
+
+def export_model(model: nn.Module, spec: FeatureSpec, fmt: str | None, out: str | Path,
+                 model_name: str = "") -> Path:
+    """Write `model` (in eval mode) as TorchScript (`.pt`) or ONNX (`.onnx`) to `out`; `fmt` None: by extension."""
+    fmt = resolve_format(fmt, out)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -114,12 +132,11 @@ def _export_onnx(wrapper: nn.Module, inputs: tuple[Tensor, ...], spec: FeatureSp
     onnx.save(proto, str(out))
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path) -> Path:
+def export_run(run_dir: str | Path, fmt: str | None, out: str | Path) -> Path:
     """`msrec export`: the run's model, exported with its feature layout, scenarios and tasks as metadata."""
     from msrec.runs import load_run
 
-    if fmt not in FORMATS:
-        raise MsrecError(f"--format: unknown format `{fmt}` (formats: {', '.join(FORMATS)})")
+    resolve_format(fmt, out)  # before loading the run
     run = load_run(run_dir)
     return export_model(run.model, run.encoder.spec(), fmt, out, run.config.model.name)
 
