@@ -125,5 +125,5 @@ def test_evaluating_a_streaming_run_reads_only_its_test_file(parquet_folder, tmp
     (train / "a.parquet").unlink()
     train.rmdir()
     metrics = msrec.evaluate(tmp_path / "run")
-    assert metrics["overall"]["rows"] == 3_000
+    assert metrics["tasks"]["click"]["overall"]["rows"] == 3_000
     assert metrics["macro_auc"] == pytest.approx(result.metrics["test"]["macro_auc"], abs=1e-6)
