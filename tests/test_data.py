@@ -139,3 +139,10 @@ def test_config_values_are_validated():
         parse_config({"data": {"dataset": "synthetic", "split": [0.5, 0.1, 0.1]}})
     with pytest.raises(MsrecError, match="either `train`"):
         parse_config({"data": {}})
+
+
+def test_a_config_without_a_scenario_column_is_named_once():
+    from msrec.config import DataConfig
+
+    with pytest.raises(MsrecError, match=r"^data.scenario: name the column whose values are the scenarios$"):
+        load_splits(DataConfig(train="never-read.csv", sparse=["user"]), seed=0)
