@@ -48,7 +48,9 @@ def test_train_reaches_the_published_auc_and_writes_the_documented_metrics(ml):
     run = ml["run"]
     assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)
     metrics = json.loads((run / "metrics.json").read_text())
-    test = metrics["test"]
+    assert metrics["format"] == 2 and list(metrics["test"]["tasks"]) == ["label"]
+    assert metrics["test"]["macro_auc"] == metrics["test"]["tasks"]["label"]["macro_auc"]
+    test = metrics["test"]["tasks"]["label"]
     assert test["overall"]["auc"] >= 0.76
     assert set(test["overall"]) >= {"auc", "logloss", "gauc"}
     assert list(test["scenarios"]) == ["0", "1", "2"]
@@ -57,7 +59,7 @@ def test_train_reaches_the_published_auc_and_writes_the_documented_metrics(ml):
         assert 0 < block["positives"] < block["rows"]
     assert sum(b["rows"] for b in test["scenarios"].values()) == 10_000
     assert test["macro_auc"] == pytest.approx(np.mean([b["auc"] for b in test["scenarios"].values()]))
-    assert set(metrics["val"]) >= {"overall", "scenarios", "macro_auc"}
+    assert set(metrics["val"]["tasks"]["label"]) >= {"overall", "scenarios", "macro_auc"}
     train = metrics["train"]
     assert train["epochs"] == 4 and 1 <= train["best_epoch"] <= 4
     assert train["seconds"] > 0 and train["samples_per_second"] > 0
@@ -71,11 +73,12 @@ def test_set_overrides_are_saved_in_the_run_config(ml):
 
 
 def test_evaluate_reproduces_the_saved_test_metrics(ml, cli):
-    saved = json.loads((ml["run"] / "metrics.json").read_text())["test"]
+    saved = json.loads((ml["run"] / "metrics.json").read_text())["test"]["tasks"]["label"]
     default = cli("evaluate", ml["run"], "--json")
     assert default.code == 0, default.stderr
-    again = json.loads(default.stdout)
+    again = json.loads(default.stdout)["tasks"]["label"]
     from_file = json.loads(cli("evaluate", ml["run"], "--data", ml["root"] / "test.parquet", "--json").stdout)
+    from_file = from_file["tasks"]["label"]
     for report in (again, from_file):
         assert report["overall"]["auc"] == pytest.approx(saved["overall"]["auc"], abs=1e-9)
         assert report["macro_auc"] == pytest.approx(saved["macro_auc"], abs=1e-9)
@@ -87,7 +90,7 @@ def test_evaluate_reproduces_the_saved_test_metrics(ml, cli):
 
 def test_predict_writes_one_score_column_per_task_and_matches_evaluate(ml, cli):
     root, test = ml["root"], ml["test"]
-    saved = json.loads((ml["run"] / "metrics.json").read_text())["test"]
+    saved = json.loads((ml["run"] / "metrics.json").read_text())["test"]["tasks"]["label"]
     for src, dst in [("test.csv", "scores.csv"), ("test.parquet", "scores.parquet")]:
         result = cli("predict", ml["run"], root / src, root / dst)
         assert result.code == 0, result.stderr
@@ -160,15 +163,15 @@ def test_a_run_that_crashes_midway_leaves_no_directory(tmp_path, cli, synthetic_
     from msrec.train.trainer import Trainer
 
     calls = []
-    evaluate = Trainer.evaluate
+    validate = Trainer.validate
 
     def crash_after_first_epoch(self, table):
         calls.append(1)
         if len(calls) > 1:
             raise RuntimeError("simulated crash")
-        return evaluate(self, table)
+        return validate(self, table)
 
-    monkeypatch.setattr(Trainer, "evaluate", crash_after_first_epoch)
+    monkeypatch.setattr(Trainer, "validate", crash_after_first_epoch)
     config = write_config(tmp_path / "c.yaml", synthetic_config(train={"epochs": 3, "patience": 5}))
     with pytest.raises(RuntimeError, match="simulated crash"):
         cli("train", config, "--out", tmp_path / "runs" / "new")
@@ -200,4 +203,4 @@ def test_metrics_json_has_no_nan(tmp_path, cli, synthetic_config):
     assert cli("train", config, "--out", tmp_path / "run").code == 0
     text = (tmp_path / "run" / "metrics.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    assert not math.isnan(json.loads(text)["val"]["overall"]["auc"])
+    assert not math.isnan(json.loads(text)["val"]["tasks"]["click"]["overall"]["auc"])

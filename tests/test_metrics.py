@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import log_loss, roc_auc_score
 
-from msrec.train.metrics import LOGLOSS_EPS, auc, evaluation_report, gauc, logloss
+from msrec.train.metrics import LOGLOSS_EPS, auc, evaluation_report, gauc, logloss, monitor_report
 
 # A handful of score values forces ties; the float32 grid mimics model output.
 FEW_SCORES = st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.5000001, 0.9, 1.0])
@@ -128,8 +128,11 @@ def test_evaluation_report_per_scenario_and_macro(data):
     s = np.array([r[2] for r in data])
     g = np.array([r[3] for r in data])
     names = ["a", "b", "c", "d"]
-    report = evaluation_report(torch.from_numpy(y)[:, None].float(), torch.from_numpy(p)[:, None], torch.from_numpy(s),
-                               names, ["click"], users=torch.from_numpy(g))
+    split = evaluation_report(torch.from_numpy(y)[:, None].float(), torch.from_numpy(p)[:, None], torch.from_numpy(s),
+                              names, ["click"], users=torch.from_numpy(g))
+    report = split["tasks"]["click"]  # one task: the same tasks form as several
+    assert list(split["tasks"]) == ["click"] and same(split["macro_auc"], report["macro_auc"])
+    assert same(split["overall"]["auc"], report["overall"]["auc"])
     p64 = p.astype(np.float64)
     assert same(report["overall"]["auc"], sk_auc(y, p64))
     assert same(report["overall"]["logloss"], sk_logloss(y, p64), 1e-6)
@@ -166,3 +169,20 @@ def test_evaluation_report_with_two_tasks_has_one_block_per_task():
             m = (s == k).numpy()
             assert same(block["scenarios"][name]["auc"], sk_auc(y[m, j].numpy(), p[m, j].numpy()))
     assert same(report["macro_auc"], np.mean([report["tasks"][t]["macro_auc"] for t in ("click", "conversion")]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 300), tasks=st.integers(1, 3))
+def test_the_epoch_monitor_report_has_the_full_reports_values(seed, n, tasks):
+    """Validation reads `monitor_report` every epoch: the same macro AUC, AUC and logloss (means over tasks)
+    as the full report, one-class and absent scenarios included."""
+    rng = np.random.default_rng(seed)
+    y = torch.from_numpy(rng.integers(0, 2, (n, tasks))).float()
+    p = torch.from_numpy(rng.integers(0, 5, (n, tasks)) / 4).float()
+    s = torch.from_numpy(rng.integers(0, 4, n))
+    args = (y, p, s, ["a", "b", "c", "d"], [f"t{j}" for j in range(tasks)])
+    full, light = evaluation_report(*args, users=s), monitor_report(*args, users=s)
+    assert set(light) == {"tasks", "macro_auc", "overall"} and set(light["overall"]) == {"auc", "logloss"}
+    for a, b in [(full["macro_auc"], light["macro_auc"]), (full["overall"]["auc"], light["overall"]["auc"]),
+                 (full["overall"]["logloss"], light["overall"]["logloss"])]:
+        assert same(a, b, 0.0)

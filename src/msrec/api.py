@@ -1,37 +1,58 @@
-"""The Python API behind every CLI command: `msrec.train(config)`, `msrec.evaluate(run_dir)`, ..."""
+"""The Python API behind every CLI command: `msrec.train(config)`, `msrec.evaluate(run_dir)`, ...
+
+Orchestration only: config -> data -> model -> fit -> metrics -> run directory, and a run directory ->
+scores. How ranks share the work under torchrun is the training session's and the trainer's business.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from rich.console import Console
 
 from msrec.config import Config, load_config, parse_config
 from msrec.data import prepare as data_prepare
+from msrec.data.checks import id_kind, is_text
 from msrec.data.encode import Encoder
-from msrec.data.io import read_table, write_table
+from msrec.data.io import is_parquet, read_table, write_table
 from msrec.data.prepare import EncodedData, load_splits
-from msrec.data.table import TensorTable
 from msrec.errors import MsrecError
 from msrec.models.registry import build_model, parse_options
-from msrec.runs import Run, check_run_dir_free, default_run_dir, load_run, write_run
-from msrec.train import distributed
+from msrec.runs import METRICS_FORMAT, Run, check_run_dir_free, default_run_dir, load_run, write_run
+from msrec.schema import Schema
+from msrec.train.distributed import session as training_session
+from msrec.train.predict import Scorer
 from msrec.train.trainer import Trainer
 
 
-@dataclass
+@dataclass(repr=False)
 class TrainResult:
+    """What `train` returns: the run directory (None when nothing was written), the metrics written to its
+    metrics.json, the trained model (on the CPU), its encoder, and the val / test scores behind the metrics."""
+
     run_dir: Path | None
     metrics: dict
     model: torch.nn.Module
     encoder: Encoder
-    scores: dict[str, torch.Tensor] = field(default_factory=dict)  # the val / test scores behind `metrics`
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """Short: the run, the model and the headline metrics (not the score tensors)."""
+        split = "test" if "test" in self.metrics else "val"
+        block = self.metrics.get(split, {})
+
+        def num(x: float | None) -> str:
+            return "nan" if x is None or math.isnan(x) else f"{x:.4f}"
+
+        return (f"TrainResult(run_dir={str(self.run_dir) if self.run_dir else None!r}, "
+                f"model={self.metrics.get('model')!r}, {split}_macro_auc={num(block.get('macro_auc'))}, "
+                f"{split}_auc={num(block.get('overall', {}).get('auc'))}, "
+                f"best_epoch={self.metrics.get('train', {}).get('best_epoch')})")
 
 
 def as_config(config: Config | dict | str | Path, overrides: list[str] | None = None) -> Config:
@@ -52,60 +73,43 @@ def prepare_data(cfg: Config) -> EncodedData:
 def train(config: Config | dict | str | Path, out: str | Path | None = None, overrides: list[str] | None = None,
           overwrite: bool = False, save: bool = True, console: Console | None = None,
           data: EncodedData | None = None) -> TrainResult:
-    """Train the configured model; write a run directory (unless `save=False`) and return its metrics.
+    """Train the configured model, write its run directory and return its metrics.
+
+    - `config`: a `Config`, a dict of `data` / `model` / `train` sections, or a YAML file (its relative data
+      paths are read against the file's folder); `overrides`: `--set` items such as `"train.epochs=3"`.
+    - `out`: the run directory. Without it: `runs/<model>-<YYYYmmdd-HHMMSS>` under the current folder
+      (`-2`, `-3`, ... appended when taken). An existing non-empty folder is an error unless `overwrite`
+      (replaced only once training succeeded).
+    - `save=False`: write nothing (`run_dir` is None).
+    - `console`: where the progress bar and the epoch log go (default: stderr, unless `train.progress` is off).
+    - `data`: data already prepared by `prepare_data(cfg)`, to train several models on one encoding.
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this; they train together (DDP) and rank 0 alone
     writes the run directory (`run_dir` is None on the other ranks). See docs/distributed.md.
     """
     cfg = as_config(config, overrides)
     options = parse_options(cfg.model.name, cfg.model.options())  # fail on a bad option before loading data
-    device = distributed.resolve_device(cfg.train.device, distributed.env_info())
-    info = distributed.setup(cfg.train.dist_timeout, device)
-    run_dir = Path(out) if out else (default_run_dir(cfg.model.name) if save else None)
-    if save and info.is_main:
-        check_run_dir_free(run_dir, overwrite)
-    with distributed.peer_failures(info):
-        return _train(cfg, options, run_dir, overwrite, save and info.is_main, console, data, device, info)
+    with training_session(cfg.train) as session:
+        run_dir = None
+        if save and session.writes_run:
+            run_dir = Path(out) if out else default_run_dir(cfg.model.name)
+            check_run_dir_free(run_dir, overwrite)  # before training, not after
+        data = data or prepare_data(cfg)
+        torch.manual_seed(cfg.train.seed)
+        spec = data.encoder.spec()
+        model = build_model(cfg.model.name, spec, options)
+        trainer = Trainer(model, cfg.train, spec.scenarios, spec.tasks, console, session)
+        split_metrics, scores = trainer.fit_and_score(data)
+        metrics = {"format": METRICS_FORMAT, **split_metrics, "model": cfg.model.name}
+        model.cpu()  # the run is saved and served from the CPU
+        if run_dir is not None:
+            write_run(run_dir, cfg, data.encoder, model, metrics, overwrite)
+    return TrainResult(run_dir, metrics, model, data.encoder, scores)
 
 
-def _data_summary(data: EncodedData) -> dict[str, Any]:
-    """What must agree across ranks: the rows of each split and a fingerprint of the fitted encoder."""
-    encoder = json.dumps(data.encoder.to_dict(), sort_keys=True, default=str).encode()
-    return {**{f"{split} rows": len(table) for split, table in [("train", data.train), *data.evaluation_splits().items()]},
-            "encoder": hashlib.sha256(encoder).hexdigest()[:16]}
-
-
-def _train(cfg: Config, options, run_dir: Path | None, overwrite: bool, save: bool, console: Console | None,
-           data: EncodedData | None, device: torch.device, info: distributed.DistInfo) -> TrainResult:
-    data = data or prepare_data(cfg)
-    if info.enabled:  # the encoder fingerprint costs a pass over the vocabularies: only where ranks compare
-        distributed.check_same_data(info, _data_summary(data), device)
-    torch.manual_seed(cfg.train.seed)
-    spec = data.encoder.spec()
-    model = build_model(cfg.model.name, spec, options)
-    trainer = Trainer(model, cfg.train, spec.scenarios, spec.tasks, console, device=device, dist=info)
-    fit = trainer.fit(data.train, data.val)
-    metrics: dict[str, Any] = {}
-    scores: dict[str, torch.Tensor] = {}
-    for split, table in data.evaluation_splits().items():
-        metrics[split], scores[split] = trainer.scored_report(table)
-    metrics["train"] = {"epochs": fit.epochs, "best_epoch": fit.best_epoch, "seconds": fit.seconds,
-                        "samples_per_second": fit.samples_per_second,
-                        "parameters": sum(p.numel() for p in model.parameters()), "history": fit.history}
-    metrics["model"] = cfg.model.name
-    if info.enabled:
-        metrics["train"]["world_size"] = info.world_size
-    model.cpu()  # the run is saved and served from the CPU
-    if save:
-        write_run(run_dir, cfg, data.encoder, model, metrics, overwrite)
-    del trainer  # free the DDP wrapper (and gloo's pending work) now, not at interpreter shutdown
-    distributed.barrier(info)  # ranks finish together (a rank leaving early can abort its peers' gloo threads)
-    return TrainResult(run_dir if save else None, metrics, model, data.encoder, scores)
-
-
-def _scorer(run: Run) -> Trainer:
-    return Trainer(run.model, run.config.train.model_copy(update={"progress": False}),
-                   run.encoder.scenario_names, run.encoder.schema.labels)
+def _scorer(run: Run) -> Scorer:
+    return Scorer(run.model, run.encoder.scenario_names, list(run.encoder.schema.labels),
+                  run.config.train.eval_batch_size, run.config.train.precision)
 
 
 def _read_input(path: str | Path, run: Run) -> pa.Table:
@@ -113,14 +117,10 @@ def _read_input(path: str | Path, run: Run) -> pa.Table:
     return read_table(path, string_columns=run.encoder.schema.text_columns())
 
 
-def _score(run: Run, table: pa.Table, source: str, with_labels: bool) -> tuple[TensorTable, torch.Tensor]:
-    encoded = run.encoder.transform(table, source, with_labels=with_labels)
-    return encoded, _scorer(run).predict(encoded)
-
-
 def evaluate(run: Run | str | Path, data: str | Path | None = None) -> dict:
     """Metrics of a saved run on a labelled file, or (without one) on its own configured test split (its
-    validation split where it has no test split). A split held in its own file is the only file read."""
+    validation split where it has no test split), from any folder. A split held in its own file is the only
+    file read. The report is a metrics.json split block (`{"tasks": {...}, "macro_auc", "overall"}`)."""
     run = run if isinstance(run, Run) else load_run(run)
     cfg = run.config.data
     if data is None and cfg.dataset is None and (cfg.test or cfg.val):
@@ -132,14 +132,25 @@ def evaluate(run: Run | str | Path, data: str | Path | None = None) -> dict:
     return _scorer(run).evaluate(run.encoder.transform(_read_input(data, run), str(data)))
 
 
+def _integer_ids(table: pa.Table, schema: Schema) -> pa.Table:
+    """Id columns read from a CSV as text (so that "007" keeps its spelling) back as integers where every
+    value is a canonical integer: the output's ids are written as the input wrote them, unquoted."""
+    for name in schema.text_columns():
+        if name not in schema.lists and is_text(table[name]) and id_kind(table[name]) == "int":
+            table = table.set_column(table.column_names.index(name), name, pc.cast(table[name], pa.int64()))
+    return table
+
+
 def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path | None = None,
             keep_columns: bool = True) -> pa.Table:
     """Score a file: one `score_<task>` column per task, appended to the input columns (or alone)."""
     run = load_run(run_dir)
     schema = run.encoder.schema
     table = _read_input(input_path, run)
-    _, scores = _score(run, table, str(input_path), with_labels=False)
-    out = table if keep_columns else table.select([])  # no columns, but the rows (scores are appended)
+    scores = score_table(run, table, str(input_path))
+    out = table.select([])  # no columns, but the rows (scores are appended)
+    if keep_columns:
+        out = table if is_parquet(input_path) else _integer_ids(table, schema)
     for j, task in enumerate(schema.labels):
         out = out.append_column(f"score_{task}", pa.array(scores[:, j].numpy()))
     if output_path is not None:
@@ -149,7 +160,8 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
 
 def score_table(run: Run, table: pa.Table, source: str = "request") -> torch.Tensor:
     """Probabilities `[N, T]` for raw rows, with the run's own encoder (the serving path)."""
-    return _score(run, table, source, with_labels=False)[1]
+    return _scorer(run).predict(run.encoder.transform(table, source, with_labels=False))
 
 
-__all__ = ["EncodedData", "MsrecError", "TrainResult", "evaluate", "load_run", "predict", "prepare_data", "score_table", "train"]
+__all__ = ["EncodedData", "MsrecError", "TrainResult", "evaluate", "load_run", "predict", "prepare_data", "score_table",
+           "train"]

@@ -2,6 +2,15 @@
 
 It is written into a hidden sibling folder and renamed into place only when complete, so a crash
 leaves no half-written run and never touches an earlier run at the same path.
+
+It does not depend on the folder `train` was run from: `config.yaml` stores the data paths absolute, so
+`evaluate` / `predict` work from any folder and after the run directory is moved or copied. (Paths relative
+to the run directory would break on the common move, a run archived without its data; an absolute path
+breaks only when the data move, and then `msrec evaluate RUN --data FILE` names them.)
+
+metrics.json (format 2): `{"format": 2, "val": SPLIT, "test": SPLIT, "train": {...}, "model": name}`, every
+SPLIT `{"tasks": {task: block}, "macro_auc": mean over tasks, "overall": {"auc", "logloss"}}` for any
+number of tasks. msrec 0.1 wrote a one-task SPLIT as the task's block itself: `load_run` upgrades it.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ from msrec.errors import MsrecError
 from msrec.models.registry import build_model
 
 RUN_FILES = ("config.yaml", "encoder.json", "model.safetensors", "metrics.json")
+METRICS_FORMAT = 2
+DATA_PATHS = ("train", "val", "test", "path")  # the data config's keys that name files or folders
 
 
 def json_safe(obj: Any) -> Any:
@@ -56,6 +67,27 @@ def check_run_dir_free(path: Path, overwrite: bool) -> None:
         raise MsrecError(f"{path}: already exists; choose another --out or pass --overwrite")
 
 
+def absolute_data_paths(config: Config) -> Config:
+    """The config with its data paths absolute, as read from the current folder (see the module's doc)."""
+    data = config.data
+    paths = {k: os.path.abspath(v) for k in DATA_PATHS if (v := getattr(data, k)) and not os.path.isabs(v)}
+    return config.model_copy(update={"data": data.model_copy(update=paths)}) if paths else config
+
+
+def upgrade_metrics(metrics: dict, tasks: list[str]) -> dict:
+    """A metrics.json of any format as format 2: a format 1 (msrec 0.1) one-task split block, the task's
+    block itself, is wrapped as `{"tasks": {task: block}, "macro_auc", "overall": {"auc", "logloss"}}`."""
+    if metrics.get("format", 1) >= METRICS_FORMAT:
+        return metrics
+    out = {"format": METRICS_FORMAT, **{k: v for k, v in metrics.items() if k != "format"}}
+    for split in ("val", "test"):
+        block = metrics.get(split)
+        if isinstance(block, dict) and "tasks" not in block:
+            out[split] = {"tasks": {tasks[0]: block}, "macro_auc": block.get("macro_auc"),
+                          "overall": {k: block.get("overall", {}).get(k) for k in ("auc", "logloss")}}
+    return out
+
+
 def write_run(path: Path, config: Config, encoder: Encoder, model: nn.Module, metrics: dict,
               overwrite: bool = False) -> Path:
     path = Path(path)
@@ -63,10 +95,11 @@ def write_run(path: Path, config: Config, encoder: Encoder, model: nn.Module, me
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        (tmp / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        config_text = yaml.safe_dump(absolute_data_paths(config).to_dict(), sort_keys=False)
+        (tmp / "config.yaml").write_text(config_text)
         encoder.save(tmp / "encoder.json")
         save_model(model, str(tmp / "model.safetensors"))
-        (tmp / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(json_safe({"format": METRICS_FORMAT, **metrics}), indent=2))
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
@@ -126,4 +159,4 @@ def load_run(path: str | Path) -> Run:
         metrics = json.loads((path / "metrics.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise MsrecError(f"{path / 'metrics.json'}: not valid JSON ({err})") from None
-    return Run(path, config, encoder, model, metrics)
+    return Run(path, config, encoder, model, upgrade_metrics(metrics, list(encoder.schema.labels)))

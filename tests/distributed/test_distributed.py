@@ -148,12 +148,16 @@ def torchrun_runs(configs, jobs) -> Path:
     return configs["folder"] / "torchrun"
 
 
+def rows(metrics: dict, split: str) -> int:
+    return metrics[split]["tasks"]["click"]["overall"]["rows"]
+
+
 def _assert_same_metrics(two: dict, one: dict) -> None:
     for split in ("val", "test"):
         assert two[split]["macro_auc"] == pytest.approx(one[split]["macro_auc"], abs=2e-4)
         assert two[split]["overall"]["auc"] == pytest.approx(one[split]["overall"]["auc"], abs=2e-4)
         assert two[split]["overall"]["logloss"] == pytest.approx(one[split]["overall"]["logloss"], abs=2e-4)
-        assert two[split]["overall"]["rows"] == one[split]["overall"]["rows"]  # every row scored once
+        assert rows(two, split) == rows(one, split)  # every row scored once
     assert two["train"]["best_epoch"] == one["train"]["best_epoch"]
     for h2, h1 in zip(two["train"]["history"], one["train"]["history"], strict=True):
         assert h2["train_loss"] == pytest.approx(h1["train_loss"], abs=2e-4)
@@ -186,7 +190,7 @@ def test_streaming_two_ranks_each_read_their_row_groups(configs, torchrun_runs):
     two = json.loads((torchrun_runs / "stream.rank0.json").read_text())
     one = msrec.api.train(configs["stream"], save=False).metrics
     # Different shuffles (per-rank row groups and buffers), so close rather than equal; every test row scored.
-    assert two["test"]["overall"]["rows"] == one["test"]["overall"]["rows"] == 600
+    assert rows(two, "test") == rows(one, "test") == 600
     assert two["test"]["macro_auc"] == pytest.approx(one["test"]["macro_auc"], abs=0.03)
     # Each rank reads 3 000 of the 6 000 rows per epoch; together they see every row.
     assert two["train"]["history"][0]["train_loss"] == pytest.approx(one["train"]["history"][0]["train_loss"],

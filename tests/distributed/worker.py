@@ -4,8 +4,9 @@ Launched once per rank (by torchrun, or by a test that sets RANK / WORLD_SIZE / 
 each config with `msrec.api.train`, saving the run to OUT_DIR/<config stem> (rank 0 only, by msrec), and
 writes this rank's metrics to OUT_DIR/<config stem>.rank<r>.json and its model's buffers to .buffers.pt.
 
-MSREC_TEST_CRASH_RANK=r makes rank r fail at its first validation: MSREC_TEST_CRASH_MODE=raise (default)
-raises, `hang` sleeps, so that the other ranks' handling of a dead or silent peer can be tested.
+MSREC_TEST_CRASH_RANK=r makes rank r fail at its first validation (`Trainer.validate`):
+MSREC_TEST_CRASH_MODE=raise (default) raises, `hang` sleeps, so that the other ranks' handling of a dead or
+silent peer can be tested.
 """
 
 import json
@@ -26,7 +27,7 @@ if os.environ.get("MSREC_TEST_CRASH_RANK") == str(rank):
             time.sleep(600)
         raise RuntimeError(f"injected crash on rank {rank}")
 
-    Trainer.evaluate = _fail
+    Trainer.validate = _fail
 
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)

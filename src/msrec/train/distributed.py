@@ -23,17 +23,26 @@ from __future__ import annotations
 
 import atexit
 import gc
+import hashlib
+import json
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
+from msrec.config import TrainConfig
 from msrec.errors import MsrecError
+
+if TYPE_CHECKING:
+    from msrec.data.prepare import EncodedData
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -200,6 +209,87 @@ def check_same_data(info: DistInfo, summary: dict[str, Any], device: torch.devic
     if flags.item() > 0:
         raise MsrecError(f"rank {info.rank}/{info.world_size}: another rank's data differ from rank 0's "
                          "(see its message); every rank must read the same files")
+
+
+@dataclass(frozen=True)
+class Session:
+    """This process's part in a training job: its rank (one process without torchrun) and its device. The
+    trainer and the scorer ask it for every collective, so that no caller needs to know about ranks."""
+
+    info: DistInfo = SINGLE
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.info.enabled
+
+    @property
+    def rank(self) -> int:
+        return self.info.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.info.world_size
+
+    @property
+    def writes_run(self) -> bool:
+        """Whether this process prints and writes the run directory: rank 0 alone does."""
+        return self.info.is_main
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module training steps go through: DDP (gradient averaging) when distributed. Per-scenario
+        modules get no gradient on a rank whose share lacks the scenario, hence find_unused_parameters."""
+        if not self.enabled:
+            return model
+        return nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+
+    def on_main(self, compute: Callable[[], T]) -> T:
+        """`compute()` on rank 0 and its result on every rank (a metrics report: computed once)."""
+        if not self.enabled:
+            return compute()
+        return broadcast_object(compute() if self.info.is_main else None, self.info)
+
+    def fewest(self, value: int) -> int:
+        """The smallest `value` over the ranks (steps per epoch every rank can take)."""
+        return all_reduce_min(value, self.device) if self.enabled else value
+
+    def epoch_totals(self, loss_sum: Tensor, rows: int) -> tuple[Tensor, int]:
+        """An epoch's summed loss (mean over ranks) and its rows (total over ranks): one all-reduce."""
+        if not self.enabled:
+            return loss_sum, rows
+        totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(
+            float(rows), dtype=torch.float64, device=self.device)]))
+        return totals[0] / self.world_size, int(totals[1].item())
+
+    def check_same_data(self, data: EncodedData) -> None:
+        """Every rank read the same data (see `check_same_data`). The encoder's fingerprint costs a pass over
+        the vocabularies: only computed where ranks compare."""
+        if self.enabled:
+            check_same_data(self.info, data_summary(data), self.device)
+
+
+LOCAL = Session()
+
+
+def data_summary(data: EncodedData) -> dict[str, Any]:
+    """What must agree across ranks: the rows of each split and a fingerprint of the fitted encoder."""
+    encoder = json.dumps(data.encoder.to_dict(), sort_keys=True, default=str).encode()
+    splits = [("train", data.train), *data.evaluation_splits().items()]
+    return {**{f"{split} rows": len(table) for split, table in splits},
+            "encoder": hashlib.sha256(encoder).hexdigest()[:16]}
+
+
+@contextmanager
+def session(cfg: TrainConfig) -> Iterator[Session]:
+    """One process's part in a training job, entered once around it. Under torchrun it joins the process
+    group (once per process), a collective that fails because a peer died or went silent becomes one clear
+    error, and the ranks leave together (a rank leaving early can abort its peers' gloo threads). Without
+    torchrun: this process alone, on the configured device."""
+    device = resolve_device(cfg.device, env_info())
+    info = setup(cfg.dist_timeout, device)
+    with peer_failures(info):
+        yield Session(info, device)
+        barrier(info)
 
 
 def launch(nproc: int, args: list[str]) -> None:

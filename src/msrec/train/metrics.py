@@ -92,18 +92,20 @@ def _block(y: Tensor, p: Tensor, users: Tensor | None, truth: Tensor | None) -> 
     return out
 
 
+def _scenario_rows(scenario: Tensor, scenario_names: list[str]) -> list[tuple[str, Tensor]]:
+    """Each present scenario's name and row indices: one sort, then each scenario's rows are one slice."""
+    order = torch.argsort(scenario, stable=True)
+    counts = torch.bincount(scenario, minlength=len(scenario_names)).tolist()
+    return [(scenario_names[s], rows) for s, rows in enumerate(order.split(counts)) if rows.numel()]
+
+
 def task_report(labels: Tensor, scores: Tensor, scenario: Tensor, scenario_names: list[str],
                 users: Tensor | None = None, truth: Tensor | None = None) -> dict:
     """One task's metrics: overall, per scenario (by name) and the macro mean of the per-scenario AUCs."""
     overall = _block(labels, scores, users, truth)
-    scenarios = {}
-    order = torch.argsort(scenario, stable=True)  # one sort, then each scenario's rows are one slice
-    counts = torch.bincount(scenario, minlength=len(scenario_names)).tolist()
-    for s, rows in enumerate(order.split(counts)):
-        if rows.numel() == 0:
-            continue
-        scenarios[scenario_names[s]] = _block(labels[rows], scores[rows], None if users is None else users[rows],
-                                              None if truth is None else truth[rows])
+    scenarios = {name: _block(labels[rows], scores[rows], None if users is None else users[rows],
+                              None if truth is None else truth[rows])
+                 for name, rows in _scenario_rows(scenario, scenario_names)}
     report = {"overall": overall, "scenarios": scenarios,
               "macro_auc": _nanmean([m["auc"] for m in scenarios.values()])}
     if users is not None:
@@ -113,27 +115,40 @@ def task_report(labels: Tensor, scores: Tensor, scenario: Tensor, scenario_names
     return report
 
 
-def evaluation_report(labels: Tensor, scores: Tensor, scenario: Tensor, scenario_names: list[str],
-                      tasks: list[str], users: Tensor | None = None, truth: Tensor | None = None) -> dict:
-    """The `metrics.json` block for one split: a task's block directly when there is one task, else one
-    block per task under "tasks" with the mean of their macro AUCs."""
-    per_task = {
-        t: task_report(labels[:, j], scores[:, j], scenario, scenario_names, users,
-                       None if truth is None else truth[:, j])
-        for j, t in enumerate(tasks)
-    }
-    if len(tasks) == 1:
-        return per_task[tasks[0]]
+def _over_tasks(per_task: dict[str, dict]) -> dict:
+    """A split block: each task's block under "tasks", and the means over tasks of what early stopping and
+    the epoch log read."""
     return {"tasks": per_task,
             "macro_auc": _nanmean([b["macro_auc"] for b in per_task.values()]),
             "overall": {"auc": _nanmean([b["overall"]["auc"] for b in per_task.values()]),
                         "logloss": _nanmean([b["overall"]["logloss"] for b in per_task.values()])}}
 
 
+def evaluation_report(labels: Tensor, scores: Tensor, scenario: Tensor, scenario_names: list[str],
+                      tasks: list[str], users: Tensor | None = None, truth: Tensor | None = None) -> dict:
+    """The `metrics.json` block of one split, the same shape for any number of tasks:
+    `{"tasks": {task: task_report}, "macro_auc": mean over tasks, "overall": {"auc", "logloss"}}`."""
+    return _over_tasks({t: task_report(labels[:, j], scores[:, j], scenario, scenario_names, users,
+                                       None if truth is None else truth[:, j])
+                        for j, t in enumerate(tasks)})
+
+
+def monitor_report(labels: Tensor, scores: Tensor, scenario: Tensor, scenario_names: list[str],
+                   tasks: list[str], users: Tensor | None = None, truth: Tensor | None = None) -> dict:
+    """The numbers of `evaluation_report` that validation reads every epoch (per-scenario and overall AUC,
+    overall logloss), without GAUC and the per-scenario blocks: the same values, a fraction of the work."""
+    groups = _scenario_rows(scenario, scenario_names)
+    return _over_tasks({t: {"macro_auc": _nanmean([auc(labels[rows, j], scores[rows, j]) for _, rows in groups]),
+                            "overall": {"auc": auc(labels[:, j], scores[:, j]),
+                                        "logloss": logloss(labels[:, j], scores[:, j])}}
+                        for j, t in enumerate(tasks)})
+
+
 def monitor_value(report: dict, monitor: str) -> float:
-    """The early-stopping number (higher is better) from an evaluation report."""
+    """The early-stopping number (higher is better) from a split block (means over tasks)."""
     if monitor == "macro_auc":
         return report["macro_auc"]
     if monitor == "auc":
         return report["overall"]["auc"]
     return -report["overall"]["logloss"]
+

@@ -1,22 +1,22 @@
-"""Fit / evaluate / predict for any registry model. Nothing model-specific lives here.
+"""Fit any registry model: the epoch loop, validation and early stopping. Nothing model-specific lives here.
 
 - loss: binary cross-entropy per task on the logits `[B, T]`, summed with per-task weights;
 - Adam or AdamW, optional cosine or step schedule with linear warm-up;
 - early stopping on a validation metric (default: mean of the per-scenario AUCs); the best weights are
   restored at the end whether patience or the epochs ran out;
 - the step itself has no host sync: the running loss is read only when the progress bar refreshes;
-- distributed (launched by torchrun, see msrec.train.distributed): the model is wrapped in DDP, each rank
-  trains on its share of every global batch, evaluation gathers every rank's scores, rank 0 alone prints.
+- distributed (a `Session` of torchrun's ranks, see msrec.train.distributed): the model is wrapped in DDP
+  while it trains, each rank trains on its share of every global batch, the scorer gathers every rank's
+  scores, rank 0 alone prints. The trainer knows no concrete batch source, no model and no run directory.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import itertools
 import math
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,11 @@ from msrec.config import TrainConfig
 from msrec.data.table import BatchSource, TensorTable
 from msrec.errors import MsrecError
 from msrec.train import distributed as D
-from msrec.train.metrics import evaluation_report, monitor_value
+from msrec.train.metrics import monitor_report, monitor_value
+from msrec.train.predict import Scorer, autocast
+
+if TYPE_CHECKING:
+    from msrec.data.prepare import EncodedData
 
 PROGRESS_EVERY = 20  # batches between progress-bar refreshes (each one reads the loss: one host sync)
 
@@ -39,8 +43,51 @@ class FitResult:
     best_epoch: int
     seconds: float
     samples_per_second: float
-    best_val: dict
+    best_val: dict  # the best epoch's full validation report (the metrics.json block)
     history: list[dict] = field(default_factory=list)
+    best_scores: Tensor | None = field(default=None, repr=False)  # the best epoch's validation scores [N, T]
+
+
+class EarlyStopping:
+    """The best epoch so far (score, number, validation scores, weights) and the epochs since. The weights
+    are copied into tensors allocated once, on the model's device (no host copy, no deepcopy per epoch)."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.score = -math.inf
+        self.epoch = 0
+        self.scores: Tensor | None = None
+        self.state: dict[str, Any] | None = None
+        self.stale = 0
+
+    def update(self, epoch: int, score: float, scores: Tensor, model: nn.Module) -> bool:
+        """Record an epoch; True when it beats the best so far. The first epoch is kept even when its score
+        is undefined, so that there are always weights to restore."""
+        improved = score > self.score
+        if improved or self.state is None:
+            self.score, self.epoch, self.scores, self.stale = score, epoch, scores, 0
+            self._keep(model)
+        else:
+            self.stale += 1
+        return improved
+
+    @property
+    def stop(self) -> bool:
+        return self.stale >= self.patience
+
+    def _keep(self, model: nn.Module) -> None:
+        state = model.state_dict()
+        if self.state is None:
+            self.state = {k: v.clone() if isinstance(v, Tensor) else v for k, v in state.items()}
+            return
+        for k, v in state.items():
+            if isinstance(v, Tensor):
+                self.state[k].copy_(v)
+            else:
+                self.state[k] = v
+
+    def restore(self, model: nn.Module) -> None:
+        model.load_state_dict(self.state)
 
 
 def _fmt(x: float) -> str:
@@ -49,24 +96,37 @@ def _fmt(x: float) -> str:
 
 class Trainer:
     def __init__(self, model: nn.Module, cfg: TrainConfig, scenario_names: list[str], tasks: list[str],
-                 console: Console | None = None, device: str | torch.device = "cpu", dist: D.DistInfo = D.SINGLE):
-        self.model = model.to(device)
+                 console: Console | None = None, session: D.Session = D.LOCAL):
+        self.session = session
+        self.device = session.device
+        self.model = model.to(self.device)
         self.cfg = cfg
-        self.scenario_names = scenario_names
         self.tasks = tasks
-        self.device = torch.device(device)
-        self.dist = dist
-        self.console = console or Console(stderr=True, quiet=not cfg.progress)
-        if not dist.is_main:  # rank 0 alone prints
-            self.console = Console(stderr=True, quiet=True)
-        # Training steps go through DDP (gradient averaging); evaluation uses the bare model (no collectives).
-        # find_unused_parameters: per-scenario modules get no gradient on a rank whose share lacks the scenario.
-        self.train_model = self.model if not dist.enabled else nn.parallel.DistributedDataParallel(
-            self.model, find_unused_parameters=True)
+        quiet = not cfg.progress or not session.writes_run  # rank 0 alone prints
+        self.console = console if console is not None and session.writes_run else Console(stderr=True, quiet=quiet)
         weights = cfg.task_weights or [1.0] * len(tasks)
         if len(weights) != len(tasks):
             raise MsrecError(f"train.task_weights: {len(weights)} weights for {len(tasks)} tasks {tasks}")
         self.task_weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
+        self.scorer = Scorer(self.model, scenario_names, tasks, cfg.eval_batch_size, cfg.precision, session)
+        self._nan_warned = False
+
+    # ------------------------------------------------------------------ a whole run
+    def fit_and_score(self, data: EncodedData) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """Fit on `data.train` (validated on `data.val`), then the run's metrics (a block per evaluation split,
+        in the tasks form, and "train") and the scores behind them. Every rank must hold the same data."""
+        self.session.check_same_data(data)
+        fit = self.fit(data.train, data.val)
+        metrics: dict[str, Any] = {"val": fit.best_val}
+        scores = {"val": fit.best_scores}
+        if data.test is not None:
+            metrics["test"], scores["test"] = self.scorer.scored_report(data.test)
+        metrics["train"] = {"epochs": fit.epochs, "best_epoch": fit.best_epoch, "seconds": fit.seconds,
+                            "samples_per_second": fit.samples_per_second,
+                            "parameters": sum(p.numel() for p in self.model.parameters()), "history": fit.history}
+        if self.session.enabled:
+            metrics["train"]["world_size"] = self.session.world_size
+        return metrics, scores
 
     # ------------------------------------------------------------------ training
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
@@ -77,21 +137,15 @@ class Trainer:
         cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
         return cls(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
-    def _autocast(self):
-        """bf16 autocast of the forward pass when `train.precision: bf16` (the loss is taken in fp32)."""
-        if self.cfg.precision != "bf16":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
     def _source(self, train: BatchSource) -> tuple[BatchSource, int]:
         """This rank's part of the training rows and the steps per epoch every rank takes."""
-        if not self.dist.enabled:
+        if not self.session.enabled:
             return train, train.steps(self.cfg.batch_size)
-        source = train.shard(self.dist.rank, self.dist.world_size)
-        steps = D.all_reduce_min(source.steps(self.cfg.batch_size), self.device)  # the same on every rank
+        source = train.shard(self.session.rank, self.session.world_size)
+        steps = self.session.fewest(source.steps(self.cfg.batch_size))
         if steps == 0:
-            raise MsrecError(f"train: a rank has no training rows ({len(train):,} rows for {self.dist.world_size} "
-                             "ranks); use fewer ranks (streaming: more, smaller row groups)")
+            raise MsrecError(f"train: a rank has no training rows ({len(train):,} rows for "
+                             f"{self.session.world_size} ranks); use fewer ranks (streaming: more, smaller row groups)")
         return source, steps
 
     def _scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
@@ -110,121 +164,107 @@ class Trainer:
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
+    def _progress(self) -> Progress:
+        return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("loss {task.fields[loss]}"),
+                        TextColumn("{task.fields[speed]} samples/s"), TimeRemainingColumn(), console=self.console,
+                        transient=True, disable=not self.cfg.progress or not self.session.writes_run)
+
     def fit(self, train: BatchSource, val: TensorTable) -> FitResult:
+        """Epochs of training steps, each followed by validation, until the epochs or the patience run out;
+        the model ends with the best epoch's weights."""
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         generator = torch.Generator().manual_seed(cfg.seed)
         optimizer = self._optimizer()
-        source, steps_per_epoch = self._source(train)
-        scheduler = self._scheduler(optimizer, steps_per_epoch)
-        best_score, best_epoch, best_state, best_val = -math.inf, 0, None, {}
+        source, steps = self._source(train)
+        scheduler = self._scheduler(optimizer, steps)
+        step_model = self.session.wrap(self.model)  # DDP only while training: freed when fit returns
+        stopper = EarlyStopping(cfg.patience)
         history: list[dict] = []
-        train_seconds, train_samples, stale = 0.0, 0, 0
-        nan_warned = False
+        train_seconds, train_samples, epoch = 0.0, 0, 0
         started = time.perf_counter()
-        epoch = 0
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("loss {task.fields[loss]}"),
-                      TextColumn("{task.fields[speed]} samples/s"), TimeRemainingColumn(),
-                      console=self.console, transient=True, disable=not cfg.progress or not self.dist.is_main) \
-                as progress:
+        with self._progress() as progress:
             for epoch in range(1, cfg.epochs + 1):
-                bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=steps_per_epoch, loss="-", speed="-")
-                self.model.train()
-                loss_sum = torch.zeros((), device=self.device)
-                t0 = time.perf_counter()
-                seen = 0
-                batches = source.batches(self.cfg.batch_size, shuffle=True, generator=generator)
-                for step, batch in enumerate(itertools.islice(batches, steps_per_epoch), 1):
-                    batch = batch.to(self.device)
-                    with self._autocast():
-                        logits = self.train_model(batch)
-                    loss = self.loss(logits.float(), batch.labels)
-                    if batch.loss_scale is not None:
-                        loss = loss * batch.loss_scale
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    loss_sum += loss.detach()
-                    seen += len(batch)
-                    if step % PROGRESS_EVERY == 0 or step == steps_per_epoch:
-                        progress.update(bar, completed=step, loss=f"{loss_sum.item() / step:.4f}",
-                                        speed=f"{seen * self.dist.world_size / (time.perf_counter() - t0):,.0f}")
-                batches.close()  # stops a stream's reader thread when this rank has batches left
-                if self.dist.enabled:  # the epoch's loss and rows over all ranks (one all-reduce per epoch)
-                    totals = D.all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(
-                        float(seen), dtype=torch.float64, device=self.device)]))
-                    loss_sum, seen = totals[0] / self.dist.world_size, int(totals[1].item())
-                epoch_seconds = time.perf_counter() - t0
-                train_seconds += epoch_seconds
-                train_samples += seen
+                bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=steps, loss="-", speed="-")
+                loss, seen, seconds = self._epoch(step_model, source, steps, optimizer, scheduler, generator,
+                                                  progress, bar)
                 progress.remove_task(bar)
-                train_loss = loss_sum.item() / steps_per_epoch
-                if not math.isfinite(train_loss):
-                    raise MsrecError(f"training diverged at epoch {epoch} (loss {train_loss}); "
+                train_seconds += seconds
+                train_samples += seen
+                if not math.isfinite(loss):
+                    raise MsrecError(f"training diverged at epoch {epoch} (loss {loss}); "
                                      "lower train.lr or check the dense features' scale")
-                val_report = self.evaluate(val)
-                score = monitor_value(val_report, cfg.monitor)
-                if math.isnan(score):  # e.g. every validation scenario holds one class: no AUC to compare
-                    if not nan_warned:
-                        self.console.print(f"warning: validation {cfg.monitor} is undefined (NaN), so epochs cannot "
-                                           "be compared; set train.monitor: logloss", highlight=False, soft_wrap=True)
-                        nan_warned = True
-                    score = -math.inf  # any later epoch with a defined score is better
-                history.append({"epoch": epoch, "train_loss": train_loss, "val_macro_auc": val_report["macro_auc"],
-                                "val_auc": val_report["overall"]["auc"],
-                                "val_logloss": val_report["overall"]["logloss"],
-                                "samples_per_second": seen / epoch_seconds})
-                improved = score > best_score
-                self.console.print(
-                    f"epoch {epoch}/{cfg.epochs}  loss {train_loss:.4f}  val macro_auc "
-                    f"{_fmt(val_report['macro_auc'])}  auc {_fmt(val_report['overall']['auc'])}  logloss "
-                    f"{_fmt(val_report['overall']['logloss'])}  {seen / epoch_seconds:,.0f} samples/s"
-                    f"{'  *' if improved else ''}", highlight=False, soft_wrap=True)
-                if improved or best_state is None:
-                    best_score, best_epoch, best_val, stale = score, epoch, val_report, 0
-                    best_state = copy.deepcopy(self.model.state_dict())
-                else:
-                    stale += 1
-                    if stale >= cfg.patience:
-                        self.console.print(f"early stop: no improvement for {cfg.patience} epochs", highlight=False, soft_wrap=True)
-                        break
-        self.model.load_state_dict(best_state)  # also when the epochs ran out
-        return FitResult(epochs=epoch, best_epoch=best_epoch, seconds=time.perf_counter() - started,
-                         samples_per_second=train_samples / max(train_seconds, 1e-9), best_val=best_val,
-                         history=history)
+                history.append(self._validate_epoch(epoch, val, loss, seen / seconds, stopper))
+                if stopper.stop:
+                    self.console.print(f"early stop: no improvement for {cfg.patience} epochs", highlight=False,
+                                       soft_wrap=True)
+                    break
+        stopper.restore(self.model)  # also when the epochs ran out
+        return FitResult(epochs=epoch, best_epoch=stopper.epoch, seconds=time.perf_counter() - started,
+                         samples_per_second=train_samples / max(train_seconds, 1e-9),
+                         best_val=self.scorer.report(val, stopper.scores), history=history,
+                         best_scores=stopper.scores)
+
+    def _epoch(self, model: nn.Module, source: BatchSource, steps: int, optimizer: torch.optim.Optimizer,
+               scheduler, generator: torch.Generator, progress: Progress, bar: int) -> tuple[float, int, float]:
+        """One epoch of `steps` training steps: the mean loss and the rows (over all ranks) and its seconds."""
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        t0 = time.perf_counter()
+        seen = 0
+        batches = source.batches(self.cfg.batch_size, shuffle=True, generator=generator)
+        for step, batch in enumerate(itertools.islice(batches, steps), 1):
+            batch = batch.to(self.device)
+            with autocast(self.device, self.cfg.precision):
+                logits = model(batch)
+            loss = self.loss(logits.float(), batch.labels)
+            if batch.loss_scale is not None:
+                loss = loss * batch.loss_scale
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach()
+            seen += len(batch)
+            if step % PROGRESS_EVERY == 0 or step == steps:
+                progress.update(bar, completed=step, loss=f"{loss_sum.item() / step:.4f}",
+                                speed=f"{seen * self.session.world_size / (time.perf_counter() - t0):,.0f}")
+        batches.close()  # stops a stream's reader thread when this rank has batches left
+        loss_sum, seen = self.session.epoch_totals(loss_sum, seen)
+        return loss_sum.item() / steps, seen, time.perf_counter() - t0
+
+    def validate(self, val: TensorTable) -> tuple[dict, Tensor]:
+        """One epoch's validation: what early stopping and the log read (`monitor_report`), and the scores
+        (kept for the best epoch, whose full report is computed once at the end)."""
+        scores = self.scorer.scores(val)
+        return self.scorer.report(val, scores, monitor_report), scores
+
+    def _validate_epoch(self, epoch: int, val: TensorTable, loss: float, speed: float,
+                        stopper: EarlyStopping) -> dict:
+        """Validate, log the epoch and update early stopping; the epoch's history row."""
+        report, scores = self.validate(val)
+        score = monitor_value(report, self.cfg.monitor)
+        if math.isnan(score):  # e.g. every validation scenario holds one class: no AUC to compare
+            if not self._nan_warned:
+                self.console.print(f"warning: validation {self.cfg.monitor} is undefined (NaN), so epochs cannot "
+                                   "be compared; set train.monitor: logloss", highlight=False, soft_wrap=True)
+                self._nan_warned = True
+            score = -math.inf  # any later epoch with a defined score is better
+        improved = stopper.update(epoch, score, scores, self.model)
+        overall = report["overall"]
+        self.console.print(f"epoch {epoch}/{self.cfg.epochs}  loss {loss:.4f}  val macro_auc "
+                           f"{_fmt(report['macro_auc'])}  auc {_fmt(overall['auc'])}  logloss "
+                           f"{_fmt(overall['logloss'])}  {speed:,.0f} samples/s{'  *' if improved else ''}",
+                           highlight=False, soft_wrap=True)
+        return {"epoch": epoch, "train_loss": loss, "val_macro_auc": report["macro_auc"], "val_auc": overall["auc"],
+                "val_logloss": overall["logloss"], "samples_per_second": speed}
 
     # ---------------------------------------------------------------- inference
-    @torch.no_grad()
     def predict(self, table: TensorTable) -> Tensor:
-        """Probabilities `[N, T]` in row order."""
-        self.model.eval()
-        with self._autocast():
-            outs = [torch.sigmoid(self.model(b.to(self.device)).float()).cpu()
-                    for b in table.batches(self.cfg.eval_batch_size)]
-        return torch.cat(outs) if outs else torch.zeros(0, len(self.tasks))
+        """Probabilities `[N, T]` in row order (this process's rows)."""
+        return self.scorer.predict(table)
 
     def evaluate(self, table: TensorTable) -> dict:
-        """Metrics of the whole table (see `scored_report`)."""
-        return self.scored_report(table)[0]
-
-    def scored_report(self, table: TensorTable) -> tuple[dict, Tensor]:
-        """Metrics of the whole table and its scores `[N, T]` in row order. Distributed: each rank scores a
-        contiguous shard, the scores are gathered, rank 0 computes the report and every rank gets that same
-        report (so that every rank takes the same early-stopping decision)."""
-        if table.labels is None:
-            raise MsrecError("evaluation needs the label columns")
-        if not self.dist.enabled:
-            scores = self.predict(table)
-            return evaluation_report(table.labels, scores, table.scenario, self.scenario_names, self.tasks,
-                                     table.user, table.truth), scores
-        D.broadcast_buffers(self.model)
-        shards = torch.arange(len(table)).tensor_split(self.dist.world_size)
-        local = self.predict(table.subset(shards[self.dist.rank]))
-        scores = D.gather_rows(local, [len(s) for s in shards], self.device).cpu()
-        report = None
-        if self.dist.is_main:
-            report = evaluation_report(table.labels, scores, table.scenario, self.scenario_names, self.tasks,
-                                       table.user, table.truth)
-        return D.broadcast_object(report, self.dist), scores
+        """The full metrics report of a labelled table (scores gathered over ranks)."""
+        return self.scorer.evaluate(table)
