@@ -34,13 +34,13 @@ def train(config: Path, out_dir: Annotated[Path | None, typer.Option("--out", he
         distributed.launch(nproc, args)
         return
     result = run_train(config, out=out_dir, overrides=set_ or [], overwrite=overwrite)
-    if not distributed.env_info().is_main:  # rank 0 alone reports
+    if result.run_dir is None:  # under torchrun: another process wrote the run and reports it
         return
     split = "test" if "test" in result.metrics else "val"
-    tasks = result.encoder.schema.labels
-    for task in tasks if len(tasks) > 1 else [None]:
+    tasks = list(result.metrics[split]["tasks"])
+    for task in tasks:
         out.print(scenario_table({result.metrics["model"]: result.metrics[split]},
-                                 f"{split} AUC per scenario" + (f" - {task}" if task else ""), task))
+                                 f"{split} AUC per scenario" + (f" - {task}" if len(tasks) > 1 else ""), task))
     out.print(f"run written to {result.run_dir}")
 
 
@@ -50,17 +50,17 @@ def evaluate(run_dir: Path, data: Annotated[Path | None, typer.Option(help="Labe
     """Evaluate a saved run on DATA (default: its configured test split)."""
     from msrec.api import evaluate as run_evaluate
     from msrec.report.tables import scenario_table
-    from msrec.runs import load_run
+    from msrec.runs import json_safe, load_run
 
     run = load_run(run_dir)
     metrics = run_evaluate(run, data)
     if as_json:
-        print(json.dumps(metrics, indent=2))
+        print(json.dumps(json_safe(metrics), indent=2))  # NaN (an undefined AUC) as null: valid JSON
         return
-    name = run.config.model.name
-    tasks = list(metrics["tasks"]) if "tasks" in metrics else [None]
+    tasks = list(metrics["tasks"])
     for task in tasks:
-        out.print(scenario_table({name: metrics}, "AUC per scenario" + (f" - {task}" if task else ""), task))
+        out.print(scenario_table({run.config.model.name: metrics},
+                                 "AUC per scenario" + (f" - {task}" if len(tasks) > 1 else ""), task))
 
 
 @app.command()
