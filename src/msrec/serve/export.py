@@ -127,6 +127,18 @@ def _export_onnx(wrapper: nn.Module, inputs: tuple[Tensor, ...], spec: FeatureSp
     torch.onnx.export(wrapper, inputs, str(out), dynamo=False, input_names=names, output_names=OUTPUTS,
                       dynamic_axes=dynamic, opset_version=ONNX_OPSET)
     proto = onnx.load(str(out))
+    # The exporter drops inputs a model never reads (`scenario` where only the scenario-indicator ids route,
+    # `dense` without dense features); put them back, unused, so that every file takes the same documented
+    # inputs and a deployer can feed what `Run.encode` gives.
+    declared = {i.name: i for i in proto.graph.input}
+    for name, tensor in zip(names, inputs, strict=True):
+        if name not in declared:
+            dims = [dynamic[name].get(axis, size) for axis, size in enumerate(tensor.shape)]
+            elem = onnx.TensorProto.FLOAT if tensor.dtype == torch.float32 else onnx.TensorProto.INT64
+            declared[name] = onnx.helper.make_tensor_value_info(name, elem, dims)
+    ordered = [declared[name] for name in names] + [i for n, i in declared.items() if n not in names]
+    del proto.graph.input[:]
+    proto.graph.input.extend(ordered)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, info
     onnx.save(proto, str(out))
@@ -166,10 +178,8 @@ class ExportedModel:
     def __call__(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
         """`(sparse, dense, scenario, *lists) -> (logits, scores)`, as `batch_inputs` gives them."""
         if self.format == "onnx":
-            # The exporter drops inputs a model never reads (e.g. `dense` when there are no dense features).
-            used = {i.name for i in self.session.get_inputs()}
             feeds = {name: np.ascontiguousarray(t.numpy())
-                     for name, t in zip(self.metadata["inputs"], inputs, strict=True) if name in used}
+                     for name, t in zip(self.metadata["inputs"], inputs, strict=True)}
             logits, scores = self.session.run(OUTPUTS, feeds)
             return torch.from_numpy(logits), torch.from_numpy(scores)
         with torch.no_grad():

@@ -3,7 +3,7 @@
     from msrec.serve import InputEncoder
 
     inputs = InputEncoder("runs/ml-dnn").encode(rows)   # {"sparse": ..., "dense": ..., "scenario": ..., "list_0": ...}
-    session.run(["scores"], {i.name: inputs[i.name] for i in session.get_inputs()})
+    logits, scores = session.run(["logits", "scores"], inputs)   # an ONNX file from `msrec export`
 
 `rows` may be a list of dicts (checked and coerced as `msrec serve` checks a request), a pyarrow Table or
 pandas DataFrame, or the path of a CSV / Parquet file (read as `msrec predict` reads it). Labels are not
