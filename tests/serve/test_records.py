@@ -133,7 +133,7 @@ def test_pandas_records_of_a_movielens_test_csv_score_as_msrec_predict_scores_th
 
 def test_integer_ids_read_from_a_csv_refuse_fractions_and_ids_beyond_int64(ml_csv):
     """Issue 17: CSV ids that are integers are integer columns: 1.5 and a 30-digit id are 422s naming the
-    record and the field; text holding an integer is read as predict reads it."""
+    record and the field; text holding an integer (an id, the scenario) is read as predict reads it."""
     import pandas as pd
 
     records = json.loads(pd.read_csv(ml_csv / "test.csv", nrows=3).to_json(orient="records"))
@@ -142,7 +142,8 @@ def test_integer_ids_read_from_a_csv_refuse_fractions_and_ids_beyond_int64(ml_cs
             answer = client.post("/predict", json=[records[0], {**records[1], "user_id": bad}])
             assert answer.status_code == 422, (bad, answer.text)
             assert {k: answer.json()["detail"][0][k] for k in ("record", "field")} == {"record": 1, "field": "user_id"}
-        as_text = client.post("/predict", json=[records[2], {**records[2], "user_id": str(records[2]["user_id"])}])
+        as_text = client.post("/predict", json=[records[2], {**records[2], "user_id": str(records[2]["user_id"]),
+                                                             "scenario": str(records[2]["scenario"])}])
         assert as_text.status_code == 200, as_text.text
         first, second = as_text.json()["scores"]
         assert first == second

@@ -3,7 +3,8 @@
 The coercions are those `msrec predict` applies to a CSV file, where every id arrives as text:
 
 - an integer id column (or scenario) takes a JSON integer within int64, an integral number (`7.0`), or text
-  that Arrow reads as an integer (`"7"`, as in a CSV); `1.5`, an id beyond int64 or `"abc"` is refused;
+  that the encoder's cast reads as an integer (`"7"`, as in a CSV); `1.5`, an id beyond int64 or `"abc"`
+  is refused;
 - a text id column (or scenario) takes text, or a JSON number whose text form (`0`, `7.0` -> `"7"`) is a
   known value: pandas turns a CSV's `"0"` into `0`; a number naming no known value is refused rather than
   silently scored as unknown (send unknown ids as text);
@@ -20,11 +21,10 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError, WithJsonSchema
 from typing_extensions import TypedDict  # pydantic needs this one (not typing's) before Python 3.12
 
-from msrec.data.checks import ColumnError, missing
+from msrec.data.checks import ColumnError
 from msrec.data.encode import Encoder
 from msrec.errors import MsrecError
 
@@ -59,10 +59,13 @@ def _text_form(value: float) -> str:
     return str(value)
 
 
-def _int_id(value: Any) -> int | None:
-    """An integer id as predict reads it: text goes through Arrow's cast, as a CSV cell does."""
-    if value is None or isinstance(value, bool):
-        return None if value is None else int(value)
+def _int_id(value: Any) -> int | str | None:
+    """An integer id: a JSON integer within int64 or an integral number. Text (`"7"`, `""`) is kept as text
+    for the encoder to cast and check column-wise, as it casts a CSV's cells for predict."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return int(value)
     if isinstance(value, int):
         if not INT64_MIN <= value <= INT64_MAX:
             raise ValueError(f"{value} is beyond int64")
@@ -71,18 +74,10 @@ def _int_id(value: Any) -> int | None:
         if not math.isfinite(value) or not value.is_integer():
             raise ValueError(f"{value} is not an integer id (the training data had integer ids)")
         return _int_id(int(value))
-    if isinstance(value, str):
-        cell = pa.chunked_array([[value]])
-        if pc.any(missing(cell)).as_py():  # "" / "nan" / "null": a blank id, as in a CSV
-            return None
-        try:
-            return pc.cast(cell, pa.int64())[0].as_py()
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise ValueError(f"{value!r} is not an integer id (the training data had integer ids)") from None
     raise ValueError("expected an integer id")
 
 
-def _text_id(known: Callable[[], frozenset], what: str) -> Callable[[Any], str | None]:
+def _text_id(known: Callable[[], frozenset]) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if value is None or isinstance(value, str):
             return value
@@ -90,7 +85,7 @@ def _text_id(known: Callable[[], frozenset], what: str) -> Callable[[Any], str |
             text = _text_form(value)
             if text in known():
                 return text
-            raise ValueError(f"{value} is a number and {text!r} is not a known {what} of this text column "
+            raise ValueError(f"{value} is a number and {text!r} is not a known value of this text column "
                              "(send ids as text)")
         raise ValueError("expected text")
 
@@ -104,6 +99,8 @@ def _scenario(encoder: Encoder) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if info.kind == "int":
             value = _int_id(value)
+            if isinstance(value, str):  # cast and looked up by the encoder, as predict does
+                return value
         elif isinstance(value, int | float) and not isinstance(value, bool):
             value = _text_form(value)
         elif value is not None and not isinstance(value, str):
@@ -135,7 +132,7 @@ class RecordTable:
                 types[name], arrow[name] = Annotated[Any, PlainValidator(_int_id), WithJsonSchema(INT_SCHEMA)], \
                     pa.int64()
             else:
-                check = _text_id(lambda name=name: self._vocab(name), "value")
+                check = _text_id(lambda name=name: self._vocab(name))
                 types[name], arrow[name] = Annotated[Any, PlainValidator(check), WithJsonSchema(TEXT_SCHEMA)], \
                     pa.string()
         for name in s.dense:
@@ -164,7 +161,17 @@ class RecordTable:
                 self.adapter.validate_python(records)
         except ValidationError as err:
             raise self._invalid(err) from None
-        return pa.Table.from_pylist(rows, schema=self.arrow_schema)
+        try:
+            return pa.Table.from_pylist(rows, schema=self.arrow_schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # text in an integer column: a text column, cast later
+            columns = {}
+            for field in self.arrow_schema:
+                values = [row[field.name] for row in rows]
+                if field.type == pa.int64() and any(isinstance(v, str) for v in values):
+                    columns[field.name] = pa.array([v if v is None else str(v) for v in values], pa.string())
+                else:
+                    columns[field.name] = pa.array(values, field.type)
+            return pa.table(columns)
 
     def _invalid(self, err: ValidationError) -> RecordError:
         errors = err.errors(include_url=False, include_input=False, include_context=False)
