@@ -88,9 +88,9 @@ def test_onnx_on_raw_rows_matches_predict(run_dir, trial, cli, tmp_path):
     model = tmp_path / "dnn.onnx"
     assert cli("export", run_dir, "--format", "onnx", "--out", model).code == 0
     rows = pacsv.read_csv(trial / "trial" / "new_rows.csv").slice(0, 20).to_pylist()
-    inputs = msrec.load_run(run_dir).encode(rows)
+    inputs = msrec.InputEncoder(run_dir).encode(rows)
     session = ort.InferenceSession(str(model))
-    onnx_scores = session.run(None, inputs)[0]
+    onnx_scores = session.run(["scores"], inputs)[0]
     expected = msrec.predict(run_dir, trial / "trial" / "new_rows.csv")["score_clicked"].to_numpy()[:20]
     np.testing.assert_allclose(onnx_scores[:, 0], expected, rtol=1e-5, atol=1e-6)
 
@@ -106,7 +106,7 @@ def test_serve_good_and_bad_requests(run_dir, trial):
 
     from msrec.serve.app import create_app
 
-    rows = pacsv.read_csv(trial / "trial" / "new_rows.csv").slice(0, 3).to_pylist()
+    rows = pacsv.read_csv(trial / "trial" / "new_rows.csv").slice(0, 3).drop_columns(["joined"]).to_pylist()
     with TestClient(create_app(run_dir)) as client:
         meta = client.get("/metadata").json()
         assert {f["name"]: f["type"] for f in meta["features"]["sparse"]}["uid"] == "integer"

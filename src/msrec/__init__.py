@@ -18,16 +18,17 @@ _LAZY = {  # public name -> "module:attribute"
     "MsrecError": "msrec.errors:MsrecError",
     "evaluate": "msrec.api:evaluate", "load_run": "msrec.runs:load_run", "predict": "msrec.api:predict",
     "prepare_data": "msrec.api:prepare_data", "train": "msrec.api:train",
-    "benchmark": "msrec.bench.runner:run_benchmark",
+    "benchmark": "msrec.bench.runner:run_benchmark", "InputEncoder": "msrec.serve.inputs:InputEncoder",
 }
 
-__all__ = ["Config", "MsrecError", "benchmark", "evaluate", "load_config", "load_run", "predict", "prepare_data",
+__all__ = ["Config", "InputEncoder", "MsrecError", "benchmark", "evaluate", "load_config", "load_run", "predict", "prepare_data",
            "train"]
 
 if TYPE_CHECKING:
     from msrec.api import evaluate, predict, prepare_data, train
     from msrec.bench.runner import run_benchmark as benchmark
     from msrec.config import Config, load_config
+    from msrec.serve.inputs import InputEncoder
     from msrec.errors import MsrecError
     from msrec.runs import load_run
 

@@ -121,12 +121,6 @@ class Run:
     model: nn.Module
     metrics: dict
 
-    def encode(self, rows: Any) -> dict[str, Any]:
-        """Raw rows -> the exported model's inputs by name (numpy), as `msrec.serve.InputEncoder` makes them."""
-        from msrec.serve.inputs import InputEncoder
-
-        return InputEncoder(self).encode(rows)
-
 
 def load_run(path: str | Path) -> Run:
     path = Path(path)

@@ -1,5 +1,5 @@
 """The deployer's path: docs/serving.md's example runs as written against a real run directory and its
-onnxruntime scores equal `msrec predict`'s; `Run.encode` / `InputEncoder` give the exported graph's inputs
+onnxruntime scores equal `msrec predict`'s; `InputEncoder` gives the exported graph's inputs
 from any form of raw rows, without labels."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def test_every_form_of_rows_gives_the_same_inputs_in_the_graphs_dtypes(ml_csv, m
     forms = {"table": ml_rows, "dicts": ml_rows.to_pylist(), "csv": tmp_path / "rows.csv",
              "pandas": pd.read_csv(tmp_path / "rows.csv"), "pandas records": pd.read_csv(tmp_path / "rows.csv")
              .to_dict(orient="records")}
-    reference = msrec.load_run(run_dir).encode(ml_rows)
+    reference = msrec.InputEncoder(run_dir).encode(ml_rows)
     assert list(reference) == encoder.names == ["sparse", "dense", "scenario"]
     assert {k: v.dtype for k, v in reference.items()} == {"sparse": np.int64, "dense": np.float32,
                                                           "scenario": np.int64}
@@ -86,7 +86,7 @@ def test_a_bad_record_names_the_record_and_the_field(ml_csv, ml_rows):
     rows = ml_rows.slice(0, 3).to_pylist()
     rows[2]["scenario"] = 9
     with pytest.raises(MsrecError, match=r"record 2, field `scenario`: unknown scenario"):
-        msrec.load_run(ml_csv / "runs" / "ml-dnn").encode(rows)
+        msrec.InputEncoder(ml_csv / "runs" / "ml-dnn").encode(rows)
     with pytest.raises(MsrecError, match="list of dicts"):
         InputEncoder(ml_csv / "runs" / "ml-dnn").encode(42)
     with pytest.raises(MsrecError, match="no encoder.json"):

@@ -129,7 +129,7 @@ def _export_onnx(wrapper: nn.Module, inputs: tuple[Tensor, ...], spec: FeatureSp
     proto = onnx.load(str(out))
     # The exporter drops inputs a model never reads (`scenario` where only the scenario-indicator ids route,
     # `dense` without dense features); put them back, unused, so that every file takes the same documented
-    # inputs and a deployer can feed what `Run.encode` gives.
+    # inputs and a deployer can feed what `InputEncoder.encode` gives.
     declared = {i.name: i for i in proto.graph.input}
     for name, tensor in zip(names, inputs, strict=True):
         if name not in declared:
