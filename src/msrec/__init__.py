@@ -28,9 +28,9 @@ if TYPE_CHECKING:
     from msrec.api import evaluate, predict, prepare_data, train
     from msrec.bench.runner import run_benchmark as benchmark
     from msrec.config import Config, load_config
-    from msrec.serve.inputs import InputEncoder
     from msrec.errors import MsrecError
     from msrec.runs import load_run
+    from msrec.serve.inputs import InputEncoder
 
 
 def __getattr__(name: str) -> Any:
