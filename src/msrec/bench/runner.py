@@ -23,6 +23,7 @@ from msrec.bench.store import Failure, RunRecord, RunStore, config_key
 from msrec.config import Config
 from msrec.data.prepare import EncodedData
 from msrec.errors import MsrecError
+from msrec.report.tables import fmt_seconds
 from msrec.report.writers import Summary, write_report
 
 
@@ -91,7 +92,7 @@ class _GridRun:
     def _data(self, cfg: Config) -> EncodedData:
         key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
         if key != self.data_key:  # once per grid (fixed split) or once per seed (resplit)
-            self.data, self.data_key = None, None
+            self.data, self.data_key = None, None  # the previous split's tensors freed before the next is made
             self.data, self.data_key = prepare_data(cfg), key
         return self.data
 
@@ -110,7 +111,7 @@ class _GridRun:
                                   "metrics": metrics}, arrays)
             self.ran += 1
             self.console.print(f"  {label:<16} seed {seed:<6} {split} macro AUC {metrics[split]['macro_auc']:.4f}  "
-                               f"({wall:.0f}s)", highlight=False)
+                               f"({fmt_seconds(wall)} s)", highlight=False)
         except Exception as err:  # noqa: BLE001  (one failed run must not cost the rest of the grid)
             wall = time.perf_counter() - t0
             message = f"{type(err).__name__}: {err}".splitlines()[0]

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
-from msrec.config import Config, format_validation_error, load_config, parse_config
+from msrec.config import Config, format_validation_error, load_config, parse_config, yaml_error
 from msrec.errors import MsrecError, first_problem
 from msrec.models import list_models
 from msrec.models.registry import parse_options
@@ -180,7 +180,7 @@ def load_spec(spec: str | Path | dict | BenchmarkSpec) -> tuple[BenchmarkSpec, P
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise MsrecError(f"{path}: not valid YAML ({err})") from None
+            raise MsrecError(f"{path}: not valid YAML ({yaml_error(err)})") from None
         base, source = path.parent, str(path)
     if not isinstance(raw, dict):
         raise MsrecError(f"{source}: expected a mapping (config/data/train, models, seeds)")

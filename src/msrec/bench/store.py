@@ -21,7 +21,7 @@ import numpy as np
 from msrec.bench.spec import Grid
 from msrec.config import Config
 from msrec.errors import MsrecError
-from msrec.runs import json_safe
+from msrec.runs import json_safe, upgrade_metrics
 
 
 @dataclass
@@ -35,7 +35,7 @@ class RunRecord:
     tasks: list[str]
     scenarios: list[str]
     split: str  # the evaluated split: test, or val where the data has no test split
-    metrics: dict  # metrics.json's shape: per split {"tasks": {task: block}, ...}, and "train"
+    metrics: dict  # metrics.json's shape (records stored by msrec 0.1 are upgraded when read)
     wall_seconds: float
     cpu_seconds: float  # process CPU time of the run (all threads): comparable on a shared, busy machine
     scores_path: Path
@@ -94,18 +94,6 @@ def _nan_back(obj: Any) -> Any:
     return obj
 
 
-def tasks_form(metrics: dict, tasks: list[str]) -> dict:
-    """Records stored before metrics had one shape held a single task's block itself: wrap it as
-    `{"tasks": {task: block}, "macro_auc", "overall"}`, the shape of any number of tasks."""
-    out = dict(metrics)
-    for split in ("val", "test"):
-        block = metrics.get(split)
-        if isinstance(block, dict) and "tasks" not in block:
-            out[split] = {"tasks": {tasks[0]: block}, "macro_auc": block["macro_auc"],
-                          "overall": {k: block["overall"][k] for k in ("auc", "logloss")}}
-    return out
-
-
 class RunStore:
     """The `runs/` folder of a benchmark's output."""
 
@@ -141,7 +129,7 @@ class RunStore:
             raise MsrecError(f"{path}: not valid JSON ({err}); delete it to redo the run") from None
         return RunRecord(id=rid, label=raw["label"], model=raw["model"], seed=raw["seed"], tasks=raw["tasks"],
                          scenarios=raw["scenarios"], split=raw["split"],
-                         metrics=tasks_form(_nan_back(raw["metrics"]), raw["tasks"]),
+                         metrics=upgrade_metrics(_nan_back(raw["metrics"]), raw["tasks"]),
                          wall_seconds=raw["wall_seconds"], cpu_seconds=raw.get("cpu_seconds", math.nan),
                          scores_path=path.with_suffix(".npz"))
 

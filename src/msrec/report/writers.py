@@ -64,9 +64,9 @@ def reading(grid: Grid, records: list[RunRecord], diffs: dict[str, dict[str, Dif
     winner, ref = max(means, key=means.get), grid.spec.reference
     text = (f"In the smallest scenario, {smallest} ({first['scenarios'][smallest]['rows']:,} rows), {winner} has "
             f"the highest test AUC, {fmt(means[winner])}")
-    if diffs:
-        other = winner if winner != ref else max(diffs, key=lambda label: means.get(label, -math.inf))
-        d = diffs[other][smallest]
+    other = winner if winner != ref else max(diffs, key=lambda label: means.get(label, -math.inf), default=None)
+    d = diffs.get(other, {}).get(smallest)  # none without the reference or a run paired with it
+    if d is not None:
         text += (f", {fmt(d.delta, sign=True)} against {ref}" if other == winner else
                  f"; the next best, {other}, is {fmt(d.delta, sign=True)} against it")
         text += (f" (95% interval [{fmt(d.low, sign=True)}, {fmt(d.high, sign=True)}], "
