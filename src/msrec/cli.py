@@ -134,13 +134,15 @@ def _yaml_value(value: object) -> str:
 
 
 @app.command()
-def demo(rows: int = typer.Option(None, help="Synthetic rows (default 100,000)", show_default=False),
-         epochs: int = typer.Option(None, help="Epochs per model (default 2)", show_default=False),
+def demo(rows: int = typer.Option(None, help="Synthetic rows (default: the demo's sizing, docs/benchmark.md)",
+                                  show_default=False),
+         epochs: int = typer.Option(None, help="Most epochs per model (early stopping ends them sooner)",
+                                    show_default=False),
          model: Annotated[list[str] | None, typer.Option(help="Models to run (default: all)")] = None,
          out_dir: Annotated[Path, typer.Option("--out", help="Report folder (replaced)")] = Path("runs/demo")):
     """A short benchmark: every model once on the synthetic default; prints the per-scenario AUC table with
-    the oracle row and writes the report (report.html, report.md, results.csv) to --out."""
-    from msrec.demo import DEMO_EPOCHS, DEMO_ROWS, run_demo
+    the oracle row and its reading, and writes the report (report.html, report.md, results.csv) to --out."""
+    from msrec.bench.demo import DEMO_EPOCHS, DEMO_ROWS, run_demo
 
     run_demo(rows=rows or DEMO_ROWS, epochs=epochs or DEMO_EPOCHS, models=model, out=out_dir, console=out)
 
@@ -153,14 +155,16 @@ def benchmark(spec: Path,
               md: Annotated[Path | None, typer.Option(help="Also write the Markdown report here (plots beside it)")]
               = None,
               overwrite: bool = typer.Option(False, help="Redo runs already stored in the output folder")):
-    """Run the grid of SPEC (models x seeds), resumable, and write results.csv, report.md and report.html."""
-    from msrec.report.benchmark import run_benchmark
+    """Run the grid of SPEC (models x seeds), resumable, and write results.csv, report.md and report.html
+    (spec keys: docs/benchmark.md)."""
+    from msrec.bench.runner import run_benchmark
+    from msrec.report.tables import rich_table
 
     result = run_benchmark(spec, out=out_dir, only=model, overwrite=overwrite, console=out, markdown=md)
     for table in result.summary.auc_tables:
-        from msrec.report.render import rich_table
-
         out.print(rich_table(table))
+    for line in filter(None, result.summary.reading):
+        out.print(f"[bold]Reading.[/bold] {line}", highlight=False, soft_wrap=True)
     out.print(f"report: {result.out / 'report.html'} ({result.out / 'report.md'}, {result.out / 'results.csv'})",
               highlight=False)
     if result.failures:
