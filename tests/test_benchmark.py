@@ -295,7 +295,8 @@ def test_demo_models_train_to_early_stopping(tmp_path):
     full one takes minutes)."""
     from msrec.bench.demo import DEMO_EPOCHS, run_demo
 
-    result = run_demo(rows=20_000, models=["dnn", "star", "mmoe"], out=tmp_path / "demo", console=quiet())
+    result = run_demo(rows=20_000, models=["dnn", "hmoe", "split_merge", "star"], out=tmp_path / "demo",
+                      console=quiet())
     for r in result.records:
         train = r.metrics["train"]
         assert train["best_epoch"] < train["epochs"] < DEMO_EPOCHS, (r.label, train["best_epoch"], train["epochs"])
