@@ -192,20 +192,35 @@ def yaml_error(err: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+DATA_PATHS = ("train", "val", "test", "path")  # the data keys that name files or folders
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """A YAML file's content (a config, a benchmark spec); errors name the file and the line."""
     path = Path(path)
     if not path.is_file():
-        raise MsrecError(f"{path}: config file not found")
+        raise MsrecError(f"{path}: {what} not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise MsrecError(f"{path}: not valid YAML ({yaml_error(err)})") from None
-    raw = apply_overrides(raw, overrides or [])
-    cfg = parse_config(raw, str(path))
-    # Relative data paths are read relative to the config file, so configs travel with their data.
-    base = path.parent
-    for key in ("train", "val", "test", "path"):
-        value = getattr(cfg.data, key)
-        if value and not Path(value).is_absolute() and not Path(value).exists() and (base / value).exists():
-            setattr(cfg.data, key, str(base / value))
-    return cfg
+
+
+def resolve_data_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative data paths are read relative to the file that names them (a config, a spec), so configs
+    travel with their data; a path that exists as given (from the working folder) is kept."""
+    out = dict(data)
+    for key in DATA_PATHS:
+        value = out.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and not Path(value).exists() \
+                and (base / value).exists():
+            out[key] = str(base / value)
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path, "config file"), overrides or [])
+    if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
+        raw["data"] = resolve_data_paths(raw["data"], path.parent)
+    return parse_config(raw, str(path))

@@ -30,14 +30,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from msrec.config import Config, parse_config, yaml_error
+from msrec.config import DATA_PATHS, Config, parse_config, yaml_error
 from msrec.data.encode import Encoder
 from msrec.errors import MsrecError
 from msrec.models.registry import build_model
 
 RUN_FILES = ("config.yaml", "encoder.json", "model.safetensors", "metrics.json")
 METRICS_FORMAT = 2
-DATA_PATHS = ("train", "val", "test", "path")  # the data config's keys that name files or folders
 
 
 def json_safe(obj: Any) -> Any:

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
-from msrec.config import Config, format_validation_error, load_config, parse_config, yaml_error
+from msrec.config import Config, format_validation_error, load_config, parse_config, read_yaml, resolve_data_paths
 from msrec.errors import MsrecError, first_problem
 from msrec.models import list_models
 from msrec.models.registry import parse_options
@@ -175,13 +175,7 @@ def load_spec(spec: str | Path | dict | BenchmarkSpec) -> tuple[BenchmarkSpec, P
         raw, base, source = spec, Path.cwd(), "benchmark spec"
     else:
         path = Path(spec)
-        if not path.is_file():
-            raise MsrecError(f"{path}: benchmark spec not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise MsrecError(f"{path}: not valid YAML ({yaml_error(err)})") from None
-        base, source = path.parent, str(path)
+        raw, base, source = read_yaml(path, "benchmark spec"), path.parent, str(path)
     if not isinstance(raw, dict):
         raise MsrecError(f"{source}: expected a mapping (config/data/train, models, seeds)")
     try:
@@ -197,14 +191,8 @@ def _base_config(spec: BenchmarkSpec, base: Path, source: str) -> dict:
         path = path if path.is_absolute() or path.exists() else base / path
         raw = load_config(path).to_dict()
         raw.pop("model", None)
-    if spec.data:
-        data = dict(spec.data)
-        for key in ("train", "val", "test", "path"):  # inline paths are relative to the spec, like a config's
-            value = data.get(key)
-            if isinstance(value, str) and not Path(value).is_absolute() and not Path(value).exists() \
-                    and (base / value).exists():
-                data[key] = str(base / value)
-        raw["data"] = _merge(raw.get("data", {}), data)
+    if spec.data:  # inline paths are relative to the spec, like a config's
+        raw["data"] = _merge(raw.get("data", {}), resolve_data_paths(spec.data, base))
     if spec.train:
         raw["train"] = _merge(raw.get("train", {}), spec.train)
     if "data" not in raw:
