@@ -24,10 +24,15 @@ def train(config: Path, out_dir: Annotated[Path | None, typer.Option("--out", he
           overwrite: bool = typer.Option(False, help="Replace an existing run directory (only once training succeeds)"),
           nproc: int = typer.Option(1, "--nproc", help="Train with N processes on this machine (wraps torchrun)")):
     """Train the model of CONFIG and write a run directory."""
+    import gc
+
     from msrec.api import train as run_train
     from msrec.report.tables import scenario_table
     from msrec.train import distributed
 
+    # The modules just imported (torch's ~10^6 objects) live until exit: out of every collection, and out of
+    # the interpreter's last one, which otherwise takes ~0.8 s at exit. Training's own objects stay collectable.
+    gc.freeze()
     if nproc != 1 and not distributed.env_info().enabled:
         args = ["train", str(config), *(["--out", str(out_dir)] if out_dir else []),
                 *[a for s in set_ or [] for a in ("--set", s)], *(["--overwrite"] if overwrite else [])]

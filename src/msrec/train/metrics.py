@@ -50,13 +50,13 @@ def logloss(labels: Tensor, scores: Tensor) -> float:
     return float(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
 
 
-def gauc(labels: Tensor, scores: Tensor, groups: Tensor) -> float:
-    """Per-group AUC weighted by the group's rows; groups with a single class are skipped."""
+def group_aucs(labels: Tensor, scores: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
+    """Each present group's AUC (NaN for a group of one class) and its rows, in ascending group order, from
+    two sorts for all groups together. The same numbers as `auc` on each group's rows (rank sums of
+    half-integers are exact in float64, whatever the order they are added in)."""
     y = labels.reshape(-1).double()
     s = scores.reshape(-1).double()
     g = groups.reshape(-1).long()
-    if y.numel() == 0:
-        return float("nan")
     order = torch.argsort(s, stable=True)
     order = order[torch.argsort(g[order], stable=True)]  # by group, then by score within the group
     g_sorted, y_sorted = g[order], y[order]
@@ -71,11 +71,19 @@ def gauc(labels: Tensor, scores: Tensor, groups: Tensor) -> float:
     pos = torch.zeros(n_groups, dtype=torch.double).index_add_(0, gid, y_sorted)
     rank_sum = torch.zeros(n_groups, dtype=torch.double).index_add_(0, gid, ranks * y_sorted)
     neg = size - pos
-    valid = (pos > 0) & (neg > 0)
+    per_group = (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+    return torch.where((pos > 0) & (neg > 0), per_group, torch.nan), size
+
+
+def gauc(labels: Tensor, scores: Tensor, groups: Tensor) -> float:
+    """Per-group AUC weighted by the group's rows; groups with a single class are skipped."""
+    if labels.numel() == 0:
+        return float("nan")
+    per_group, size = group_aucs(labels, scores, groups)
+    valid = ~torch.isnan(per_group)
     if not valid.any():
         return float("nan")
-    per_group = (rank_sum[valid] - pos[valid] * (pos[valid] + 1) / 2) / (pos[valid] * neg[valid])
-    return float((per_group * size[valid]).sum() / size[valid].sum())
+    return float((per_group[valid] * size[valid]).sum() / size[valid].sum())
 
 
 def _nanmean(values: list[float]) -> float:
@@ -137,8 +145,11 @@ def monitor_report(labels: Tensor, scores: Tensor, scenario: Tensor, scenario_na
                    tasks: list[str], users: Tensor | None = None, truth: Tensor | None = None) -> dict:
     """The numbers of `evaluation_report` that validation reads every epoch (per-scenario and overall AUC,
     overall logloss), without GAUC and the per-scenario blocks: the same values, a fraction of the work."""
-    groups = _scenario_rows(scenario, scenario_names)
-    return _over_tasks({t: {"macro_auc": _nanmean([auc(labels[rows, j], scores[rows, j]) for _, rows in groups]),
+
+    def macro_auc(j: int) -> float:
+        return _nanmean(group_aucs(labels[:, j], scores[:, j], scenario)[0].tolist()) if len(scenario) else math.nan
+
+    return _over_tasks({t: {"macro_auc": macro_auc(j),
                             "overall": {"auc": auc(labels[:, j], scores[:, j]),
                                         "logloss": logloss(labels[:, j], scores[:, j])}}
                         for j, t in enumerate(tasks)})
