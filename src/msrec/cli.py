@@ -30,8 +30,8 @@ def train(config: Path, out_dir: Annotated[Path | None, typer.Option("--out", he
     from msrec.report.tables import scenario_table
     from msrec.train import distributed
 
-    # The modules just imported (torch's ~10^6 objects) live until exit: out of every collection, and out of
-    # the interpreter's last one, which otherwise takes ~0.8 s at exit. Training's own objects stay collectable.
+    # The modules just imported (~200,000 objects, mostly torch's) live until exit: out of every collection and
+    # out of the interpreter's last one, which otherwise takes ~0.8 s at exit. Training's objects stay collectable.
     gc.freeze()
     if nproc != 1 and not distributed.env_info().enabled:
         args = ["train", str(config), *(["--out", str(out_dir)] if out_dir else []),
