@@ -2,8 +2,12 @@
 
 torchrun (or any launcher that sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT) starts one
 process per rank; `setup()` reads that environment and joins the process group: gloo on CPU, NCCL when the
-rank has a GPU. Without that environment (a plain `msrec train`) nothing here is used and training is the
-single-process path.
+rank has a GPU. Without that environment (a plain `msrec train`) training is the single-process path.
+
+The rank logic stays in this room: `api.train` enters `session(cfg.train)` once and hands the `Session` to
+the trainer; the trainer and its scorer ask the session for every collective (same-data check, DDP wrapper,
+steps per epoch, epoch totals, buffer broadcast, score gathers, rank-0 reports), and `Session.writes_run`
+says which process writes the run directory.
 
 How the work is split (see docs/distributed.md):
 - `train.batch_size` is the GLOBAL batch. Every rank draws the same seeded permutation and takes its
@@ -41,6 +45,7 @@ from msrec.errors import MsrecError
 
 if TYPE_CHECKING:
     from msrec.data.prepare import EncodedData
+    from msrec.data.table import BatchSource
 
 T = TypeVar("T")
 
@@ -224,14 +229,6 @@ class Session:
         return self.info.enabled
 
     @property
-    def rank(self) -> int:
-        return self.info.rank
-
-    @property
-    def world_size(self) -> int:
-        return self.info.world_size
-
-    @property
     def writes_run(self) -> bool:
         """Whether this process prints and writes the run directory: rank 0 alone does."""
         return self.info.is_main
@@ -249,9 +246,17 @@ class Session:
             return compute()
         return broadcast_object(compute() if self.info.is_main else None, self.info)
 
-    def fewest(self, value: int) -> int:
-        """The smallest `value` over the ranks (steps per epoch every rank can take)."""
-        return all_reduce_min(value, self.device) if self.enabled else value
+    def share(self, train: BatchSource, batch_size: int) -> tuple[BatchSource, int]:
+        """This process's part of the training rows and the steps per epoch that every rank takes (the
+        fewest any rank can: a rank taking more would wait forever on its peers' gradients)."""
+        if not self.enabled:
+            return train, train.steps(batch_size)
+        source = train.shard(self.info.rank, self.info.world_size)
+        steps = all_reduce_min(source.steps(batch_size), self.device)
+        if steps == 0:
+            raise MsrecError(f"train: a rank has no training rows ({len(train):,} rows for {self.info.world_size} "
+                             "ranks); use fewer ranks (streaming: more, smaller row groups)")
+        return source, steps
 
     def epoch_totals(self, loss_sum: Tensor, rows: int) -> tuple[Tensor, int]:
         """An epoch's summed loss (mean over ranks) and its rows (total over ranks): one all-reduce."""
@@ -259,7 +264,7 @@ class Session:
             return loss_sum, rows
         totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(
             float(rows), dtype=torch.float64, device=self.device)]))
-        return totals[0] / self.world_size, int(totals[1].item())
+        return totals[0] / self.info.world_size, int(totals[1].item())
 
     def check_same_data(self, data: EncodedData) -> None:
         """Every rank read the same data (see `check_same_data`). The encoder's fingerprint costs a pass over

@@ -53,8 +53,8 @@ class Scorer:
         if not self.session.enabled:
             return self.predict(table)
         D.broadcast_buffers(self.model)
-        shards = torch.arange(len(table)).tensor_split(self.session.world_size)
-        local = self.predict(table.subset(shards[self.session.rank]))
+        shards = torch.arange(len(table)).tensor_split(self.session.info.world_size)
+        local = self.predict(table.subset(shards[self.session.info.rank]))
         return D.gather_rows(local, [len(s) for s in shards], self.session.device)
 
     def report(self, table: TensorTable, scores: Tensor, metrics: Callable[..., dict] = evaluation_report) -> dict:

@@ -125,7 +125,7 @@ class Trainer:
                             "samples_per_second": fit.samples_per_second,
                             "parameters": sum(p.numel() for p in self.model.parameters()), "history": fit.history}
         if self.session.enabled:
-            metrics["train"]["world_size"] = self.session.world_size
+            metrics["train"]["world_size"] = self.session.info.world_size
         return metrics, scores
 
     # ------------------------------------------------------------------ training
@@ -136,17 +136,6 @@ class Trainer:
     def _optimizer(self) -> torch.optim.Optimizer:
         cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
         return cls(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-
-    def _source(self, train: BatchSource) -> tuple[BatchSource, int]:
-        """This rank's part of the training rows and the steps per epoch every rank takes."""
-        if not self.session.enabled:
-            return train, train.steps(self.cfg.batch_size)
-        source = train.shard(self.session.rank, self.session.world_size)
-        steps = self.session.fewest(source.steps(self.cfg.batch_size))
-        if steps == 0:
-            raise MsrecError(f"train: a rank has no training rows ({len(train):,} rows for "
-                             f"{self.session.world_size} ranks); use fewer ranks (streaming: more, smaller row groups)")
-        return source, steps
 
     def _scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
         cfg = self.cfg
@@ -177,7 +166,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         generator = torch.Generator().manual_seed(cfg.seed)
         optimizer = self._optimizer()
-        source, steps = self._source(train)
+        source, steps = self.session.share(train, cfg.batch_size)
         scheduler = self._scheduler(optimizer, steps)
         step_model = self.session.wrap(self.model)  # DDP only while training: freed when fit returns
         stopper = EarlyStopping(cfg.patience)
@@ -229,7 +218,7 @@ class Trainer:
             seen += len(batch)
             if step % PROGRESS_EVERY == 0 or step == steps:
                 progress.update(bar, completed=step, loss=f"{loss_sum.item() / step:.4f}",
-                                speed=f"{seen * self.session.world_size / (time.perf_counter() - t0):,.0f}")
+                                speed=f"{seen * self.session.info.world_size / (time.perf_counter() - t0):,.0f}")
         batches.close()  # stops a stream's reader thread when this rank has batches left
         loss_sum, seen = self.session.epoch_totals(loss_sum, seen)
         return loss_sum.item() / steps, seen, time.perf_counter() - t0
