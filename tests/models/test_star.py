@@ -8,7 +8,7 @@ from zoo_batch import bce, grad_norm, learns, make_batch, make_spec, with_scenar
 
 from msrec.models.registry import build_model
 from msrec.nn import MLPOptions, ScenarioRouting
-from msrec.nn.norm import PartitionedNorm
+from msrec.nn.norm import MIN_ROWS, PartitionedNorm
 from msrec.nn.star import StarFCN
 
 
@@ -43,8 +43,8 @@ def test_eval_prediction_of_a_row_does_not_depend_on_its_batch():
 def test_training_statistics_are_those_of_the_scenarios_own_rows():
     torch.manual_seed(0)
     norm = PartitionedNorm(4, 3).train()
-    x = torch.randn(12, 4) * 3 + 1
-    scenario = torch.tensor([0, 1, 0, 2, 1, 0, 0, 1, 2, 2, 0, 1])
+    scenario = torch.tensor([0, 1, 0, 2, 1, 0, 0, 1, 2, 2, 0, 1]).repeat(6)  # >= MIN_ROWS rows each
+    x = torch.randn(len(scenario), 4) * 3 + 1
     y = norm(x, scenario)
     for s in range(3):
         xs = x[scenario == s]
@@ -54,6 +54,33 @@ def test_training_statistics_are_those_of_the_scenarios_own_rows():
     x2 = x.clone()
     x2[scenario == 1] *= 10
     torch.testing.assert_close(norm(x2, scenario)[scenario == 0], y[scenario == 0])
+
+
+@pytest.mark.parametrize("rows", [1, 3, MIN_ROWS - 1])
+def test_a_small_slice_in_training_is_normalised_with_its_running_statistics(rows):
+    """Batch statistics of one row are mean = x, var = 0 (a constant output, no gradient to the row), of a
+    few rows noise: below MIN_ROWS rows a scenario is normalised as in evaluation."""
+    torch.manual_seed(0)
+    norm = PartitionedNorm(4, 2).train()
+    with torch.no_grad():
+        norm.running_mean.copy_(torch.tensor([[0.0, 1.0, 2.0, 3.0], [1.0, -1.0, 0.5, 2.0]]))
+        norm.running_var.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 0.5, 2.0, 1.0]]))
+        norm.gamma_s[1].uniform_(0.5, 1.5)
+        norm.beta_s[1].uniform_(-1, 1)
+    x = (torch.randn(MIN_ROWS + rows, 4) * 3 + 1).requires_grad_()
+    scenario = torch.tensor([0] * MIN_ROWS + [1] * rows)
+    expected = norm.eval()(x[MIN_ROWS:].detach(), scenario[MIN_ROWS:])
+    running = norm.running_mean.clone(), norm.running_var.clone()
+    y = norm.train()(x, scenario)
+    torch.testing.assert_close(y[MIN_ROWS:], expected)
+    y[MIN_ROWS:].pow(2).sum().backward()
+    assert float(x.grad[MIN_ROWS:].abs().min()) > 0  # every feature of the small slice gets gradient
+    # Scenario 0 (MIN_ROWS rows) still uses its batch statistics.
+    x0 = x[:MIN_ROWS].detach()
+    torch.testing.assert_close(y[:MIN_ROWS], (x0 - x0.mean(0)) / torch.sqrt(x0.var(0, unbiased=False) + norm.eps))
+    # The small slice still moves its running mean (its variance from two rows on).
+    assert not torch.equal(norm.running_mean[1], running[0][1])
+    assert torch.equal(norm.running_var[1], running[1][1]) == (rows == 1)
 
 
 def test_each_scenario_keeps_its_own_running_statistics():
