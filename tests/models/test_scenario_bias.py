@@ -39,12 +39,21 @@ def test_dropout_one_gives_the_shallow_tower_no_gradient():
     bce(model, batch).backward()
     assert grad_norm(model.shallow) == 0.0
     assert grad_norm(model.main) > 0
-    # ... and in evaluation the shallow logit is used, unscaled.
+    # ... and, never trained, it is not used in evaluation either: the main network alone scores.
     model.eval()
     with torch.no_grad():
+        torch.testing.assert_close(model(batch), model.main(model.embedding.flat(batch)))
+
+
+def test_in_evaluation_a_kept_shallow_logit_is_added_unscaled():
+    spec = make_spec()
+    model = build(spec, logit_dropout=0.5, shallow={"hidden": [8]}).eval()
+    batch = make_batch(spec, [0, 1, 2, 1, 0, 2])
+    with torch.no_grad():
         z = model.embedding.select(batch, model.scenario_fields)
-        e = model.embedding.flat(batch)
-        torch.testing.assert_close(model(batch), model.main(e) + model.shallow(z))
+        shallow = model.shallow(z)
+        assert float(shallow.abs().min()) > 1e-3
+        torch.testing.assert_close(model(batch), model.main(model.embedding.flat(batch)) + shallow)
 
 
 def test_without_dropout_the_shallow_tower_learns():

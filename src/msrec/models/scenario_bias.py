@@ -6,9 +6,10 @@
 The main MLP learns what all scenarios share; the shallow tower over the indicator embeddings `z` learns
 a per-scenario shift of the logit (with `z` = the scenario alone and no hidden layer it is exactly a
 learned bias per scenario). Dropout on the shallow tower's *output* keeps the main network from leaning
-on it: in training a dropped row is scored by the main network alone (rate 1.0: the shallow tower is
-never used in training and gets no gradient). The dropout is inverted (kept outputs scaled by 1/(1-p)),
-so evaluation uses the shallow logit unscaled.
+on it: in training a dropped row is scored by the main network alone. The dropout is inverted (kept
+outputs scaled by 1/(1-p)), so evaluation uses the shallow logit unscaled. Rate 1.0 turns the shallow
+tower off: it is never used in training (no gradient) and so not in evaluation either, where its
+untrained logit would only add noise per scenario; the model is then the main network alone.
 
 Choices: the shallow tower reads the shared embedding table (`FeatureEmbedding.select`), so an
 indicator's embedding is learned from both paths when it also enters the main network
@@ -36,7 +37,7 @@ class ScenarioBiasOptions(ModelOptions):
     shallow: MLPOptions = part([])
     """The shallow tower over `z`."""
     logit_dropout: float = Field(0.1, ge=0, le=1)
-    """Dropout rate on the shallow tower's output logit, in training only."""
+    """Dropout rate on the shallow tower's output logit, in training only (1.0: no shallow logit at all)."""
     indicators_in_main: bool = True
     """Whether the indicator features are also fields of the main network's input `e`."""
 
@@ -59,5 +60,7 @@ class ScenarioBias(nn.Module):
     def forward(self, batch: Batch) -> Tensor:
         fields = self.embedding.fields(batch)
         e = self.embedding.flat(batch, fields.index_select(1, self.main_fields))
+        if self.shallow_dropout.p >= 1:  # never trained: not used in evaluation either
+            return self.main(e)
         z = self.embedding.select(batch, self.scenario_fields)
         return self.main(e) + self.shallow_dropout(self.shallow(z))
