@@ -47,3 +47,24 @@ def test_every_model_trains_on_one_row_slices(name, scenarios):
     loss = bce(model, make_batch(spec, scenarios))
     loss.backward()
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("name", ["split_merge", "mmoe", "ple"])
+def test_tower_batch_norm_puts_batch_norm_in_every_scenario_tower_and_only_there(name):
+    spec = make_spec()
+    torch.manual_seed(0)
+    model = build_model(name, spec, {"tower": {"batch_norm": True}}).train()
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, BatchNorm)}
+    assert norms and all(n.startswith("towers.") for n in norms)  # `mlp.batch_norm` stays off
+    assert all(any(isinstance(m, BatchNorm) for m in tower.modules()) for tower in model.towers.towers)
+    before = {n: m.running_mean.clone() for n, m in norms.items()}
+    model(make_batch(spec, [0, 0, 2, 2, 0]))  # the norms run: scenarios 0 and 2's move, scenario 1's do not
+    moved = {int(n.split(".")[2]) for n, m in norms.items() if not torch.equal(m.running_mean, before[n])}
+    assert moved == {0, 2}
+    assert not any(isinstance(m, BatchNorm) for m in build_model(name, spec, {}).modules())
+
+
+def test_hmoe_refuses_tower_batch_norm_and_says_why():
+    with pytest.raises(MsrecError, match=r"^model\.tower: `batch_norm` is not supported here: a tower also scores "
+                                         r"other scenarios' rows$"):
+        parse_options("hmoe", {"tower": {"batch_norm": True}})

@@ -10,6 +10,11 @@ from msrec.nn.routing import ScenarioRouting, exporting
 
 
 class ScenarioTowers(nn.Module):
+    """One `MLP.of(options)` per scenario, so a model's `tower` part (`hidden`, `dropout`, `activation`,
+    `batch_norm`) reaches every tower: `tower: {batch_norm: true}` puts BatchNorm in split_merge's, mmoe's
+    and ple's towers (tests/models/test_batch_norm.py). hmoe refuses it: `cross_scores` runs each tower on
+    the other scenarios' rows too, which in training would move the tower's running statistics."""
+
     def __init__(self, in_dim: int, options: MLPOptions, out_dim: int, num_scenarios: int):
         super().__init__()
         self.num_scenarios = num_scenarios
