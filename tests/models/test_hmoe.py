@@ -4,7 +4,7 @@ scores); a per-scenario gate mixes the towers."""
 from __future__ import annotations
 
 import torch
-from zoo_batch import bce, grad_norm, learns, make_batch, make_spec
+from zoo_batch import SCENARIO_FIELD, bce, grad_norm, learns, make_batch, make_spec
 
 from msrec.models.registry import build_model
 
@@ -28,11 +28,30 @@ def test_only_scenario_a_rows_give_other_towers_zero_gradient():
     assert grad_norm(model.bottom) > 0 and grad_norm(model.embedding) > 0
 
 
+def embedding_rows_with_gradient(model) -> int:
+    return sum(int((p.grad.abs().sum(1) > 0).sum()) for p in model.embedding.parameters() if p.grad is not None)
+
+
 def test_gate_indicators_get_gradient_through_the_gate():
+    """The gate reads the indicator embeddings `z` and passes gradient back to them: with the bottom blind to
+    the indicator field, the indicator's embedding is learned through the gate alone."""
     spec = make_spec()
+    batch = make_batch(spec, [1] * 6)
+    rows = {}
+    for gate_indicators in (True, False):
+        model = build(spec, gate_indicators=gate_indicators)
+        d = model.embedding.dim
+        with torch.no_grad():  # e = [user; item; category; indicator; dense]: the bottom ignores the indicator
+            model.bottom.layers[0].weight[:, SCENARIO_FIELD * d:(SCENARIO_FIELD + 1) * d] = 0
+        bce(model, batch).backward()
+        rows[gate_indicators] = embedding_rows_with_gradient(model)
+        assert grad_norm(model.gates[1]) > 0 and grad_norm(model.towers[0]) == 0.0
+    h_dim = model.bottom.out_dim
     model = build(spec, gate_indicators=True)
-    bce(model, make_batch(spec, [1] * 6)).backward()
-    assert grad_norm(model.gates[1]) > 0 and grad_norm(model.towers[0]) == 0.0
+    bce(model, batch).backward()
+    assert float(model.gates[1].weight.grad[:, h_dim:].abs().min()) > 0  # every weight on z learns
+    distinct = sum(len(torch.unique(batch.sparse[:, f])) for f in range(SCENARIO_FIELD))
+    assert rows == {False: distinct, True: distinct + 1}  # + the indicator's own row, through the gate
 
 
 def test_every_tower_scores_every_row_once():
