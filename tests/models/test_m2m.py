@@ -3,7 +3,17 @@ train; attention runs within a row, so an eval prediction never depends on the r
 multi-task training end to end on the synthetic two-task data and the Ali-CCP sample."""
 
 import torch
-from zoo_batch import bce, grad_norm, learns, make_batch, make_spec, with_scenario
+from zoo_batch import (
+    SCENARIO_FIELD,
+    bce,
+    grad_norm,
+    learns,
+    make_batch,
+    make_spec,
+    relative_change,
+    strong_condition,
+    with_scenario,
+)
 
 import msrec
 from msrec.models.registry import build_model
@@ -17,19 +27,28 @@ def _model(tasks=1, **options):
 
 def test_changing_only_the_scenario_changes_expert_weights_and_tower_output():
     model = _model(tasks=2).eval()
+    strong_condition(model)
+    d = model.embedding.dim
+    with torch.no_grad():
+        model.v.weight.mul_(10)  # attention logits spread over the experts (at init alpha is nearly uniform)
+        for expert in model.experts:  # e = [user; item; category; indicator; dense]: experts blind to the scenario
+            expert.layers[0].weight[:, SCENARIO_FIELD * d:(SCENARIO_FIELD + 1) * d] = 0
     batch = make_batch(make_spec(2), [0] * 6)
     moved = with_scenario(batch, 2)
-    alpha, alpha_moved = model.expert_weights(batch), model.expert_weights(moved)
-    assert alpha.shape == (6, 2, 3)
-    assert torch.allclose(alpha.sum(-1), torch.ones(6, 2))  # a softmax over the experts
-    assert not torch.allclose(alpha, alpha_moved, atol=1e-4)
-    assert not torch.allclose(model(batch), model(moved), atol=1e-4)
-    # The tower itself is scenario-driven: the same tower input, another scenario, another output.
-    groups, z = condition(model.embedding, make_batch(make_spec(2), [0, 2]), [3])
-    s = model.scenario_net(z)
-    h = torch.randn(1, 16).expand(2, -1)
-    out = model.towers[0][0](h, s, groups)
-    assert not torch.allclose(out[0], out[1], atol=1e-4)
+    with torch.no_grad():
+        alpha, alpha_moved = model.expert_weights(batch), model.expert_weights(moved)
+        assert alpha.shape == (6, 2, 3)
+        torch.testing.assert_close(alpha.sum(-1), torch.ones(6, 2))  # a softmax over the experts
+        # Same experts' outputs, another scenario: the meta attention alone moves the expert weights.
+        torch.testing.assert_close(model._attend(batch)[1], model._attend(moved)[1], rtol=0, atol=0)
+        assert float((alpha - alpha_moved).abs().amax(-1).mean()) > 0.02
+        assert float((model(batch) - model(moved)).abs().mean()) > 0.02
+        # The tower itself is scenario-driven: the same tower input, another scenario, another output.
+        groups, z = condition(model.embedding, make_batch(make_spec(2), [0, 2]), [SCENARIO_FIELD])
+        s = model.scenario_net(z)
+        h = torch.randn(1, 16).expand(2, -1)
+        out = model.towers[0][0](h, s, groups)
+    assert relative_change(out[0], out[1]) > 0.1
 
 
 def test_two_tasks_return_b_by_2_and_both_train():

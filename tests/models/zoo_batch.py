@@ -13,6 +13,7 @@ from msrec.api import EncodedData, as_config, prepare_data
 from msrec.config import Config
 from msrec.data.table import Batch
 from msrec.models.registry import build_model
+from msrec.nn.meta import WeightGenerator
 from msrec.schema import FeatureSpec
 from msrec.train.trainer import Trainer
 
@@ -41,6 +42,25 @@ def with_scenario(batch: Batch, s: int) -> Batch:
     sparse = batch.sparse.clone()
     sparse[:, SCENARIO_FIELD] = s + 1
     return Batch(sparse=sparse, dense=batch.dense, scenario=torch.full_like(batch.scenario, s), labels=batch.labels)
+
+
+def strong_condition(model: nn.Module) -> None:
+    """Weights set so that the scenario matters at full strength, for tests of scenario-dependence: embeddings
+    at unit scale (their 0.01 initialisation makes every scenario's indicator embedding nearly zero) and each
+    weight generator's scenario-dependent part as large as its shared part (it starts at a tenth). At
+    initialisation those tests pass by about 1e-4; with these weights by 0.1 or more."""
+    with torch.no_grad():
+        for p in model.embedding.parameters():
+            p.normal_()
+        for module in model.modules():
+            if isinstance(module, WeightGenerator):
+                module.head.weight.normal_()
+
+
+def relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
+    """`|a - b|` over the mean of `|a|` and `|b|` (0: equal; ~1.4: unrelated vectors of one size)."""
+    a, b = a.detach(), b.detach()
+    return float(2 * (a - b).norm() / (a.norm() + b.norm()))
 
 
 def bce(model: nn.Module, batch: Batch) -> torch.Tensor:
