@@ -125,6 +125,64 @@ def test_movielens_as_a_builtin_dataset_splits_80_10_10(ml100k_dir):
     assert data.encoder.schema.dense == ["age"]
 
 
+def _ratings_per_user(users: list[int]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for u in users:
+        counts[u] = counts.get(u, 0) + 1
+    return counts
+
+
+def test_movielens_100k_activity_tiers_by_ratings_per_user_over_the_whole_file(ml100k_dir, shared_data):
+    t = movielens.load_100k(ml100k_dir, scenario="activity")
+    users = pq.read_table(shared_data / "movielens-100k" / "MovieLens100k_data.parquet.brotli")["user_id"].to_pylist()
+    n = _ratings_per_user(users)
+    assert t["scenario"].to_pylist() == [0 if n[u] <= 27 else 1 if n[u] <= 128 else 2 for u in users]
+    shares = np.bincount(t["scenario"].to_numpy()) / t.num_rows
+    np.testing.assert_allclose(shares, [0.0396, 0.3085, 0.6519], atol=1e-4)  # ~ML-1M's 4% / 29% / 67%
+
+
+def test_movielens_1m_activity_tiers_and_bounds(shared_data):
+    folder = shared_data / "movielens-1m-sample"
+    users = [int(line.split("::")[0]) for line in (folder / "ratings.dat").read_text().splitlines()]
+    n = _ratings_per_user(users)
+    t = movielens.load_1m(folder, scenario="activity")  # ML-1M's tiers: <= 50, 51-200, > 200
+    assert t["scenario"].to_pylist() == [0 if n[u] <= 50 else 1 if n[u] <= 200 else 2 for u in users]
+    # The 10% sample: a user's count is about a tenth of the full one, so the bounds scale to [5, 20].
+    data = prepare_data(as_config({"data": {"dataset": "movielens-1m", "path": str(folder),
+                                            "options": {"scenario": "activity", "activity_bounds": [5, 20]}}}))
+    assert data.encoder.scenario_names == ["0", "1", "2"]
+    tiers = movielens.load_1m(folder, "activity", [5, 20])["scenario"].to_numpy()
+    assert tiers.tolist() == [0 if n[u] <= 5 else 1 if n[u] <= 20 else 2 for u in users]
+    np.testing.assert_allclose(np.bincount(tiers) / len(tiers), [0.0608, 0.2834, 0.6558], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gender", "occupation"])
+def test_movielens_user_attribute_scenarios(kind, ml100k_dir, shared_data):
+    t = movielens.load_100k(ml100k_dir, scenario=kind)
+    users = pq.read_table(shared_data / "movielens-100k" / "MovieLens100k_users.parquet.brotli")
+    value = dict(zip(users["user_id"].to_pylist(), users[kind].to_pylist()))
+    assert t["scenario"].to_pylist() == [value[u] for u in t["user_id"].to_pylist()]
+    assert t["scenario"].equals(t[kind])
+    folder = shared_data / "movielens-1m-sample"
+    column = {"gender": 1, "occupation": 3}[kind]
+    value = {int(f[0]): f[column] for f in (line.split("::") for line in (folder / "users.dat").read_text(
+        encoding="latin-1").splitlines())}
+    t = movielens.load_1m(folder, scenario=kind)
+    assert t["scenario"].to_pylist() == [value[u] for u in t["user_id"].to_pylist()]
+    assert len(set(t["scenario"].to_pylist())) == {"gender": 2, "occupation": 21}[kind]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"scenario": "zip"}, r"data\.options\.scenario: .*'age', 'activity', 'gender' or 'occupation'"),
+    ({"scenario": "activity", "activity_bounds": [200, 50]}, r"data\.options\.activity_bounds: .*low < mid"),
+    ({"activity_bounds": [50]}, r"data\.options\.activity_bounds: .*at least 2"),
+    ({"scenarios": [0]}, r"unknown option `scenarios` for dataset movielens-1m \(options: scenario, activity_bounds\)"),
+])
+def test_movielens_options_are_checked(options, message):
+    with pytest.raises(MsrecError, match=message):
+        prepare_data(as_config({"data": {"dataset": "movielens-1m", "path": "/nowhere", "options": options}}))
+
+
 def test_missing_dataset_offline_fails_with_a_clear_message(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
