@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from msrec.config import DataConfig, ModelConfig, TrainConfig
+from msrec.config import DataConfig, EmbeddingOptimizerConfig, ModelConfig, TrainConfig
 from msrec.config_reference import reference
 from msrec.models.registry import ModelOptions, describe_fields
 from msrec.nn.mlp import MLPOptions
@@ -36,13 +36,23 @@ def flat_keys(tree: dict, prefix: str = "") -> set[str]:
     return keys
 
 
+def section_keys(cls: type[BaseModel], prefix: str) -> set[str]:
+    """`prefix.key` per field; a field holding a section of its own (`train.embedding_optimizer`): its keys."""
+    keys = set()
+    for key, field in cls.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        keys |= section_keys(type(default), f"{prefix}.{key}") if isinstance(default, BaseModel) else {f"{prefix}.{key}"}
+    return keys
+
+
 def config_keys() -> set[str]:
-    return ({f"data.{key}" for key in DataConfig.model_fields} | {f"train.{key}" for key in TrainConfig.model_fields}
+    return (section_keys(DataConfig, "data") | section_keys(TrainConfig, "train")
             | {f"model.{key}" for key in ModelConfig.model_fields}
             | {f"model.{key}" for key, *_ in describe_fields(ModelOptions)})
 
 
-@pytest.mark.parametrize("cls", [DataConfig, TrainConfig, ModelConfig, ModelOptions, MLPOptions])
+@pytest.mark.parametrize("cls", [DataConfig, TrainConfig, EmbeddingOptimizerConfig, ModelConfig, ModelOptions,
+                                 MLPOptions])
 def test_every_config_field_has_a_meaning(cls: type[BaseModel]):
     missing = [key for key, field in cls.model_fields.items() if not (field.description or "").strip()]
     assert not missing, f"{cls.__name__}: fields without a docstring: {missing}"

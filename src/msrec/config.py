@@ -63,6 +63,10 @@ class DataConfig(_Strict):
     """A column of true probabilities per label (optional): enables the oracle AUC."""
     min_freq: int = 1
     """Ids seen fewer times in training map to index 0 (unknown)."""
+    hash_buckets: dict[str, int] = Field(default_factory=dict)
+    """Sparse columns whose ids are hashed instead of looked up, and their number of buckets, e.g. `{user_id:
+    1000000}`: a stable hash of the id's text, no vocabulary stored, an id never seen in training still gets a
+    bucket (docs/datasets.md)."""
     missing_ids: Literal["error", "unknown", "category"] = Field("category", description=(
         "A blank id in a sparse column (empty, NaN, null): `category` = a value of its own, learned like any "
         "other; `unknown` = the unknown id; `error` = stop, naming the row. A missing scenario is always an error."))
@@ -81,6 +85,8 @@ class DataConfig(_Strict):
             raise ValueError("data.streaming needs `train` (a Parquet file or folder) and `val` paths")
         if self.min_freq < 1:
             raise ValueError("data.min_freq must be >= 1")
+        if any(n < 1 for n in self.hash_buckets.values()):
+            raise ValueError(f"data.hash_buckets must be >= 1 per column, got {self.hash_buckets}")
         return self
 
 
@@ -95,6 +101,18 @@ class ModelConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class EmbeddingOptimizerConfig(_Strict):
+    """How the embedding tables are updated (docs/embeddings.md)."""
+
+    name: Literal["rowwise_adagrad", "adam", "sgd", "dense"] = "rowwise_adagrad"
+    """Row-sparse (a step reads and updates only the rows its batch uses, weights and optimizer state):
+    `rowwise_adagrad` (one state value per row), `adam` (lazy Adam: two values per weight), `sgd` (no state);
+    `dense`: the tables join `train.optimizer` (every row every step, weight decay applies)."""
+    lr: float | None = Field(None, gt=0)
+    """Learning rate of the tables (null: `train.lr`; 10 x `train.lr` for `rowwise_adagrad`, whose steps shrink as a
+    row's squared gradients add up)."""
+
+
 class TrainConfig(_Strict):
     """How to train: optimizer and schedule, early stopping, devices."""
 
@@ -107,9 +125,11 @@ class TrainConfig(_Strict):
     lr: float = Field(0.001, gt=0)
     """Learning rate."""
     weight_decay: float = Field(0.0, ge=0)
-    """Weight decay (decoupled with `adamw`)."""
+    """Weight decay (decoupled with `adamw`); not of row-sparse embedding tables (`embedding_optimizer`)."""
     optimizer: Literal["adam", "adamw"] = "adam"
-    """The optimizer."""
+    """The optimizer (of every parameter but the embedding tables with a row-sparse `embedding_optimizer`)."""
+    embedding_optimizer: EmbeddingOptimizerConfig = Field(default_factory=EmbeddingOptimizerConfig)
+    """The embedding tables' optimizer."""
     scheduler: Literal["none", "cosine", "step"] = "none"
     """Learning-rate schedule: constant, cosine to 0 over the epochs, or times `step_gamma` per epoch."""
     step_gamma: float = 0.5

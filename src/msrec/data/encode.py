@@ -12,12 +12,14 @@ All of it is whole-column pyarrow / numpy work: no Python per row. The fitted st
 per column; `encoder.json` (format 2) is that state as JSON:
 
     {"version": 2, "schema": {...}, "min_freq": 1, "list_max_len": 32, "missing_ids": "category",
-     "sparse": {"<col>": {"kind": "int" | "str", "vocab": [v1, v2, ..., null?]}},   # id of vi = i (1-based)
+     "sparse": {"<col>": {"kind": "int" | "str", "vocab": [v1, v2, ..., null?]},    # id of vi = i (1-based)
+                "<hashed col>": {"kind": "int" | "str", "buckets": N}},              # id 1..N (vocab.hashed)
      "lists": {"<col>": {"sep": "|", "max_len": 3, "vocab": ["a", "b"]}},
      "dense": {"<col>": {"mean": 0.0, "std": 1.0}},
      "scenario": {"kind": "int" | "str", "values": [...], "names": ["..."]}}           # id of values[i] = i
 
 Format 1 (msrec 0.1) is the same without `missing_ids` (a missing id was an error) and with a `kind` per list.
+A hashed column (`data.hash_buckets`) has `buckets` instead of `vocab`: no vocabulary is counted or stored.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ from msrec.data.checks import (
     check_no_missing,
     column,
     dense_values,
-    id_kind,
     ids,
     label_values,
     numeric,
@@ -51,7 +52,7 @@ from msrec.data.checks import (
     user_groups,
 )
 from msrec.data.table import TensorTable
-from msrec.data.vocab import Moments, ValueCounts, lookup
+from msrec.data.vocab import Moments, ValueCounts, hashed, lookup
 from msrec.errors import MsrecError
 from msrec.schema import FeatureSpec, Schema
 
@@ -65,14 +66,29 @@ def _value_set(values: list, kind: Kind) -> pa.Array:
 
 @dataclass
 class SparseColumn:
-    """An id column: values compared as int64 or text; id i + 1 is `vocab[i]` (sorted; None = blank)."""
+    """An id column: values compared as int64 or text; id i + 1 is `vocab[i]` (sorted; None = blank), or, hashed,
+    ids 1..buckets from the value's stable hash (`vocab` empty)."""
 
     kind: Kind
     vocab: list
+    buckets: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in get_args(Kind) or not isinstance(self.vocab, list):
-            raise ValueError(f"kind {self.kind!r} / vocab of type {type(self.vocab).__name__}")
+        if self.kind not in get_args(Kind) or not isinstance(self.vocab, list) or not (
+                self.buckets is None or isinstance(self.buckets, int) and self.buckets >= 1):
+            raise ValueError(f"kind {self.kind!r} / vocab of type {type(self.vocab).__name__} / buckets {self.buckets}")
+
+    @property
+    def size(self) -> int:
+        """Rows of its embedding: the ids and the unknown id 0."""
+        return (self.buckets or len(self.vocab)) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **({"buckets": self.buckets} if self.buckets else {"vocab": self.vocab})}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SparseColumn:
+        return cls(d["kind"], [], d["buckets"]) if "buckets" in d else cls(d["kind"], d["vocab"])
 
     @cached_property
     def value_set(self) -> pa.Array:  # built once, not per transformed chunk
@@ -115,23 +131,16 @@ class ScenarioColumn:
         return _value_set(self.values, self.kind)
 
 
-def _merge_kind(kind: Kind | None, counts: ValueCounts, col: pa.ChunkedArray) -> Kind:
-    """An id column's kind over the chunks seen so far: integers until a chunk holds text, then text for
-    good (the values counted as integers are turned into text), as a fit on the whole column decides."""
-    if kind is not None and col.null_count == len(col):
-        return kind  # a chunk of blanks says nothing about the kind
-    new = id_kind(col)
-    if kind == "int" and new == "str":
-        counts.as_text()
-    return "str" if kind == "str" else new
-
-
 class Encoder:
     """fit / transform in the scikit-learn sense; `spec()` tells models the sizes they need."""
 
     def __init__(self, schema: Schema, min_freq: int = 1, list_max_len: int = 32,
-                 missing_ids: MissingIds = "category"):
+                 missing_ids: MissingIds = "category", hash_buckets: dict[str, int] | None = None):
         self.schema = schema
+        self.hash_buckets = dict(hash_buckets or {})
+        if unknown := [c for c in self.hash_buckets if c not in schema.sparse]:
+            raise MsrecError(f"data.hash_buckets: {', '.join(map(repr, unknown))} is not a sparse column "
+                             f"(sparse: {', '.join(schema.sparse)})")
         self.min_freq = min_freq
         self.list_max_len = list_max_len
         self.missing_ids = missing_ids
@@ -160,12 +169,14 @@ class Encoder:
         for table in chunks:
             col = column(table, s.scenario, source)
             check_no_missing(col, s.scenario, source, "scenario", offset)
-            scenario_kind = _merge_kind(scenario_kind, scenario_counts, col)
+            scenario_kind = scenario_counts.merge_kind(scenario_kind, col)
             scenario_counts.add(as_kind(col, scenario_kind, s.scenario, source, offset))
             for name in s.sparse:
                 col = ids(column(table, name, source), name, source, self.missing_ids, offset)
-                kinds[name] = _merge_kind(kinds.get(name), counts[name], col)
-                counts[name].add(as_kind(col, kinds[name], name, source, offset))
+                kinds[name] = counts[name].merge_kind(kinds.get(name), col)
+                values = as_kind(col, kinds[name], name, source, offset)
+                if name not in self.hash_buckets:  # a hashed column counts nothing
+                    counts[name].add(values)
             for name, sep in s.lists.items():
                 lists = split_lists(column(table, name, source), sep, name, source)
                 flat = pc.utf8_trim_whitespace(lists.flatten())
@@ -179,7 +190,8 @@ class Encoder:
             offset += table.num_rows
         if offset == 0 or scenario_kind is None:
             raise MsrecError(f"{source}: no training rows")
-        self.sparse = {name: SparseColumn(kinds[name], counts[name].vocabulary(self.min_freq)) for name in s.sparse}
+        self.sparse = {name: SparseColumn(kinds[name], [], self.hash_buckets[name]) if name in self.hash_buckets
+                       else SparseColumn(kinds[name], counts[name].vocabulary(self.min_freq)) for name in s.sparse}
         self.lists = {name: ListColumn(sep, int(min(self.list_max_len, max_len[name])),
                                        list_counts[name].vocabulary(self.min_freq)) for name, sep in s.lists.items()}
         self.dense = {name: DenseColumn(*moments[name].scaler()) for name in s.dense}
@@ -201,10 +213,10 @@ class Encoder:
         sparse = np.zeros((n, len(s.sparse)), dtype=np.int64)
         for j, name in enumerate(s.sparse):
             info = self.sparse[name]
-            col = ids(column(table, name, source), name, source, self.missing_ids)
-            sparse[:, j] = lookup(as_kind(col, info.kind, name, source), info.value_set)
-        id_dtype = torch.int32 if max((len(c.vocab) for c in self.sparse.values()), default=0) < 2**31 - 1 \
-            else torch.int64
+            col = as_kind(ids(column(table, name, source), name, source, self.missing_ids), info.kind, name, source)
+            sparse[:, j] = hashed(col, info.buckets, self.missing_ids == "unknown") if info.buckets \
+                else lookup(col, info.value_set)
+        id_dtype = torch.int32 if max((c.size for c in self.sparse.values()), default=0) < 2**31 else torch.int64
         lists = [self._pad_list(table, name, source) for name in s.lists]
         dense = np.zeros((n, 2 * len(s.dense)), dtype=np.float32)
         for j, name in enumerate(s.dense):
@@ -263,7 +275,7 @@ class Encoder:
         s = self.schema
         return FeatureSpec(
             sparse_fields=list(s.sparse),
-            sparse_vocab=[len(self.sparse[c].vocab) + 1 for c in s.sparse],
+            sparse_vocab=[self.sparse[c].size for c in s.sparse],
             list_fields=list(s.lists),
             list_vocab=[len(self.lists[c].vocab) + 1 for c in s.lists],
             dense_dim=2 * len(s.dense),
@@ -288,7 +300,8 @@ class Encoder:
             return {name: asdict(c) for name, c in columns.items()}
 
         return {"version": ENCODER_VERSION, "schema": self.schema.to_dict(), "min_freq": self.min_freq,
-                "list_max_len": self.list_max_len, "missing_ids": self.missing_ids, "sparse": plain(self.sparse),
+                "list_max_len": self.list_max_len, "missing_ids": self.missing_ids,
+                "sparse": {name: c.to_dict() for name, c in self.sparse.items()},
                 "lists": plain(self.lists), "dense": plain(self.dense), "scenario": asdict(self.scenario)}
 
     @classmethod
@@ -303,7 +316,7 @@ class Encoder:
             if missing_ids not in get_args(MissingIds):
                 raise ValueError(f"missing_ids {missing_ids!r}")
             enc = cls(Schema(**d["schema"]), d["min_freq"], d["list_max_len"], missing_ids)
-            enc.sparse = {name: _read(SparseColumn, c) for name, c in d["sparse"].items()}
+            enc.sparse = {name: SparseColumn.from_dict(c) for name, c in d["sparse"].items()}
             enc.lists = {name: _read(ListColumn, c) for name, c in d["lists"].items()}
             enc.dense = {name: _read(DenseColumn, c) for name, c in d["dense"].items()}
             enc.scenario = _read(ScenarioColumn, d["scenario"])

@@ -155,4 +155,4 @@ def _prepare_streaming(cfg: DataConfig) -> EncodedData:
 
 
 def _encoder(cfg: DataConfig, schema: Schema) -> Encoder:
-    return Encoder(schema, cfg.min_freq, cfg.list_max_len, cfg.missing_ids)
+    return Encoder(schema, cfg.min_freq, cfg.list_max_len, cfg.missing_ids, cfg.hash_buckets)

@@ -1,11 +1,14 @@
 """Streaming statistics for the encoder's fit, merged chunk by chunk so memory follows the vocabulary size,
-not the data's: value counts (vocabularies), moments (dense scalers), and the vocabulary lookup."""
+not the data's: value counts (vocabularies), moments (dense scalers), the vocabulary lookup, and the stable
+hash of hashed id columns (`data.hash_buckets`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from msrec.data.checks import Kind, id_kind
 
 
 class ValueCounts:
@@ -24,9 +27,15 @@ class ValueCounts:
         if len(self.parts) > 16:
             self.parts = [self._merged()]
 
-    def as_text(self) -> None:
-        """Values counted so far as integers, from now on as text (a later chunk of the column held text)."""
-        self.parts = [part.set_column(0, "values", pc.cast(part["values"], pa.string())) for part in self.parts]
+    def merge_kind(self, kind: Kind | None, col: pa.ChunkedArray) -> Kind:
+        """An id column's kind over the chunks seen so far: integers until a chunk holds text, then text for
+        good (the values counted as integers are turned into text), as a fit on the whole column decides."""
+        if kind is not None and col.null_count == len(col):
+            return kind  # a chunk of blanks says nothing about the kind
+        new = id_kind(col)
+        if kind == "int" and new == "str":
+            self.parts = [part.set_column(0, "values", pc.cast(part["values"], pa.string())) for part in self.parts]
+        return "str" if kind == "str" else new
 
     def _merged(self) -> pa.Table:
         table = pa.concat_tables(self.parts)
@@ -72,3 +81,39 @@ def lookup(values: pa.ChunkedArray | pa.Array, value_set: pa.Array) -> np.ndarra
     blank category), and is unknown otherwise."""
     idx = pc.index_in(values, value_set=value_set, skip_nulls=False)
     return pc.fill_null(pc.add(idx, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+FNV_OFFSET, FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+
+def stable_hash(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A 64-bit hash of each value's text form (an integer: its decimal digits; a null: the empty text), the
+    same in every process, run and machine (Python's `hash()` is salted per process): FNV-1a over the UTF-8
+    bytes, then MurmurHash3's 64-bit finaliser to spread the low bits. Whole-column numpy: one pass per byte
+    position of the longest value, never a Python step per row."""
+    text = pc.fill_null(pc.cast(values, pa.large_string()), "")
+    text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+    _, offsets_buf, data_buf = text.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int64)[text.offset: text.offset + len(text) + 1]
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None and offsets[-1] > 0 else np.zeros(1, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    h = np.full(len(text), FNV_OFFSET, np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(int(lengths.max(initial=0))):
+            live = lengths > j
+            byte = data[np.minimum(starts + j, len(data) - 1)].astype(np.uint64)
+            h = np.where(live, (h ^ byte) * FNV_PRIME, h)
+        for shift, mult in ((33, 0xFF51AFD7ED558CCD), (33, 0xC4CEB3FE1A85EC53)):
+            h ^= h >> np.uint64(shift)
+            h *= np.uint64(mult)
+        h ^= h >> np.uint64(33)
+    return h
+
+
+def hashed(values: pa.ChunkedArray | pa.Array, buckets: int, blank_unknown: bool = False) -> np.ndarray:
+    """Id per value in 1..buckets: any value has one, seen in training or not. A null (a blank id) hashes as
+    the empty text, or is 0 (the unknown id) with `blank_unknown`."""
+    out = (stable_hash(values) % np.uint64(buckets)).astype(np.int64) + 1
+    if blank_unknown and values.null_count:
+        out[pc.is_null(values).to_numpy(zero_copy_only=False)] = 0
+    return out

@@ -1,7 +1,8 @@
 """Fit any registry model: the epoch loop, validation and early stopping. Nothing model-specific lives here.
 
 - loss: binary cross-entropy per task on the logits `[B, T]`, summed with per-task weights;
-- Adam or AdamW, optional cosine or step schedule with linear warm-up;
+- Adam or AdamW, the embedding tables row-sparse (msrec.train.optim), optional cosine or step schedule
+  with linear warm-up;
 - early stopping on a validation metric (default: mean of the per-scenario AUCs); the best weights are
   restored at the end whether patience or the epochs ran out;
 - the step itself has no host sync: the running loss is read only when the progress bar refreshes;
@@ -29,6 +30,7 @@ from msrec.data.table import BatchSource, TensorTable
 from msrec.errors import MsrecError
 from msrec.train import distributed as D
 from msrec.train.metrics import monitor_report, monitor_value
+from msrec.train.optim import build_optimizer, fallback_note
 from msrec.train.predict import Scorer, autocast
 
 if TYPE_CHECKING:
@@ -134,8 +136,11 @@ class Trainer:
         return (per_task * self.task_weights).sum()
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
-        return cls(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        """train.optimizer for the dense parameters, train.embedding_optimizer for the tables (msrec.train.optim)."""
+        note = fallback_note(self.cfg, self.session.enabled, self.device)
+        if note:
+            self.console.print(note, highlight=False, soft_wrap=True)
+        return build_optimizer(self.model, self.cfg, self.session.enabled, self.device)
 
     def _scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
         cfg = self.cfg

@@ -1,0 +1,159 @@
+"""The optimizer of a training run: `train.optimizer` (Adam / AdamW) for the dense parameters and a row-sparse
+one (`train.embedding_optimizer`) for the embedding tables, behind one `torch.optim.Optimizer`.
+
+Row-sparse: every `nn.Embedding` of the model is switched to sparse gradients, so a step's backward yields the
+rows its batch looked up (a sparse COO gradient), and the table's optimizer reads and writes the weights and
+the state of those rows only: a step's cost follows the batch, not the vocabulary.
+
+- `rowwise_adagrad`: one accumulator per row (the mean of the squared gradient over the row), FBGEMM's
+  row-wise Adagrad: the state costs 1/D of the table;
+- `adam`: `torch.optim.SparseAdam` (lazy Adam: the moments of the rows used are updated; two values per weight);
+- `sgd`: plain SGD on the rows used (no state);
+- `dense`: the tables stay in `train.optimizer` with dense gradients, as in msrec 0.1.
+
+Weight decay (and AdamW's decoupled decay) applies to the dense parameters only: a row-sparse table has none.
+Under DDP, gloo all-reduces sparse gradients; NCCL cannot, so on GPUs a distributed run trains the tables
+densely (`dense`), which `fallback_note` says.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from msrec.config import TrainConfig
+
+
+class RowwiseAdagrad(Optimizer):
+    """Adagrad with one accumulator per row: `acc[r] += mean(g[r]^2)`, `w[r] -= lr * g[r] / (sqrt(acc[r]) +
+    eps)`, for the rows of a sparse gradient only (a dense gradient: the rows where it is non-zero)."""
+
+    def __init__(self, params, lr: float, eps: float = 1e-8):
+        super().__init__(params, {"lr": lr, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                rows, grad = _rows(p.grad)
+                state = self.state[p]
+                if not state:
+                    state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
+                acc = state["sum"]
+                acc.index_add_(0, rows, grad.float().pow(2).flatten(1).mean(1))
+                scale = acc.index_select(0, rows).sqrt_().add_(group["eps"]).reciprocal_().mul_(-group["lr"])
+                p.index_add_(0, rows, (grad * scale.view(-1, *[1] * (grad.dim() - 1))).to(p.dtype))
+        return loss
+
+
+def _rows(grad: Tensor) -> tuple[Tensor, Tensor]:
+    """(unique rows, their gradient) of a row-sparse gradient."""
+    if grad.is_sparse:
+        grad = grad.coalesce()
+        return grad.indices()[0], grad.values()
+    rows = grad.flatten(1).ne(0).any(1).nonzero().squeeze(1)
+    return rows, grad.index_select(0, rows)
+
+
+class CombinedOptimizer(Optimizer):
+    """Several optimizers over disjoint parameters as one: `param_groups` is theirs (a scheduler sets their
+    learning rates), `step` / `zero_grad` run each, `state_dict` is `{name: its state_dict}`."""
+
+    def __init__(self, parts: dict[str, Optimizer]):  # no Optimizer.__init__: the parts hold the parameters
+        self.parts = parts
+        self.defaults: dict[str, Any] = {}
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [group for part in self.parts.values() for group in part.param_groups]
+
+    @property
+    def state(self) -> dict[Tensor, Any]:
+        return {p: s for part in self.parts.values() for p, s in part.state.items()}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for part in self.parts.values():
+            part.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts.values():
+            part.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: part.state_dict() for name, part in self.parts.items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if set(state_dict) != set(self.parts):
+            raise ValueError(f"optimizer state of {sorted(state_dict)}, expected {sorted(self.parts)}")
+        for name, part in self.parts.items():
+            part.load_state_dict(state_dict[name])
+
+    def __repr__(self) -> str:
+        return "CombinedOptimizer(" + ", ".join(f"{k}={type(v).__name__}" for k, v in self.parts.items()) + ")"
+
+
+# Default learning rate of the tables: train.lr times this. Adagrad's steps shrink as a row's squared gradients
+# add up, so it needs a larger rate than Adam (docs/embeddings.md has the measurement).
+LR_FACTOR = {"rowwise_adagrad": 10.0}
+
+
+def table_lr(cfg: TrainConfig) -> float:
+    """`train.embedding_optimizer.lr`, or by default `train.lr` (times LR_FACTOR for rowwise_adagrad)."""
+    opt = cfg.embedding_optimizer
+    return opt.lr if opt.lr is not None else cfg.lr * LR_FACTOR.get(opt.name, 1.0)
+
+
+def embedding_mode(cfg: TrainConfig, distributed: bool, device: torch.device) -> str:
+    """The embedding optimizer that will run: the configured one, or `dense` under DDP on GPUs (NCCL has no
+    sparse all-reduce)."""
+    name = cfg.embedding_optimizer.name
+    return "dense" if name != "dense" and distributed and device.type == "cuda" else name
+
+
+def fallback_note(cfg: TrainConfig, distributed: bool, device: torch.device) -> str | None:
+    """What to tell the user when the configured embedding optimizer cannot run here."""
+    if embedding_mode(cfg, distributed, device) == cfg.embedding_optimizer.name:
+        return None
+    return (f"note: train.embedding_optimizer {cfg.embedding_optimizer.name} needs sparse gradients, which NCCL "
+            "cannot all-reduce: the embedding tables train densely with train.optimizer on this distributed GPU run")
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, distributed: bool = False,
+                    device: torch.device | None = None) -> Optimizer:
+    """The run's optimizer. Row-sparse modes switch every `nn.Embedding` of `model` to sparse gradients (its
+    output and weights are unchanged) and give its weight to the table optimizer; everything else, and every
+    table with `dense`, is trained by `train.optimizer`."""
+    mode = embedding_mode(cfg, distributed, device or torch.device("cpu"))
+    tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    for table in tables:
+        table.sparse = mode != "dense"
+    table_params = {id(t.weight): t.weight for t in tables if mode != "dense"}
+    dense = [p for p in model.parameters() if id(p) not in table_params]
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    if not table_params:
+        return cls(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr = table_lr(cfg)
+    params = list(table_params.values())
+    if mode == "adam":
+        tables_opt: Optimizer = torch.optim.SparseAdam(params, lr=lr)
+    elif mode == "sgd":
+        tables_opt = torch.optim.SGD(params, lr=lr)
+    else:
+        tables_opt = RowwiseAdagrad(params, lr=lr)
+    parts = {"dense": cls(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)} if dense else {}
+    return CombinedOptimizer({**parts, "embeddings": tables_opt})
