@@ -15,6 +15,11 @@ class FeatureEmbedding(nn.Module):
     One `nn.Embedding` holds all fields; a field's id `k` lives at row `offset[field] + k`. One lookup per
     batch instead of one per field. `flat()` gives the model input `e`: field vectors concatenated with
     the dense values.
+
+    Built with dense gradients (any torch optimizer can train it); the trainer switches every table to sparse
+    gradients for a row-sparse `train.embedding_optimizer` (msrec.train.optim), which changes no output and
+    no weight: a step's backward then yields only the rows its batch looked up. The table is read through
+    lookups only (`table(ids)`), never as a whole, so that its gradient stays row-sparse.
     """
 
     def __init__(self, spec: FeatureSpec, dim: int, init_std: float = 1e-2):
