@@ -87,12 +87,29 @@ def test_each_scenario_keeps_its_own_running_statistics():
     norm = PartitionedNorm(2, 3, momentum=0.5).train()
     x = torch.tensor([[1.0, 2.0], [3.0, 6.0], [10.0, 10.0], [14.0, 10.0]])
     norm(x, torch.tensor([0, 0, 2, 2]))  # scenario 1 absent: its statistics must not move
-    torch.testing.assert_close(norm.running_mean, torch.tensor([[1.0, 2.0], [0.0, 0.0], [6.0, 5.0]]))
-    # unbiased variances: scenario 0 -> (2, 8), scenario 2 -> (8, 0)
-    torch.testing.assert_close(norm.running_var, torch.tensor([[1.5, 4.5], [1.0, 1.0], [4.5, 0.5]]))
+    # A scenario's first batch sets its statistics (the initial (0, 1) leaves no trace); unbiased variances.
+    torch.testing.assert_close(norm.running_mean, torch.tensor([[2.0, 4.0], [0.0, 0.0], [12.0, 10.0]]))
+    torch.testing.assert_close(norm.running_var, torch.tensor([[2.0, 8.0], [1.0, 1.0], [8.0, 0.0]]))
+    norm(x + 2, torch.tensor([0, 0, 2, 2]))  # the second: the mean of the two (rate 1/2 = momentum 0.5)
+    torch.testing.assert_close(norm.running_mean, torch.tensor([[3.0, 5.0], [0.0, 0.0], [13.0, 11.0]]))
+    norm(x + 4, torch.tensor([0, 0, 2, 2]))  # then the momentum: 0.5 * 3 + 0.5 * 6 (not the mean, 4)
+    torch.testing.assert_close(norm.running_mean, torch.tensor([[4.5, 6.5], [0.0, 0.0], [14.5, 12.5]]))
     norm.eval()
-    y = norm(torch.tensor([[1.0, 2.0]]), torch.tensor([0]))
+    y = norm(torch.tensor([[4.5, 6.5]]), torch.tensor([0]))
     torch.testing.assert_close(y, torch.zeros(1, 2), atol=1e-4, rtol=0)
+
+
+def test_running_statistics_hold_no_trace_of_their_initial_values():
+    """Embeddings start with a standard deviation of 0.01: with the initial running variance 1 blended away
+    at momentum 0.1, forty batches (an epoch of 80,000 rows) still left it at 0.9^40 = 0.015, about 150
+    times the true 1e-4, so a model kept after its first epoch scored each scenario on its own wrong scale.
+    Until 1 / (updates + 1) falls to the momentum, the running statistics are the mean of the batches'."""
+    torch.manual_seed(0)
+    norm = PartitionedNorm(8, 2, momentum=0.1).train()
+    for _ in range(40):
+        norm(torch.randn(64, 8) * 0.01 + 0.5, torch.arange(64) % 2)
+    torch.testing.assert_close(norm.running_mean, torch.full((2, 8), 0.5), atol=1e-3, rtol=0)
+    torch.testing.assert_close(norm.running_var, torch.full((2, 8), 1e-4), atol=0, rtol=0.3)
 
 
 def test_scenario_scale_and_shift_multiply_and_add_to_the_shared_ones():

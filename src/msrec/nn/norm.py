@@ -17,6 +17,15 @@ Group Normalization, 2018), and a scenario below 16 rows of a 2,048-row batch is
 The running statistics are still updated from a small slice (its mean from any row, its variance from
 two rows or more): averaged over many batches the noise cancels, so a scenario that is always small still
 gets its own statistics. A slice of `min_rows` or more is normalised with its batch statistics, as before.
+
+Running statistics start as the mean of the batches seen. Each scenario's running mean (and variance)
+moves by max(1 / (its updates so far + 1), momentum): its first batch sets it, the next ones average in,
+and from 1 / momentum updates on it is the usual moving average. The initial (0, 1) would otherwise linger:
+embeddings start with a standard deviation of 0.01, and after an epoch of 40 batches at momentum 0.1 the
+running variance was still 0.9^40 = 0.015 of its initial 1, about 40 times the true one on the
+MovieLens 1M sample, so a model kept after its first epoch (early stopping) scored each scenario on its
+own wrong scale (overall test AUC 0.72 against 0.76 per scenario). The update counts are not saved with
+the model (evaluation does not use them; run directories written before them load as they are).
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ class PartitionedNorm(nn.Module):
         self.beta_s = nn.Parameter(torch.zeros(num_scenarios, dim))
         self.register_buffer("running_mean", torch.zeros(num_scenarios, dim))
         self.register_buffer("running_var", torch.ones(num_scenarios, dim))
+        # Updates so far of each scenario's running mean (row 0) and variance (row 1).
+        self.register_buffer("updates", torch.zeros(2, num_scenarios), persistent=False)
 
     def batch_stats(self, x: Tensor, scenario: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-scenario mean and biased variance `[S, D]` of the batch, and the row count per scenario."""
@@ -63,11 +74,12 @@ class PartitionedNorm(nn.Module):
 
     @torch.no_grad()
     def update_running(self, mean: Tensor, var: Tensor, counts: Tensor) -> None:
-        """Moves each present scenario's running mean (and, from two rows, its unbiased variance)."""
-        present = (counts > 0).unsqueeze(1)
+        """Moves each present scenario's running mean (and, from two rows, its unbiased variance) by
+        max(1 / (updates + 1), momentum): the mean of the batches so far, then a moving average."""
+        moved = torch.stack([counts > 0, counts > 1])  # one row has no variance to learn from
+        rate = (1 / (self.updates + 1)).clamp(min=self.momentum) * moved  # [2, S], 0 where not moved
         unbiased = var * (counts / (counts - 1).clamp(min=1)).unsqueeze(1)
-        m = self.momentum
-        self.running_mean.copy_(torch.where(present, (1 - m) * self.running_mean + m * mean, self.running_mean))
-        # One row has no variance to learn from: only scenarios with >= 2 rows update it.
-        spread = (counts > 1).unsqueeze(1)
-        self.running_var.copy_(torch.where(spread, (1 - m) * self.running_var + m * unbiased, self.running_var))
+        dtype = self.running_mean.dtype
+        self.running_mean.lerp_(mean.to(dtype), rate[0].unsqueeze(1).to(dtype))
+        self.running_var.lerp_(unbiased.to(dtype), rate[1].unsqueeze(1).to(dtype))
+        self.updates += moved
