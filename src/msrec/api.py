@@ -23,8 +23,10 @@ from msrec.data.io import is_parquet, read_table, write_table
 from msrec.data.prepare import EncodedData, load_splits
 from msrec.errors import MsrecError
 from msrec.models.registry import build_model, parse_options
-from msrec.runs import METRICS_FORMAT, Run, check_run_dir_free, default_run_dir, load_run, write_run
+from msrec.runs import (METRICS_FORMAT, Run, absolute_data_paths, checkpoint_dir, default_run_dir, load_run,
+                        prepare_run_dir, write_run)
 from msrec.schema import Schema
+from msrec.train.checkpoint import Checkpointer, identity
 from msrec.train.distributed import session as training_session
 from msrec.train.predict import Scorer
 from msrec.train.trainer import Trainer
@@ -72,7 +74,7 @@ def prepare_data(cfg: Config) -> EncodedData:
 
 def train(config: Config | dict | str | Path, out: str | Path | None = None, overrides: list[str] | None = None,
           overwrite: bool = False, save: bool = True, console: Console | None = None,
-          data: EncodedData | None = None) -> TrainResult:
+          data: EncodedData | None = None, resume: bool = False) -> TrainResult:
     """Train the configured model, write its run directory and return its metrics.
 
     - `config`: a `Config`, a dict of `data` / `model` / `train` sections, or a YAML file (its relative data
@@ -83,6 +85,9 @@ def train(config: Config | dict | str | Path, out: str | Path | None = None, ove
     - `save=False`: write nothing (`run_dir` is None).
     - `console`: where the progress bar and the epoch log go (default: stderr, unless `train.progress` is off).
     - `data`: data already prepared by `prepare_data(cfg)`, to train several models on one encoding.
+    - `resume`: continue the interrupted run in `out` from its newest checkpoint (`train.checkpoint`), which
+      must come from the same config and data; without a checkpoint, train from the start. Without `resume`, an
+      interrupted run in `out` is an error (`overwrite` starts over). See docs/checkpoints.md.
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this; they train together (DDP) and rank 0 alone
     writes the run directory (`run_dir` is None on the other ranks). See docs/distributed.md.
@@ -90,20 +95,28 @@ def train(config: Config | dict | str | Path, out: str | Path | None = None, ove
     cfg = as_config(config, overrides)
     options = parse_options(cfg.model.name, cfg.model.options())  # fail on a bad option before loading data
     with training_session(cfg.train) as session:
-        run_dir = None
+        run_dir, resuming = None, False
+        if resume and (out is None or not save):
+            raise MsrecError("resume needs the run directory to continue (--out) and save=True")
         if save and session.writes_run:
             run_dir = Path(out) if out else default_run_dir(cfg.model.name)
-            check_run_dir_free(run_dir, overwrite)  # before training, not after
+            resuming = prepare_run_dir(run_dir, overwrite, resume)  # before training, not after
         data = data or prepare_data(cfg)
         torch.manual_seed(cfg.train.seed)
         spec = data.encoder.spec()
         model = build_model(cfg.model.name, spec, options)
-        trainer = Trainer(model, cfg.train, spec.scenarios, spec.tasks, console, session)
+        ckpt = cfg.train.checkpoint
+        checkpoints = None  # under torchrun: not yet (docs/checkpoints.md)
+        if run_dir is not None and not session.enabled and (ckpt.every_steps or ckpt.every_minutes):
+            checkpoints = Checkpointer(checkpoint_dir(run_dir), ckpt, identity(absolute_data_paths(cfg), data))
+        trainer = Trainer(model, cfg.train, spec.scenarios, spec.tasks, console, session, checkpoints)
         split_metrics, scores = trainer.fit_and_score(data)
         metrics = {"format": METRICS_FORMAT, **split_metrics, "model": cfg.model.name}
         model.cpu()  # the run is saved and served from the CPU
         if run_dir is not None:
-            write_run(run_dir, cfg, data.encoder, model, metrics, overwrite)
+            write_run(run_dir, cfg, data.encoder, model, metrics, overwrite or resuming)
+            if checkpoints is not None and not ckpt.keep_after:
+                checkpoints.clear()
     return TrainResult(run_dir, metrics, model, data.encoder, scores)
 
 

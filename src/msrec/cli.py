@@ -22,6 +22,7 @@ out = Console()
 def train(config: Path, out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory to write")] = None,
           set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key, e.g. train.epochs=3")] = None,
           overwrite: bool = typer.Option(False, help="Replace an existing run directory (only once training succeeds)"),
+          resume: bool = typer.Option(False, help="Continue the interrupted run in --out from its newest checkpoint"),
           nproc: int = typer.Option(1, "--nproc", help="Train with N processes on this machine (wraps torchrun)")):
     """Train the model of CONFIG and write a run directory."""
     import gc
@@ -35,10 +36,11 @@ def train(config: Path, out_dir: Annotated[Path | None, typer.Option("--out", he
     gc.freeze()
     if nproc != 1 and not distributed.env_info().enabled:
         args = ["train", str(config), *(["--out", str(out_dir)] if out_dir else []),
-                *[a for s in set_ or [] for a in ("--set", s)], *(["--overwrite"] if overwrite else [])]
+                *[a for s in set_ or [] for a in ("--set", s)], *(["--overwrite"] if overwrite else []),
+                *(["--resume"] if resume else [])]
         distributed.launch(nproc, args)
         return
-    result = run_train(config, out=out_dir, overrides=set_ or [], overwrite=overwrite)
+    result = run_train(config, out=out_dir, overrides=set_ or [], overwrite=overwrite, resume=resume)
     if result.run_dir is None:  # under torchrun: another process wrote the run and reports it
         return
     split = "test" if "test" in result.metrics else "val"

@@ -113,6 +113,20 @@ class EmbeddingOptimizerConfig(_Strict):
     row's squared gradients add up)."""
 
 
+class CheckpointConfig(_Strict):
+    """Checkpoints of the whole training state, for `msrec train --resume` after a kill (docs/checkpoints.md)."""
+
+    every_steps: int | None = Field(None, ge=1)
+    """Write a checkpoint every this many training steps (null: not by steps)."""
+    every_minutes: float | None = Field(10.0, gt=0)
+    """Write a checkpoint when this many minutes of training passed since the last one (null: not by time); a
+    run shorter than this writes none."""
+    keep: int = Field(2, ge=1)
+    """Checkpoints kept (the newest); older ones are deleted after each write."""
+    keep_after: bool = False
+    """Keep the checkpoints once the run finished (default: deleted when the run directory is written)."""
+
+
 class TrainConfig(_Strict):
     """How to train: optimizer and schedule, early stopping, devices."""
 
@@ -154,6 +168,8 @@ class TrainConfig(_Strict):
     """`bf16`: autocast forward passes (loss and optimizer in fp32)."""
     dist_timeout: float = Field(1800, gt=0)
     """Seconds a distributed rank waits on its peers before failing."""
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """Periodic checkpoints of the training state, beside the run directory (`--resume` continues from them)."""
 
     @field_validator("task_weights")
     @classmethod

@@ -66,6 +66,45 @@ def check_run_dir_free(path: Path, overwrite: bool) -> None:
         raise MsrecError(f"{path}: already exists; choose another --out or pass --overwrite")
 
 
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    """Where a run's checkpoints live while it trains: a hidden folder beside the run directory (which is
+    written only at the end), e.g. `runs/.dnn-1.checkpoints` for `runs/dnn-1` (msrec.train.checkpoint)."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / f".{run_dir.name}.checkpoints"
+
+
+def checkpoint_files(run_dir: str | Path) -> list[Path]:
+    """The complete checkpoints of the run at `run_dir` (`*.ckpt`: temp files are never listed)."""
+    folder = checkpoint_dir(run_dir)
+    return sorted(folder.glob("[!.]*.ckpt")) if folder.is_dir() else []
+
+
+def is_complete_run(path: Path) -> bool:
+    return path.is_dir() and all((path / f).is_file() for f in RUN_FILES)
+
+
+def prepare_run_dir(path: Path, overwrite: bool, resume: bool) -> bool:
+    """Check the output folder before training, given `--overwrite` / `--resume`; True when training continues
+    from a checkpoint. An interrupted run (checkpoints, no finished run) is an error without `--resume`;
+    `--overwrite` starts over (its checkpoints are deleted). `--resume` with no checkpoint starts from scratch."""
+    path = Path(path)
+    interrupted = bool(checkpoint_files(path)) and not is_complete_run(path)
+    if resume:
+        if interrupted:
+            return True
+        if is_complete_run(path) and not overwrite:
+            raise MsrecError(f"{path}: a finished run, nothing to resume; choose another --out or pass --overwrite")
+        check_run_dir_free(path, overwrite)
+    elif interrupted and not overwrite:
+        raise MsrecError(f"{path}: an interrupted run (checkpoints in {checkpoint_dir(path)}); continue it with "
+                         "--resume, or start over with --overwrite")
+    else:
+        check_run_dir_free(path, overwrite)
+    if checkpoint_dir(path).exists():  # starting over: stale checkpoints must not be resumed later
+        shutil.rmtree(checkpoint_dir(path))
+    return False
+
+
 def absolute_data_paths(config: Config) -> Config:
     """The config with its data paths absolute, as read from the current folder (see the module's doc)."""
     data = config.data

@@ -17,6 +17,7 @@ import itertools
 import math
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,6 +30,7 @@ from msrec.config import TrainConfig
 from msrec.data.table import BatchSource, TensorTable
 from msrec.errors import MsrecError
 from msrec.train import distributed as D
+from msrec.train.checkpoint import Checkpointer, FitState
 from msrec.train.metrics import monitor_report, monitor_value
 from msrec.train.optim import build_optimizer, fallback_note
 from msrec.train.predict import Scorer, autocast
@@ -91,6 +93,16 @@ class EarlyStopping:
     def restore(self, model: nn.Module) -> None:
         model.load_state_dict(self.state)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"score": self.score, "epoch": self.epoch, "scores": self.scores, "state": self.state,
+                "stale": self.stale}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.score, self.epoch, self.stale = state["score"], state["epoch"], state["stale"]
+        self.scores = state["scores"].to(device) if state["scores"] is not None else None
+        self.state = None if state["state"] is None else \
+            {k: v.to(device) if isinstance(v, Tensor) else v for k, v in state["state"].items()}
+
 
 def _fmt(x: float) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
@@ -98,8 +110,10 @@ def _fmt(x: float) -> str:
 
 class Trainer:
     def __init__(self, model: nn.Module, cfg: TrainConfig, scenario_names: list[str], tasks: list[str],
-                 console: Console | None = None, session: D.Session = D.LOCAL):
+                 console: Console | None = None, session: D.Session = D.LOCAL,
+                 checkpoints: Checkpointer | None = None):
         self.session = session
+        self.checkpoints = checkpoints  # None: no checkpoints (msrec.train.checkpoint)
         self.device = session.device
         self.model = model.to(self.device)
         self.cfg = cfg
@@ -111,7 +125,7 @@ class Trainer:
             raise MsrecError(f"train.task_weights: {len(weights)} weights for {len(tasks)} tasks {tasks}")
         self.task_weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
         self.scorer = Scorer(self.model, scenario_names, tasks, cfg.eval_batch_size, cfg.precision, session)
-        self._nan_warned = False
+        self.state = FitState()
 
     # ------------------------------------------------------------------ a whole run
     def fit_and_score(self, data: EncodedData) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -165,7 +179,7 @@ class Trainer:
 
     def fit(self, train: BatchSource, val: TensorTable) -> FitResult:
         """Epochs of training steps, each followed by validation, until the epochs or the patience run out;
-        the model ends with the best epoch's weights."""
+        the model ends with the best epoch's weights. With checkpoints, it starts from the newest one (if any)."""
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -175,40 +189,62 @@ class Trainer:
         scheduler = self._scheduler(optimizer, steps)
         step_model = self.session.wrap(self.model)  # DDP only while training: freed when fit returns
         stopper = EarlyStopping(cfg.patience)
-        history: list[dict] = []
-        train_seconds, train_samples, epoch = 0.0, 0, 0
+        self.state = FitState()
+        if self.checkpoints is not None:
+            restored = self.checkpoints.restore(self.model, optimizer, scheduler, stopper, self.device)
+            if restored is not None:
+                self.state = restored
+                self.console.print(f"resumed from a checkpoint: epoch {restored.epoch}, step {restored.step}/{steps}",
+                                   highlight=False, soft_wrap=True)
+        state = self.state
+        epoch = state.epoch - 1
         started = time.perf_counter()
+
+        def checkpoint() -> None:  # after every training step
+            if self.checkpoints is not None and self.checkpoints.due((state.epoch - 1) * steps + state.step):
+                self.checkpoints.save((state.epoch - 1) * steps + state.step, state, self.model, optimizer,
+                                      scheduler, stopper)
+
         with self._progress() as progress:
-            for epoch in range(1, cfg.epochs + 1):
+            for epoch in range(state.epoch, cfg.epochs + 1):
+                if state.step == 0:  # a new epoch (not one resumed mid-way): its batch order starts here
+                    state.epoch, state.epoch_rng = epoch, generator.get_state()
+                    state.loss_sum, state.seen = torch.zeros((), device=self.device), 0
+                else:  # resumed: the same batch order, from the generator's state at the epoch's start
+                    generator.set_state(state.epoch_rng)
                 bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=steps, loss="-", speed="-")
                 loss, seen, seconds = self._epoch(step_model, source, steps, optimizer, scheduler, generator,
-                                                  progress, bar)
+                                                  progress, bar, checkpoint)
                 progress.remove_task(bar)
-                train_seconds += seconds
-                train_samples += seen
+                state.train_seconds += seconds
+                state.train_samples += seen
                 if not math.isfinite(loss):
                     raise MsrecError(f"training diverged at epoch {epoch} (loss {loss}); "
                                      "lower train.lr or check the dense features' scale")
-                history.append(self._validate_epoch(epoch, val, loss, seen / seconds, stopper))
+                state.history.append(self._validate_epoch(epoch, val, loss, seen / seconds, stopper))
+                state.epoch, state.step = epoch + 1, 0
                 if stopper.stop:
                     self.console.print(f"early stop: no improvement for {cfg.patience} epochs", highlight=False,
                                        soft_wrap=True)
                     break
         stopper.restore(self.model)  # also when the epochs ran out
         return FitResult(epochs=epoch, best_epoch=stopper.epoch, seconds=time.perf_counter() - started,
-                         samples_per_second=train_samples / max(train_seconds, 1e-9),
-                         best_val=self.scorer.report(val, stopper.scores), history=history,
+                         samples_per_second=state.train_samples / max(state.train_seconds, 1e-9),
+                         best_val=self.scorer.report(val, stopper.scores), history=state.history,
                          best_scores=stopper.scores)
 
     def _epoch(self, model: nn.Module, source: BatchSource, steps: int, optimizer: torch.optim.Optimizer,
-               scheduler, generator: torch.Generator, progress: Progress, bar: int) -> tuple[float, int, float]:
-        """One epoch of `steps` training steps: the mean loss and the rows (over all ranks) and its seconds."""
+               scheduler, generator: torch.Generator, progress: Progress, bar: int,
+               checkpoint: Callable[[], None]) -> tuple[float, int, float]:
+        """One epoch of `steps` training steps (from `self.state.step`: the steps a resumed epoch already did are
+        drawn and skipped): the mean loss and the rows (over all ranks) and its seconds."""
         self.model.train()
-        loss_sum = torch.zeros((), device=self.device)
+        state = self.state
         t0 = time.perf_counter()
-        seen = 0
         batches = source.batches(self.cfg.batch_size, shuffle=True, generator=generator)
-        for step, batch in enumerate(itertools.islice(batches, steps), 1):
+        for _ in itertools.islice(batches, state.step):  # done before the checkpoint resumed from
+            pass
+        for step, batch in enumerate(itertools.islice(batches, steps - state.step), state.step + 1):
             batch = batch.to(self.device)
             with autocast(self.device, self.cfg.precision):
                 logits = model(batch)
@@ -219,13 +255,15 @@ class Trainer:
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.detach()
-            seen += len(batch)
+            state.loss_sum += loss.detach()
+            state.seen += len(batch)
+            state.step = step
+            checkpoint()
             if step % PROGRESS_EVERY == 0 or step == steps:
-                progress.update(bar, completed=step, loss=f"{loss_sum.item() / step:.4f}",
-                                speed=f"{seen * self.session.info.world_size / (time.perf_counter() - t0):,.0f}")
+                progress.update(bar, completed=step, loss=f"{state.loss_sum.item() / step:.4f}",
+                                speed=f"{state.seen * self.session.info.world_size / (time.perf_counter() - t0):,.0f}")
         batches.close()  # stops a stream's reader thread when this rank has batches left
-        loss_sum, seen = self.session.epoch_totals(loss_sum, seen)
+        loss_sum, seen = self.session.epoch_totals(state.loss_sum, state.seen)
         return loss_sum.item() / steps, seen, time.perf_counter() - t0
 
     def validate(self, val: TensorTable) -> tuple[dict, Tensor]:
@@ -240,10 +278,10 @@ class Trainer:
         report, scores = self.validate(val)
         score = monitor_value(report, self.cfg.monitor)
         if math.isnan(score):  # e.g. every validation scenario holds one class: no AUC to compare
-            if not self._nan_warned:
+            if not self.state.nan_warned:
                 self.console.print(f"warning: validation {self.cfg.monitor} is undefined (NaN), so epochs cannot "
                                    "be compared; set train.monitor: logloss", highlight=False, soft_wrap=True)
-                self._nan_warned = True
+                self.state.nan_warned = True
             score = -math.inf  # any later epoch with a defined score is better
         improved = stopper.update(epoch, score, scores, self.model)
         overall = report["overall"]
