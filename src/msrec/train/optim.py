@@ -36,10 +36,7 @@ class RowwiseAdagrad(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -53,6 +50,14 @@ class RowwiseAdagrad(Optimizer):
                 scale = acc.index_select(0, rows).sqrt_().add_(group["eps"]).reciprocal_().mul_(-group["lr"])
                 p.index_add_(0, rows, (grad * scale.view(-1, *[1] * (grad.dim() - 1))).to(p.dtype))
         return loss
+
+
+def _closure_loss(closure) -> Tensor | None:
+    """The loss of an optimizer step's optional closure (re-evaluated with gradients on)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def _rows(grad: Tensor) -> tuple[Tensor, Tensor]:
@@ -82,10 +87,7 @@ class CombinedOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for part in self.parts.values():
             part.step()
         return loss
