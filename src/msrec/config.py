@@ -143,7 +143,7 @@ class TrainConfig(_Strict):
     optimizer: Literal["adam", "adamw"] = "adam"
     """The optimizer (of every parameter but the embedding tables with a row-sparse `embedding_optimizer`)."""
     embedding_optimizer: EmbeddingOptimizerConfig = Field(default_factory=EmbeddingOptimizerConfig)
-    """The embedding tables' optimizer."""
+    """The embedding tables' optimizer (docs/embeddings.md)."""
     scheduler: Literal["none", "cosine", "step"] = "none"
     """Learning-rate schedule: constant, cosine to 0 over the epochs, or times `step_gamma` per epoch."""
     step_gamma: float = 0.5
