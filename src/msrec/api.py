@@ -98,6 +98,8 @@ def train(config: Config | dict | str | Path, out: str | Path | None = None, ove
         run_dir, resuming = None, False
         if resume and (out is None or not save):
             raise MsrecError("resume needs the run directory to continue (--out) and save=True")
+        if resume and session.enabled:
+            raise MsrecError("--resume: distributed runs (torchrun) write no checkpoints yet (docs/checkpoints.md)")
         if save and session.writes_run:
             run_dir = Path(out) if out else default_run_dir(cfg.model.name)
             resuming = prepare_run_dir(run_dir, overwrite, resume)  # before training, not after
