@@ -23,8 +23,16 @@ from msrec.data.io import is_parquet, read_table, write_table
 from msrec.data.prepare import EncodedData, load_splits
 from msrec.errors import MsrecError
 from msrec.models.registry import build_model, parse_options
-from msrec.runs import (METRICS_FORMAT, Run, absolute_data_paths, checkpoint_dir, default_run_dir, load_run,
-                        prepare_run_dir, write_run)
+from msrec.runs import (
+    METRICS_FORMAT,
+    Run,
+    absolute_data_paths,
+    checkpoint_dir,
+    default_run_dir,
+    load_run,
+    prepare_run_dir,
+    write_run,
+)
 from msrec.schema import Schema
 from msrec.train.checkpoint import Checkpointer, identity
 from msrec.train.distributed import session as training_session
