@@ -211,3 +211,17 @@ def test_streaming_run_resumes_from_a_mid_epoch_checkpoint(tmp_path):
         a, b = (r.metrics["test"]["overall"]["auc"] for r in (ref, result))
         assert abs(a - b) < 1e-4
         _same_run(ref.run_dir, out)  # in fact bit-identical
+
+
+def test_cli_interrupted_run_says_how_to_resume(synthetic_config, cli, tmp_path):
+    cfg = _config(synthetic_config, epochs=1, checkpoint={"every_steps": 5, "keep_after": True})
+    out = _interrupted(synthetic_config, tmp_path, cfg)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    result = cli("train", config, "--out", out)
+    assert result.code != 0 and not out.exists()
+    message = " ".join((result.stdout + result.stderr).split())
+    assert "interrupted run" in message and "--resume" in message and "--overwrite" in message
+    result = cli("train", config, "--out", out, "--resume")
+    assert result.code == 0, result.stderr
+    assert (out / "metrics.json").is_file()
