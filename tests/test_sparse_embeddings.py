@@ -5,6 +5,10 @@ combined optimizer has the Optimizer API (scheduler, state_dict round trip); the
 from __future__ import annotations
 
 import copy
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,3 +160,15 @@ def test_every_table_of_a_model_is_row_sparse_and_its_weights_stay_plain(model):
     assert {id(t.weight) for t in tables} == {id(p) for p in optimizer.parts["embeddings"].param_groups[0]["params"]}
     step(net, optimizer, make_batch(spec, [0, 1, 2] * 4, seed=1))
     assert all(not v.is_sparse for v in net.state_dict().values())
+
+
+def test_the_vocabulary_benchmark_runs(tmp_path):
+    """benchmarks/vocab.py at tiny sizes: a row per id count with its numbers (the figures are BENCHMARKS.md's)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "vocab.py"
+    proc = subprocess.run([sys.executable, str(script), "--ids", "100", "1000", "--rows", "3000", "--models", "dnn",
+                           "--modes", "default", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for ids in ("100", "1,000"):
+        assert re.search(rf"^dnn\s+default\s+{ids}\s+[\d.]+\s+[\d,]+\s+\d+\.\d\d\s+[\d,]+\s+\d+\.\d\d\s+[\d,]+\s+(-|-?\d+\.\d\d)$",
+                         proc.stdout, re.MULTILINE), proc.stdout
