@@ -9,6 +9,10 @@ from msrec.data.table import Batch
 from msrec.schema import FeatureSpec
 
 
+def table_offsets(sizes: list[int]) -> Tensor:
+    """Where each field's rows start in one shared table holding the fields' vocabularies end to end."""
+    return torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0) if sizes else torch.zeros(0, dtype=torch.long)
+
 class FeatureEmbedding(nn.Module):
     """Embeds a batch as `[B, F, D]` field vectors (sparse fields, then mean-pooled lists).
 
@@ -29,8 +33,7 @@ class FeatureEmbedding(nn.Module):
         self.num_lists = len(spec.list_fields)
         self.dense_dim = spec.dense_dim
         sizes = [*spec.sparse_vocab, *spec.list_vocab]
-        offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0) if sizes else torch.zeros(0)
-        self.register_buffer("offsets", offsets.long(), persistent=False)
+        self.register_buffer("offsets", table_offsets(sizes), persistent=False)
         self.table = nn.Embedding(max(1, sum(sizes)), dim)
         nn.init.normal_(self.table.weight, std=init_std)
 

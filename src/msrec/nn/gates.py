@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from msrec.nn.embedding import table_offsets
 from msrec.nn.mlp import MLP, MLPOptions
 from msrec.schema import FeatureSpec
 
@@ -66,8 +67,7 @@ class SubsetEmbedding(nn.Module):
         super().__init__()
         self.fields = list(fields)
         sizes = [spec.sparse_vocab[f] for f in self.fields]
-        offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0) if sizes else torch.zeros(0)
-        self.register_buffer("offsets", offsets.long(), persistent=False)
+        self.register_buffer("offsets", table_offsets(sizes), persistent=False)
         self.table = nn.Embedding(max(1, sum(sizes)), dim)
         nn.init.normal_(self.table.weight, std=init_std)
         self.out_dim = len(self.fields) * dim

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LOGLOSS_EPS = 1e-7
+from msrec.train.metrics import LOGLOSS_EPS
+
 CHUNK = 250  # bootstrap replicates per weight matrix (bounds memory to CHUNK x test rows)
 
 
