@@ -188,9 +188,7 @@ def encoding_problem(err: MsrecError, source: str) -> dict[str, Any]:
     the 0-based row, which is the record's index (the table holds the records in order)."""
     if not isinstance(err, ColumnError):
         return problem([], str(err), "encoding_error")
-    text = str(err)
-    prefix = f"{source}: column `{err.column}`" + (f" row {err.row + 1}:" if err.row is not None else "")
-    entry = problem([err.row] if err.row is not None else [], text.removeprefix(prefix).strip(), "encoding_error")
+    entry = problem([err.row] if err.row is not None else [], err.problem, "encoding_error")
     entry["loc"].append(err.column)
     entry["field"] = err.column
     return entry
