@@ -186,3 +186,8 @@ def test_the_epoch_monitor_report_has_the_full_reports_values(seed, n, tasks):
     for a, b in [(full["macro_auc"], light["macro_auc"]), (full["overall"]["auc"], light["overall"]["auc"]),
                  (full["overall"]["logloss"], light["overall"]["logloss"])]:
         assert same(a, b, 0.0)
+    for task, block in light["tasks"].items():  # per-scenario AUCs (what tracking logs per epoch)
+        full_block = full["tasks"][task]["scenarios"]
+        assert set(block["scenarios"]) == set(full_block)
+        for name, m in block["scenarios"].items():
+            assert same(m["auc"], full_block[name]["auc"], 0.0)

@@ -144,15 +144,20 @@ def evaluation_report(labels: Tensor, scores: Tensor, scenario: Tensor, scenario
 def monitor_report(labels: Tensor, scores: Tensor, scenario: Tensor, scenario_names: list[str],
                    tasks: list[str], users: Tensor | None = None, truth: Tensor | None = None) -> dict:
     """The numbers of `evaluation_report` that validation reads every epoch (per-scenario and overall AUC,
-    overall logloss), without GAUC and the per-scenario blocks: the same values, a fraction of the work."""
+    overall logloss), without GAUC and the per-scenario rows and logloss: the same values, a fraction of the work.
+    The per-scenario AUCs (`scenarios: {name: {"auc"}}`) are what experiment tracking logs per epoch."""
+    present = [scenario_names[s] for s in torch.unique(scenario).tolist()]  # group_aucs' order
 
-    def macro_auc(j: int) -> float:
-        return _nanmean(group_aucs(labels[:, j], scores[:, j], scenario)[0].tolist()) if len(scenario) else math.nan
+    def by_scenario(j: int) -> dict[str, dict[str, float]]:
+        aucs = group_aucs(labels[:, j], scores[:, j], scenario)[0].tolist() if len(scenario) else []
+        return {name: {"auc": a} for name, a in zip(present, aucs)}
 
-    return _over_tasks({t: {"macro_auc": macro_auc(j),
-                            "overall": {"auc": auc(labels[:, j], scores[:, j]),
-                                        "logloss": logloss(labels[:, j], scores[:, j])}}
-                        for j, t in enumerate(tasks)})
+    def block(j: int) -> dict:
+        scenarios = by_scenario(j)
+        return {"macro_auc": _nanmean([m["auc"] for m in scenarios.values()]), "scenarios": scenarios,
+                "overall": {"auc": auc(labels[:, j], scores[:, j]), "logloss": logloss(labels[:, j], scores[:, j])}}
+
+    return _over_tasks({t: block(j) for j, t in enumerate(tasks)})
 
 
 def monitor_value(report: dict, monitor: str) -> float:
