@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from msrec.data.prepare import EncodedData
 
 PROGRESS_EVERY = 20  # batches between progress-bar refreshes (each one reads the loss: one host sync)
+EpochHook = Callable[[dict, dict], None]  # (the epoch's history row, its validation report): Trainer.epoch_hooks
 
 
 @dataclass
@@ -126,6 +127,9 @@ class Trainer:
         self.task_weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
         self.scorer = Scorer(self.model, scenario_names, tasks, cfg.eval_batch_size, cfg.precision, session)
         self.state = FitState()
+        # called after each epoch's validation with its history row and validation report (per task and
+        # scenario): experiment tracking logs them, tuning prunes on them; a hook may raise to end training
+        self.epoch_hooks: list[EpochHook] = []
 
     # ------------------------------------------------------------------ a whole run
     def fit_and_score(self, data: EncodedData) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -289,8 +293,11 @@ class Trainer:
                            f"{_fmt(report['macro_auc'])}  auc {_fmt(overall['auc'])}  logloss "
                            f"{_fmt(overall['logloss'])}  {speed:,.0f} samples/s{'  *' if improved else ''}",
                            highlight=False, soft_wrap=True)
-        return {"epoch": epoch, "train_loss": loss, "val_macro_auc": report["macro_auc"], "val_auc": overall["auc"],
-                "val_logloss": overall["logloss"], "samples_per_second": speed}
+        row = {"epoch": epoch, "train_loss": loss, "val_macro_auc": report["macro_auc"], "val_auc": overall["auc"],
+               "val_logloss": overall["logloss"], "samples_per_second": speed}
+        for hook in self.epoch_hooks:
+            hook(row, report)
+        return row
 
     # ---------------------------------------------------------------- inference
     def predict(self, table: TensorTable) -> Tensor:
