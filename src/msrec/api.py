@@ -34,10 +34,11 @@ from msrec.runs import (
     write_run,
 )
 from msrec.schema import Schema
+from msrec.train import tracking
 from msrec.train.checkpoint import Checkpointer, identity
 from msrec.train.distributed import session as training_session
 from msrec.train.predict import Scorer
-from msrec.train.trainer import Trainer
+from msrec.train.trainer import EpochHook, Trainer
 
 
 @dataclass(repr=False)
@@ -82,7 +83,8 @@ def prepare_data(cfg: Config) -> EncodedData:
 
 def train(config: Config | dict | str | Path, out: str | Path | None = None, overrides: list[str] | None = None,
           overwrite: bool = False, save: bool = True, console: Console | None = None,
-          data: EncodedData | None = None, resume: bool = False) -> TrainResult:
+          data: EncodedData | None = None, resume: bool = False, epoch_hooks: list[EpochHook] | None = None
+          ) -> TrainResult:
     """Train the configured model, write its run directory and return its metrics.
 
     - `config`: a `Config`, a dict of `data` / `model` / `train` sections, or a YAML file (its relative data
@@ -96,6 +98,8 @@ def train(config: Config | dict | str | Path, out: str | Path | None = None, ove
     - `resume`: continue the interrupted run in `out` from its newest checkpoint (`train.checkpoint`), which
       must come from the same config and data; without a checkpoint, train from the start. Without `resume`, an
       interrupted run in `out` is an error (`overwrite` starts over). See docs/checkpoints.md.
+    - `epoch_hooks`: called after each epoch's validation with its history row and validation report (tuning's
+      pruning); `train.tracking` adds its own (docs/tracking.md).
 
     Under torchrun (WORLD_SIZE > 1) every rank calls this; they train together (DDP) and rank 0 alone
     writes the run directory (`run_dir` is None on the other ranks). See docs/distributed.md.
@@ -120,13 +124,22 @@ def train(config: Config | dict | str | Path, out: str | Path | None = None, ove
         if run_dir is not None and not session.enabled and (ckpt.every_steps or ckpt.every_minutes):
             checkpoints = Checkpointer(checkpoint_dir(run_dir), ckpt, identity(absolute_data_paths(cfg), data))
         trainer = Trainer(model, cfg.train, spec.scenarios, spec.tasks, console, session, checkpoints)
-        split_metrics, scores = trainer.fit_and_score(data)
+        tracker = tracking.start(cfg, run_dir, session.writes_run)  # None: train.tracking is off
+        trainer.epoch_hooks += [*(epoch_hooks or []), *([tracker.epoch_end] if tracker else [])]
+        try:
+            split_metrics, scores = trainer.fit_and_score(data)
+        except BaseException:
+            if tracker:
+                tracker.close("FAILED")
+            raise
         metrics = {"format": METRICS_FORMAT, **split_metrics, "model": cfg.model.name}
         model.cpu()  # the run is saved and served from the CPU
         if run_dir is not None:
             write_run(run_dir, cfg, data.encoder, model, metrics, overwrite or resuming)
             if checkpoints is not None and not ckpt.keep_after:
                 checkpoints.clear()
+        if tracker:
+            tracker.finish(metrics, run_dir)
     return TrainResult(run_dir, metrics, model, data.encoder, scores)
 
 

@@ -127,6 +127,18 @@ class CheckpointConfig(_Strict):
     """Keep the checkpoints once the run finished (default: deleted when the run directory is written)."""
 
 
+class TrackingConfig(_Strict):
+    """Experiment tracking of each run (docs/tracking.md): off unless a destination is given."""
+
+    mlflow_uri: str | None = None
+    """MLflow tracking URI: `sqlite:///mlflow.db`, a folder (a file store; msrec sets `MLFLOW_ALLOW_FILE_STORE=true`
+    for it) or a server's `http(s)://` address (null: no MLflow)."""
+    experiment: str = "msrec"
+    """The MLflow experiment that holds the runs (created when absent)."""
+    tensorboard_dir: str | None = None
+    """A folder for TensorBoard event files, one subfolder per run (null: no TensorBoard)."""
+
+
 class TrainConfig(_Strict):
     """How to train: optimizer and schedule, early stopping, devices."""
 
@@ -170,6 +182,9 @@ class TrainConfig(_Strict):
     """Seconds a distributed rank waits on its peers before failing."""
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     """Periodic checkpoints of the training state, beside the run directory (`--resume` continues from them)."""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """Per-epoch loss, validation metrics (overall, per scenario), throughput, the config and the run directory,
+    to MLflow and / or TensorBoard (docs/tracking.md)."""
 
     @field_validator("task_weights")
     @classmethod
