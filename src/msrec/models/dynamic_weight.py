@@ -42,6 +42,8 @@ from msrec.schema import FeatureSpec
 class DynamicWeightOptions(ModelOptions):
     legacy = ModelOptions.legacy | {"generator_hidden": ("generator.hidden",),
                                     "activation": ("mlp.activation", "generator.activation")}
+    search_space = ModelOptions.search_space | {"model.position": {"choices": ["input", "output"]},
+                                               "model.generated": {"choices": [[32], [64, 32], [128, 64]]}}  # tuning's (docs/tuning.md)
     mlp: MLPOptions = part([256, 128], dropout=0.2)
     """The shared MLP, before ("output") or after ("input") the generated layers (they use its activation, dropout)."""
     position: Literal["input", "output"] = "input"

@@ -39,6 +39,8 @@ from msrec.schema import FeatureSpec
 class HMoEOptions(ModelOptions):
     legacy = ModelOptions.legacy | {"tower_hidden": ("tower.hidden",), "tower_dropout": ("tower.dropout",),
                                     "activation": ("mlp.activation", "tower.activation")}
+    search_space = ModelOptions.search_space | {"model.tower.hidden": {"choices": [[32], [64], [128]]},
+                                               "model.gate_init_own": {"low": 0.5, "high": 0.95}}  # tuning's (docs/tuning.md)
     mlp: MLPOptions = part([256, 128], dropout=0.2)
     """The shared bottom, on every row."""
     tower: Annotated[MLPOptions, without_batch_norm("a tower also scores other scenarios' rows")] = part(

@@ -27,6 +27,8 @@ from msrec.schema import FeatureSpec
 
 class LHUCOptions(ModelOptions):
     legacy = ModelOptions.legacy | {"gate_hidden": ("gate.hidden",), "activation": ("mlp.activation", "gate.activation")}
+    search_space = ModelOptions.search_space | {"model.gamma": {"low": 1.0, "high": 3.0},
+                                               "model.gate.hidden": {"choices": [[32], [64], [128]]}}  # tuning's (docs/tuning.md)
     mlp: MLPOptions = part([256, 128], dropout=0.2)
     """The main MLP, over the re-weighted fields."""
     gate: MLPOptions = part([64])

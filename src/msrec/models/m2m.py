@@ -37,6 +37,7 @@ from msrec.schema import FeatureSpec
 
 
 class M2MOptions(ModelOptions):
+    search_space = ModelOptions.search_space | {"model.experts": {"choices": [2, 4, 8]}, "model.scenario_dim": {"choices": [16, 32, 64]}}  # tuning's (docs/tuning.md)
     mlp: Annotated[MLPOptions, AfterValidator(with_layers)] = part([128, 64], dropout=0.2)
     """Each expert, last width = expert size d (its activation and dropout serve the whole model)."""
     experts: int = Field(4, ge=1)

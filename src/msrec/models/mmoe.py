@@ -34,6 +34,7 @@ from msrec.schema import FeatureSpec
 class MMoEOptions(ModelOptions):
     legacy = ModelOptions.legacy | {"tower_hidden": ("tower.hidden",), "tower_dropout": ("tower.dropout",),
                                     "activation": ("mlp.activation", "tower.activation")}
+    search_space = ModelOptions.search_space | {"model.experts": {"choices": [2, 4, 8]}, "model.tower.hidden": {"choices": [[32], [64], [128]]}}  # tuning's (docs/tuning.md)
     mlp: Annotated[MLPOptions, AfterValidator(with_layers)] = part([128, 64], dropout=0.2)
     """Each expert (its last width is the expert size d)."""
     experts: int = Field(4, ge=1)

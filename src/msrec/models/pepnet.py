@@ -43,6 +43,8 @@ from msrec.schema import FeatureSpec
 
 class PEPNetOptions(ModelOptions):
     legacy = ModelOptions.legacy | {"epnet_hidden": ("epnet.hidden",), "gate_hidden": ("gate.hidden",)}
+    search_space = ModelOptions.search_space | {"model.gamma": {"low": 1.0, "high": 3.0}, "model.gate.hidden": {"choices": [[32], [64], [128]]},
+                                               "model.epnet.hidden": {"choices": [[32], [64], [128]]}}  # tuning's (docs/tuning.md)
     mlp: MLPOptions = part([256, 128], dropout=0.2)
     """The main MLP, one PPNet gate per hidden layer."""
     epnet: MLPOptions = part([64])

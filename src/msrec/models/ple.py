@@ -41,6 +41,8 @@ from msrec.schema import FeatureSpec
 class PLEOptions(ModelOptions):
     legacy = ModelOptions.legacy | {"tower_hidden": ("tower.hidden",), "tower_dropout": ("tower.dropout",),
                                     "activation": ("mlp.activation", "tower.activation")}
+    search_space = ModelOptions.search_space | {"model.shared_experts": {"choices": [1, 2, 4]}, "model.levels": {"choices": [1, 2]},
+                                               "model.tower.hidden": {"choices": [[32], [64], [128]]}}  # tuning's (docs/tuning.md)
     mlp: Annotated[MLPOptions, AfterValidator(with_layers)] = part([128, 64], dropout=0.2)
     """Each expert (its last width is the expert size d)."""
     levels: int = Field(2, ge=1)

@@ -38,6 +38,8 @@ ID_FIELD = re.compile(r"^(user|item|movie|video|news|product|goods|ad|author|u|i
 
 class PPNetOptions(ModelOptions):
     legacy = ModelOptions.legacy | {"gate_hidden": ("gate.hidden",)}  # 0.1's gates were ReLU whatever `activation`
+    search_space = ModelOptions.search_space | {"model.gamma": {"low": 1.0, "high": 3.0},
+                                               "model.gate.hidden": {"choices": [[32], [64], [128]]}}  # tuning's (docs/tuning.md)
     mlp: MLPOptions = part([256, 128], dropout=0.2)
     """The main MLP, one gate per hidden layer."""
     gate: MLPOptions = part([64])

@@ -73,6 +73,15 @@ class ModelOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
     legacy: ClassVar[Legacy] = {"hidden": ("mlp.hidden",), "dropout": ("mlp.dropout",),
                                 "activation": ("mlp.activation",), "batch_norm": ("mlp.batch_norm",)}
+    # What `msrec tune` searches by default (docs/tuning.md): config keys as `--set` spells them -> a range
+    # `{low, high, log}` (ints when both ends are ints) or `{choices}`. A model adds its own key options
+    # (`search_space = ModelOptions.search_space | {...}`); a tune config's `tune.space` overrides it.
+    search_space: ClassVar[dict[str, dict[str, Any]]] = {
+        "train.lr": {"low": 3e-4, "high": 1e-2, "log": True},
+        "model.embed_dim": {"choices": [8, 16, 32]},
+        "model.mlp.hidden": {"choices": [[128, 64], [256, 128], [512, 256]]},
+        "model.mlp.dropout": {"low": 0.0, "high": 0.5},
+    }
     embed_dim: int = Field(16, ge=1)
     """Size of every feature embedding."""
     mlp: MLPOptions = part([256, 128], dropout=0.2)

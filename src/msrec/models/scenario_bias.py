@@ -32,6 +32,8 @@ from msrec.schema import FeatureSpec
 class ScenarioBiasOptions(ModelOptions):
     legacy = ModelOptions.legacy | {"shallow_hidden": ("shallow.hidden",), "shallow_dropout": ("logit_dropout",),
                                     "activation": ("mlp.activation", "shallow.activation")}
+    search_space = ModelOptions.search_space | {"model.logit_dropout": {"low": 0.0, "high": 0.3},
+                                               "model.indicators_in_main": {"choices": [True, False]}}  # tuning's (docs/tuning.md)
     mlp: MLPOptions = part([256, 128], dropout=0.2)
     """The main MLP."""
     shallow: MLPOptions = part([])

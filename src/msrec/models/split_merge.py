@@ -26,6 +26,7 @@ from msrec.schema import FeatureSpec
 class SplitMergeOptions(ModelOptions):
     legacy = ModelOptions.legacy | {"tower_hidden": ("tower.hidden",), "tower_dropout": ("tower.dropout",),
                                     "activation": ("mlp.activation", "tower.activation")}
+    search_space = ModelOptions.search_space | {"model.tower.hidden": {"choices": [[32], [64], [128]]}}  # tuning's (docs/tuning.md)
     mlp: MLPOptions = part([256, 128], dropout=0.2)
     """The shared bottom, on every row."""
     tower: MLPOptions = part([64], dropout=0.1)

@@ -40,6 +40,8 @@ class StarOptions(ModelOptions):
     # 0.1 accepted `batch_norm` and ignored it: its configs still load, the nested key is refused.
     legacy = ModelOptions.legacy | {"aux_hidden": ("aux.hidden",), "activation": ("mlp.activation", "aux.activation"),
                                     "batch_norm": ()}
+    search_space = ModelOptions.search_space | {"model.aux.hidden": {"choices": [[16], [32], [64]]},
+                                               "model.partitioned_norm": {"choices": [True, False]}}  # tuning's (docs/tuning.md)
     mlp: Annotated[MLPOptions, without_batch_norm("partitioned normalization is star's")] = part(
         [256, 128], dropout=0.2)
     """The star-topology FCN (shared weights times each scenario's)."""
