@@ -25,7 +25,7 @@ class DNNOptions(ModelOptions):
 class DNN(nn.Module):
     def __init__(self, spec: FeatureSpec, options: DNNOptions):
         super().__init__()
-        self.embedding = FeatureEmbedding(spec, options.embed_dim)
+        self.embedding = FeatureEmbedding(spec, options.embed_dim, options.backbone)
         self.mlp = MLP.of(self.embedding.flat_dim, options.mlp, spec.num_tasks)
 
     def forward(self, batch: Batch) -> Tensor:

@@ -66,7 +66,7 @@ class DynamicWeight(nn.Module):
         o = options
         self.scenario_fields = list(spec.scenario_fields)
         self.position = o.position
-        self.embedding = FeatureEmbedding(spec, o.embed_dim)
+        self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         cond_dim = len(self.scenario_fields) * o.embed_dim
         if o.position == "output":
             self.shared = MLP.of(self.embedding.flat_dim, o.mlp)

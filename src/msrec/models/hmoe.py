@@ -59,7 +59,7 @@ class HMoE(nn.Module):
         super().__init__()
         self.num_scenarios, self.num_tasks = spec.num_scenarios, spec.num_tasks
         self.scenario_fields = list(spec.scenario_fields) if options.gate_indicators else []
-        self.embedding = FeatureEmbedding(spec, options.embed_dim)
+        self.embedding = FeatureEmbedding(spec, options.embed_dim, options.backbone)
         self.bottom = MLP.of(self.embedding.flat_dim, options.mlp)
         self.towers = ScenarioTowers(self.bottom.out_dim, options.tower, spec.num_tasks, spec.num_scenarios)
         gate_dim = self.bottom.out_dim + len(self.scenario_fields) * options.embed_dim

@@ -43,7 +43,7 @@ class LHUC(nn.Module):
         super().__init__()
         o = options
         self.scenario_fields = list(spec.scenario_fields)
-        self.embedding = FeatureEmbedding(spec, o.embed_dim)
+        self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         self.gate = ScaleGate(len(self.scenario_fields) * o.embed_dim, self.embedding.num_fields, o.gate, o.gamma)
         self.mlp = MLP.of(self.embedding.flat_dim, o.mlp, spec.num_tasks)
 

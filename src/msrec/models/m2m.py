@@ -59,7 +59,7 @@ class M2M(nn.Module):
         o, act = options, options.mlp.activation
         self.num_tasks = spec.num_tasks
         self.scenario_fields = list(spec.scenario_fields)
-        self.embedding = FeatureEmbedding(spec, o.embed_dim)
+        self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         self.scenario_net = MLP(len(self.scenario_fields) * o.embed_dim, [o.scenario_dim], activation=act)
         self.experts = nn.ModuleList(MLP.of(self.embedding.flat_dim, o.mlp) for _ in range(o.experts))
         d = o.mlp.hidden[-1]

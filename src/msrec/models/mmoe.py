@@ -49,7 +49,7 @@ class MMoE(nn.Module):
         super().__init__()
         o = options
         self.num_scenarios = spec.num_scenarios
-        self.embedding = FeatureEmbedding(spec, o.embed_dim)
+        self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         self.experts = Experts(self.embedding.flat_dim, o.mlp, o.experts)
         self.gates = nn.ModuleList(ExpertGate(self.embedding.flat_dim, o.experts) for _ in range(spec.num_scenarios))
         self.towers = ScenarioTowers(self.experts.out_dim, o.tower, spec.num_tasks, spec.num_scenarios)

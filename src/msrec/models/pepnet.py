@@ -65,7 +65,7 @@ class PEPNet(nn.Module):
         super().__init__()
         o = options
         gate_dim = o.gate_embed_dim or o.embed_dim
-        self.embedding = FeatureEmbedding(spec, o.embed_dim)
+        self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         e_dim = self.embedding.flat_dim
         self.scenario_embedding = SubsetEmbedding(spec, list(spec.scenario_fields), gate_dim)
         self.epnet = ScaleGate(self.scenario_embedding.out_dim + e_dim, e_dim, o.epnet, o.gamma)

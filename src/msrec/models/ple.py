@@ -92,7 +92,7 @@ class PLE(nn.Module):
         super().__init__()
         o = options
         self.num_scenarios = spec.num_scenarios
-        self.embedding = FeatureEmbedding(spec, o.embed_dim)
+        self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         dims = [self.embedding.flat_dim] + [o.mlp.hidden[-1]] * (o.levels - 1)
         self.levels = nn.ModuleList(ExtractionLevel(dim, o, spec.num_scenarios, k == o.levels - 1)
                                     for k, dim in enumerate(dims))

@@ -67,7 +67,7 @@ class PPNet(nn.Module):
     def __init__(self, spec: FeatureSpec, options: PPNetOptions):
         super().__init__()
         o = options
-        self.embedding = FeatureEmbedding(spec, o.embed_dim)
+        self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         gate_fields = list(dict.fromkeys([*spec.scenario_fields, *personal_field_indices(spec, o.personal_fields)]))
         self.gate_embedding = SubsetEmbedding(spec, gate_fields, o.gate_embed_dim or o.embed_dim)
         gate_in = self.gate_embedding.out_dim + self.embedding.flat_dim

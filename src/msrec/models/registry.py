@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from torch import nn
 
 from msrec.errors import MsrecError, first_problem
+from msrec.nn.backbone import BackboneOptions
 from msrec.nn.mlp import MLPOptions
 from msrec.schema import FeatureSpec
 
@@ -86,6 +87,8 @@ class ModelOptions(BaseModel):
     """Size of every feature embedding."""
     mlp: MLPOptions = part([256, 128], dropout=0.2)
     """The main network."""
+    backbone: BackboneOptions = Field(default_factory=BackboneOptions)
+    """The interaction backbone under the model's network (docs/backbones.md)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -164,14 +167,14 @@ def type_name(annotation: Any) -> str:
 
 
 def describe_fields(cls: type[BaseModel]) -> list[tuple[str, str, Any, str]]:
-    """(key, type, default, meaning) of every field of an options or config class; an `MLPOptions` part is
-    flattened into `part.hidden`, `part.dropout`, ... with the part's own defaults."""
+    """(key, type, default, meaning) of every field of an options or config class; an `MLPOptions` part (and
+    the backbone) is flattened into `part.hidden`, `part.dropout`, ... with the part's own defaults."""
     rows = []
     for key, field in cls.model_fields.items():
         default = None if field.is_required() else field.get_default(call_default_factory=True)
         meaning = " ".join((field.description or "").split())
-        if isinstance(default, MLPOptions):
-            for sub, sub_type, _, sub_meaning in describe_fields(MLPOptions):
+        if isinstance(default, MLPOptions | BackboneOptions):
+            for sub, sub_type, _, sub_meaning in describe_fields(type(default)):
                 rows.append((f"{key}.{sub}", sub_type, getattr(default, sub),
                              f"{meaning.rstrip('.')}: {sub_meaning[:1].lower()}{sub_meaning[1:]}"))
         else:

@@ -19,7 +19,6 @@ scenario can only act through the shallow logit. Multi-task: both parts output o
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -49,19 +48,16 @@ class ScenarioBiasOptions(ModelOptions):
 class ScenarioBias(nn.Module):
     def __init__(self, spec: FeatureSpec, options: ScenarioBiasOptions):
         super().__init__()
-        self.embedding = FeatureEmbedding(spec, options.embed_dim)
         self.scenario_fields = list(spec.scenario_fields)
         indicators = set(self.scenario_fields) if not options.indicators_in_main else set()
-        keep = [i for i in range(self.embedding.num_fields) if i not in indicators]
-        self.register_buffer("main_fields", torch.tensor(keep, dtype=torch.long), persistent=False)
-        main_dim = len(keep) * options.embed_dim + spec.dense_dim
-        self.main = MLP.of(main_dim, options.mlp, spec.num_tasks)
+        keep = [i for i in range(len(spec.sparse_fields) + len(spec.list_fields)) if i not in indicators]
+        self.embedding = FeatureEmbedding(spec, options.embed_dim, options.backbone, input_fields=keep)
+        self.main = MLP.of(self.embedding.flat_dim, options.mlp, spec.num_tasks)
         self.shallow = MLP.of(len(self.scenario_fields) * options.embed_dim, options.shallow, spec.num_tasks)
         self.shallow_dropout = nn.Dropout(options.logit_dropout)
 
     def forward(self, batch: Batch) -> Tensor:
-        fields = self.embedding.fields(batch)
-        e = self.embedding.flat(batch, fields.index_select(1, self.main_fields))
+        e = self.embedding.flat(batch)
         if self.shallow_dropout.p >= 1:  # never trained: not used in evaluation either
             return self.main(e)
         z = self.embedding.select(batch, self.scenario_fields)

@@ -39,7 +39,7 @@ class SplitMerge(nn.Module):
     def __init__(self, spec: FeatureSpec, options: SplitMergeOptions):
         super().__init__()
         self.num_scenarios = spec.num_scenarios
-        self.embedding = FeatureEmbedding(spec, options.embed_dim)
+        self.embedding = FeatureEmbedding(spec, options.embed_dim, options.backbone)
         self.bottom = MLP.of(self.embedding.flat_dim, options.mlp)
         self.towers = ScenarioTowers(self.bottom.out_dim, options.tower, spec.num_tasks, spec.num_scenarios)
 

@@ -61,7 +61,7 @@ class Star(nn.Module):
     def __init__(self, spec: FeatureSpec, options: StarOptions):
         super().__init__()
         self.num_scenarios = spec.num_scenarios
-        self.embedding = FeatureEmbedding(spec, options.embed_dim)
+        self.embedding = FeatureEmbedding(spec, options.embed_dim, options.backbone)
         dim = self.embedding.flat_dim
         self.norm = (PartitionedNorm(dim, spec.num_scenarios, momentum=options.norm_momentum)
                      if options.partitioned_norm else None)

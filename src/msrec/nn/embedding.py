@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from msrec.data.table import Batch
+from msrec.nn.backbone import BackboneOptions, build_backbone
 from msrec.schema import FeatureSpec
 
 
@@ -18,7 +19,9 @@ class FeatureEmbedding(nn.Module):
 
     One `nn.Embedding` holds all fields; a field's id `k` lives at row `offset[field] + k`. One lookup per
     batch instead of one per field. `flat()` gives the model input `e`: field vectors concatenated with
-    the dense values.
+    the dense values, through the model's interaction backbone (`model.backbone`, msrec.nn.backbone) when it
+    is not the plain concatenation; `flat_dim` is its width. Every model reads its input here, so every
+    model sits on the backbone it is given.
 
     Built with dense gradients (any torch optimizer can train it); the trainer switches every table to sparse
     gradients for a row-sparse `train.embedding_optimizer` (msrec.train.optim), which changes no output and
@@ -26,7 +29,9 @@ class FeatureEmbedding(nn.Module):
     lookups only (`table(ids)`), never as a whole, so that its gradient stays row-sparse.
     """
 
-    def __init__(self, spec: FeatureSpec, dim: int, init_std: float = 1e-2):
+    def __init__(self, spec: FeatureSpec, dim: int, backbone: BackboneOptions | None = None,
+                 input_fields: list[int] | None = None, init_std: float = 1e-2):
+        """`input_fields`: the embedded fields that enter `flat()` (default: all of them)."""
         super().__init__()
         self.dim = dim
         self.num_sparse = len(spec.sparse_fields)
@@ -36,14 +41,17 @@ class FeatureEmbedding(nn.Module):
         self.register_buffer("offsets", table_offsets(sizes), persistent=False)
         self.table = nn.Embedding(max(1, sum(sizes)), dim)
         nn.init.normal_(self.table.weight, std=init_std)
+        self.register_buffer("input_fields", None if input_fields is None else
+                             torch.tensor(input_fields, dtype=torch.long), persistent=False)
+        num_input = self.num_fields if input_fields is None else len(input_fields)
+        self.flat_dim = num_input * dim + self.dense_dim
+        self.backbone = build_backbone(backbone, num_input, dim, self.dense_dim, spec.num_scenarios)
+        if self.backbone is not None:
+            self.flat_dim = self.backbone.out_dim
 
     @property
     def num_fields(self) -> int:
         return self.num_sparse + self.num_lists
-
-    @property
-    def flat_dim(self) -> int:
-        return self.num_fields * self.dim + self.dense_dim
 
     def fields(self, batch: Batch) -> Tensor:
         parts = []
@@ -57,8 +65,13 @@ class FeatureEmbedding(nn.Module):
         return torch.cat(parts, 1) if parts else batch.dense.new_zeros(len(batch), 0, self.dim)
 
     def flat(self, batch: Batch, fields: Tensor | None = None) -> Tensor:
+        """The model input `e [B, flat_dim]` from the batch's fields (or the given `[B, F, D]` ones)."""
         fields = self.fields(batch) if fields is None else fields
-        return torch.cat([fields.flatten(1), batch.dense], 1)
+        if self.input_fields is not None:
+            fields = fields.index_select(1, self.input_fields)
+        if self.backbone is None:
+            return torch.cat([fields.flatten(1), batch.dense], 1)
+        return self.backbone(fields, batch.dense, batch.scenario)
 
     def select(self, batch: Batch, field_indices: list[int]) -> Tensor:
         """Embeddings of a few sparse fields only (e.g. the scenario-indicator features `z`), flattened."""
