@@ -38,6 +38,7 @@ from msrec.train import tracking
 from msrec.train.checkpoint import Checkpointer, identity
 from msrec.train.distributed import session as training_session
 from msrec.train.predict import Scorer
+from msrec.train.sharding import check as check_sharding
 from msrec.train.trainer import EpochHook, Trainer
 
 
@@ -107,6 +108,7 @@ def train(config: Config | dict | str | Path, out: str | Path | None = None, ove
     cfg = as_config(config, overrides)
     options = parse_options(cfg.model.name, cfg.model.options())  # fail on a bad option before loading data
     with training_session(cfg.train) as session:
+        check_sharding(cfg.train, session)  # before any data is read
         run_dir, resuming = None, False
         if resume and (out is None or not save):
             raise MsrecError("resume needs the run directory to continue (--out) and save=True")

@@ -156,6 +156,9 @@ class TrainConfig(_Strict):
     """The optimizer (of every parameter but the embedding tables with a row-sparse `embedding_optimizer`)."""
     embedding_optimizer: EmbeddingOptimizerConfig = Field(default_factory=EmbeddingOptimizerConfig)
     """The embedding tables' optimizer (docs/embeddings.md)."""
+    embedding_sharding: Literal["none", "torchrec"] = "none"
+    """Distributed runs: `none` keeps the whole embedding table on every rank (DDP); `torchrec` holds it once
+    across the ranks, split by TorchRec's planner (docs/distributed.md; needs the `torchrec` extra)."""
     scheduler: Literal["none", "cosine", "step"] = "none"
     """Learning-rate schedule: constant, cosine to 0 over the epochs, or times `step_gamma` per epoch."""
     step_gamma: float = 0.5

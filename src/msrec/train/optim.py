@@ -145,7 +145,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, distributed: bool = Fals
     for table in tables:
         table.sparse = mode != "dense"
     table_params = {id(t.weight): t.weight for t in tables if mode != "dense"}
-    dense = [p for p in model.parameters() if id(p) not in table_params]
+    # A parameter that an optimizer inside the backward updates (a table sharded by TorchRec) is not ours.
+    dense = [p for p in model.parameters() if id(p) not in table_params and not hasattr(p, "_in_backward_optimizers")]
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     if not table_params:
         return cls(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)

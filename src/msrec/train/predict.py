@@ -8,6 +8,8 @@ each rank scores a contiguous shard of the rows and the scores are gathered (see
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 from collections.abc import Callable
 
 import torch
@@ -39,12 +41,18 @@ class Scorer:
         self.session = session
 
     @torch.no_grad()
-    def predict(self, table: TensorTable) -> Tensor:
-        """Probabilities `[N, T]` in row order, on the CPU (this process's rows only)."""
+    def predict(self, table: TensorTable, steps: int | None = None) -> Tensor:
+        """Probabilities `[N, T]` in row order, on the CPU (this process's rows only); with `steps`, in exactly
+        that many forward passes (the rows split evenly, some may be empty)."""
         self.model.eval()
         device = self.session.device
+        if steps is None:
+            batches = table.batches(self.batch_size)
+        else:
+            ends = [0, *itertools.accumulate(len(r) for r in torch.arange(len(table)).tensor_split(steps))]
+            batches = (table.batch(slice(a, b)) for a, b in itertools.pairwise(ends))
         with autocast(device, self.precision):
-            outs = [torch.sigmoid(self.model(b.to(device)).float()).cpu() for b in table.batches(self.batch_size)]
+            outs = [torch.sigmoid(self.model(b.to(device)).float()).cpu() for b in batches]
         return torch.cat(outs) if outs else torch.zeros(0, len(self.tasks))
 
     def scores(self, table: TensorTable) -> Tensor:
@@ -54,7 +62,9 @@ class Scorer:
             return self.predict(table)
         D.broadcast_buffers(self.model)
         shards = torch.arange(len(table)).tensor_split(self.session.info.world_size)
-        local = self.predict(table.subset(shards[self.session.info.rank]))
+        # The same number of forward passes on every rank: a sharded embedding lookup is a collective.
+        steps = max(1, math.ceil(len(shards[0]) / self.batch_size))
+        local = self.predict(table.subset(shards[self.session.info.rank]), steps)
         return D.gather_rows(local, [len(s) for s in shards], self.session.device)
 
     def report(self, table: TensorTable, scores: Tensor, metrics: Callable[..., dict] = evaluation_report) -> dict:

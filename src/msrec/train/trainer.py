@@ -127,6 +127,7 @@ class Trainer:
         self.task_weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
         self.scorer = Scorer(self.model, scenario_names, tasks, cfg.eval_batch_size, cfg.precision, session)
         self.state = FitState()
+        self.sharded = None  # the model's table sharded across the ranks, while it trains (msrec.train.sharding)
         # called after each epoch's validation with its history row and validation report (per task and
         # scenario): experiment tracking logs them, tuning prunes on them; a hook may raise to end training
         self.epoch_hooks: list[EpochHook] = []
@@ -146,6 +147,8 @@ class Trainer:
                             "parameters": sum(p.numel() for p in self.model.parameters()), "history": fit.history}
         if self.session.enabled:
             metrics["train"]["world_size"] = self.session.info.world_size
+        if self.sharded is not None:
+            metrics["train"]["embedding_sharding"] = self.sharded.summary
         return metrics, scores
 
     # ------------------------------------------------------------------ training
@@ -154,7 +157,14 @@ class Trainer:
         return (per_task * self.task_weights).sum()
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        """train.optimizer for the dense parameters, train.embedding_optimizer for the tables (msrec.train.optim)."""
+        """train.optimizer for the dense parameters, train.embedding_optimizer for the tables (msrec.train.optim).
+        With train.embedding_sharding: torchrec, the table is sharded first (its optimizer is fused)."""
+        if self.cfg.embedding_sharding == "torchrec":
+            from msrec.train import sharding
+
+            self.sharded = sharding.shard(self.model, self.cfg, self.session)
+            self.console.print(sharding.describe(self.sharded.summary), highlight=False, soft_wrap=True)
+            return self.sharded.optimizer
         note = fallback_note(self.cfg, self.session.enabled, self.device)
         if note:
             self.console.print(note, highlight=False, soft_wrap=True)
@@ -191,7 +201,8 @@ class Trainer:
         optimizer = self._optimizer()
         source, steps = self.session.share(train, cfg.batch_size)
         scheduler = self._scheduler(optimizer, steps)
-        step_model = self.session.wrap(self.model)  # DDP only while training: freed when fit returns
+        # DDP (or TorchRec's DistributedModelParallel) only while training: freed when fit returns
+        step_model = self.sharded.module if self.sharded is not None else self.session.wrap(self.model)
         stopper = EarlyStopping(cfg.patience)
         self.state = FitState()
         if self.checkpoints is not None:
@@ -232,6 +243,8 @@ class Trainer:
                                        soft_wrap=True)
                     break
         stopper.restore(self.model)  # also when the epochs ran out
+        if self.sharded is not None:  # the table whole again on every rank: scored and saved as any model
+            self.sharded.unshard(self.device)
         return FitResult(epochs=epoch, best_epoch=stopper.epoch, seconds=time.perf_counter() - started,
                          samples_per_second=state.train_samples / max(state.train_seconds, 1e-9),
                          best_val=self.scorer.report(val, stopper.scores), history=state.history,

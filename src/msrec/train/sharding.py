@@ -1,0 +1,188 @@
+"""Embedding tables sharded across the ranks with TorchRec (`train.embedding_sharding: torchrec`).
+
+Replicated DDP keeps the whole embedding table on every rank. Here the model's `FeatureEmbedding` table (every
+field's rows end to end, one table) is held once across the ranks instead:
+
+- its lookup (`FeatureEmbedding.table(ids)`, ids of any shape) is replaced by `ShardedLookup`, a TorchRec
+  `EmbeddingCollection` of that one table (its weights copied in), so no model file changes;
+- TorchRec's planner picks how to split it (table-, row- or column-wise; one table of many rows: row-wise, so
+  each rank holds 1/N of the rows), and `DistributedModelParallel` shards it and wraps the rest of the model
+  (MLPs, gates, towers, small gate tables) in DDP, as a replicated run does;
+- the table is updated by TorchRec's fused optimizer inside the backward (FBGEMM's kernels), the one that
+  `train.embedding_optimizer` names (`rowwise_adagrad` is the same update as msrec's `RowwiseAdagrad`); the
+  rest by `train.optimizer`. TorchRec divides the embedding gradients by the world size in its all-to-all,
+  as DDP averages the dense ones, so N ranks take the steps of one process (up to summation order);
+- each lookup is a collective (an all-to-all of ids and vectors), so every rank must make the same lookups
+  in the same order: models with one embedding looked up on every forward (all but `separate`), and
+  scoring in lock-step (msrec.train.predict).
+
+After training (best weights restored) the table is gathered back into a plain `nn.Embedding` on every rank, so
+test scoring, `model.safetensors` and everything that reads a run directory are those of any run.
+
+TorchRec is an optional extra, imported only here and only when sharding is asked for (INSTALL).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from msrec.config import TrainConfig
+from msrec.errors import MsrecError
+from msrec.train.distributed import Session
+from msrec.train.optim import CombinedOptimizer, build_optimizer, table_lr
+
+INSTALL = "pip install 'msrec[torchrec]' && pip install --no-deps torchrec==1.8.0"
+TABLE, FEATURE = "features", "ids"  # the one table of the collection and the one feature that looks it up
+EMBEDDING_CLASS = "FeatureEmbedding"  # matched by name: the train room does not import nn/
+
+
+def _torchrec():
+    """The torchrec modules used here, or a clear error naming the install command."""
+    try:
+        import torchrec
+        from fbgemm_gpu.split_embedding_configs import EmbOptimType
+        from torchrec.distributed.embedding import EmbeddingCollectionSharder
+        from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
+        from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+        from torchrec.distributed.types import ShardingEnv
+    except ImportError as err:
+        raise MsrecError(f"train.embedding_sharding: torchrec needs TorchRec, which is not installed ({err}); "
+                         f"install it with: {INSTALL}") from None
+    return SimpleNamespace(torchrec=torchrec, EmbOptimType=EmbOptimType, Sharder=EmbeddingCollectionSharder,
+                           Wrapper=DefaultDataParallelWrapper, DMP=DistributedModelParallel,
+                           Planner=EmbeddingShardingPlanner, Topology=Topology, ShardingEnv=ShardingEnv)
+
+
+def check(cfg: TrainConfig, session: Session) -> None:
+    """Refuse, before any data is read, a sharded run that cannot be honoured."""
+    if cfg.embedding_sharding != "torchrec":
+        return
+    if not session.enabled:
+        raise MsrecError("train.embedding_sharding: torchrec shares the embedding table among the ranks of a "
+                         "distributed run, and this is one process; launch it with `msrec train --nproc N` "
+                         "(N >= 2) or torchrun, or set train.embedding_sharding: none")
+    if cfg.embedding_optimizer.name == "dense":
+        raise MsrecError("train.embedding_optimizer: dense cannot train a table sharded by TorchRec (its rows are "
+                         "updated by a fused optimizer inside the backward); use rowwise_adagrad, adam or sgd, "
+                         "or train.embedding_sharding: none")
+    _torchrec()
+
+
+class ShardedLookup(nn.Module):
+    """Takes the place of `FeatureEmbedding.table`: `lookup(ids)` with ids of any shape gives `[*ids.shape, D]`,
+    through a TorchRec `EmbeddingCollection` of one table (one feature, one id per row of the jagged input)."""
+
+    def __init__(self, table: nn.Embedding, device: torch.device):
+        super().__init__()
+        tr = _torchrec().torchrec
+        rows, self.dim = table.weight.shape
+        config = tr.EmbeddingConfig(name=TABLE, embedding_dim=self.dim, num_embeddings=rows, feature_names=[FEATURE])
+        self.collection = tr.EmbeddingCollection(tables=[config], device=device)
+        with torch.no_grad():  # DistributedModelParallel copies these weights into the shards
+            self.collection.embeddings[TABLE].weight.copy_(table.weight)
+        self._dtype = table.weight.dtype
+        self._jagged = tr.KeyedJaggedTensor
+
+    @property
+    def weight(self) -> Tensor:
+        """A stand-in with the table's dtype (FeatureEmbedding reads `table.weight.dtype`); the rows are sharded."""
+        return torch.empty(0, dtype=self._dtype)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        flat = ids.reshape(-1)
+        n = flat.numel()
+        if n == 0:  # TorchRec fails on an empty lookup, and this rank must still take part in the exchange
+            flat = flat.new_zeros(1)
+        lengths = torch.ones(flat.numel(), dtype=torch.int32, device=flat.device)
+        out = self.collection(self._jagged(keys=[FEATURE], values=flat, lengths=lengths))
+        return out[FEATURE].values()[:n].view(*ids.shape, self.dim)
+
+
+def _embedding(model: nn.Module) -> nn.Module:
+    """The model's one FeatureEmbedding (several, as `separate` has, would be looked up on some ranks only)."""
+    found = [m for m in model.modules() if type(m).__name__ == EMBEDDING_CLASS]
+    if len(found) != 1:
+        raise MsrecError(f"train.embedding_sharding: torchrec shards a model's one {EMBEDDING_CLASS} table; this "
+                         f"model has {len(found)} (e.g. `separate`: one per scenario, each looked up only on the "
+                         "rows of its scenario, while a sharded lookup is a collective of every rank); use "
+                         "train.embedding_sharding: none for it")
+    return found[0]
+
+
+def _fused_params(cfg: TrainConfig, tr: SimpleNamespace) -> dict[str, Any]:
+    """TorchRec's fused optimizer for `train.embedding_optimizer` (the same rule and learning rate)."""
+    kinds = {"rowwise_adagrad": tr.EmbOptimType.EXACT_ROWWISE_ADAGRAD, "adam": tr.EmbOptimType.ADAM,
+             "sgd": tr.EmbOptimType.EXACT_SGD}
+    params: dict[str, Any] = {"optimizer": kinds[cfg.embedding_optimizer.name], "learning_rate": table_lr(cfg)}
+    if cfg.embedding_optimizer.name == "rowwise_adagrad":
+        params["eps"] = 1e-8
+    return params
+
+
+@dataclass
+class ShardedModel:
+    """A model whose FeatureEmbedding table is sharded: `module` is what training steps go through (TorchRec's
+    DistributedModelParallel: the sharded table plus DDP around the rest), `optimizer` updates the rest
+    (`train.optimizer`, the `replicated` part) and sets the fused table optimizer's learning rate (`sharded`)."""
+
+    module: nn.Module
+    optimizer: Optimizer
+    embedding: nn.Module
+    summary: dict[str, Any] = field(default_factory=dict)  # the plan: how and where the table's rows live
+
+    def unshard(self, device: torch.device) -> None:
+        """Gather the table into a plain `nn.Embedding` on every rank (collective), so that the model scores,
+        saves and loads as an unsharded one."""
+        lookup = self.embedding.table
+        weight = lookup.collection.state_dict()[f"embeddings.{TABLE}.weight"]
+        full = torch.empty(*weight.shape, dtype=weight.dtype, device=device)
+        weight.gather(dst=0, out=full if dist.get_rank() == 0 else None)
+        dist.broadcast(full, src=0)
+        self.embedding.table = nn.Embedding.from_pretrained(full, freeze=False)
+
+
+def _summary(plan, module_path: str, rows: int, dim: int, world_size: int) -> dict[str, Any]:
+    """Sharding type and rows per rank of the table (a column-wise shard counts its share of a row)."""
+    options = plan.get_plan_for_module(module_path)[TABLE]
+    per_rank = [0.0] * world_size
+    for shard in options.sharding_spec.shards:
+        per_rank[shard.placement.rank()] += shard.shard_sizes[0] * shard.shard_sizes[1] / dim
+    return {"type": options.sharding_type, "table_rows": rows, "dim": dim,
+            "rows_per_rank": [round(r) for r in per_rank]}
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """One line for the log: how the table is split and the rows each rank holds."""
+    rows = " / ".join(f"{r:,}" for r in summary["rows_per_rank"])
+    return (f"embedding table: {summary['table_rows']:,} rows x {summary['dim']} sharded {summary['type']} by "
+            f"TorchRec over {len(summary['rows_per_rank'])} ranks: {rows} rows per rank")
+
+
+def shard(model: nn.Module, cfg: TrainConfig, session: Session) -> ShardedModel:
+    """Shard `model`'s FeatureEmbedding table across the session's ranks (collective: every rank calls it)."""
+    check(cfg, session)
+    tr = _torchrec()
+    logging.getLogger("torchrec").setLevel(logging.ERROR)  # the planner warns about its own defaults
+    embedding = _embedding(model)
+    rows, dim = embedding.table.weight.shape
+    embedding.table = ShardedLookup(embedding.table, session.device)
+    path = next(name for name, m in model.named_modules() if m is embedding)
+    collection = f"{path}.table.collection" if path else "table.collection"
+    sharder = tr.Sharder(fused_params=_fused_params(cfg, tr))
+    group = dist.GroupMember.WORLD
+    topology = tr.Topology(world_size=session.info.world_size, compute_device=session.device.type)
+    plan = tr.Planner(topology=topology).collective_plan(model, [sharder], group)
+    dmp = tr.DMP(model, env=tr.ShardingEnv.from_process_group(group), device=session.device, plan=plan,
+                    sharders=[sharder],
+                    data_parallel_wrapper=tr.Wrapper(static_graph=False, find_unused_parameters=True))
+    replicated = build_optimizer(model, cfg, distributed=True, device=session.device)
+    optimizer = CombinedOptimizer({"replicated": replicated, "sharded": dmp.fused_optimizer})
+    return ShardedModel(dmp, optimizer, embedding, _summary(plan, collection, rows, dim, session.info.world_size))
