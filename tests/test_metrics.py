@@ -191,3 +191,68 @@ def test_the_epoch_monitor_report_has_the_full_reports_values(seed, n, tasks):
         assert set(block["scenarios"]) == set(full_block)
         for name, m in block["scenarios"].items():
             assert same(m["auc"], full_block[name]["auc"], 0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(0, 400), scenarios=st.integers(1, 60),
+       distinct=st.integers(1, 8), nan_truth=st.booleans())
+def test_many_scenarios_in_one_pass_match_sklearn_per_scenario(seed, n, scenarios, distinct, nan_truth):
+    """Many scenarios, most tiny, some empty, some of one class, heavy ties: every per-scenario figure is
+    scikit-learn's on that scenario's rows; both macro means (unweighted, row-weighted) follow from them."""
+    rng = np.random.default_rng(seed)
+    s = np.minimum(rng.zipf(1.5, n) - 1, scenarios - 1)  # a long tail; the last ids mostly empty
+    y = (rng.random(n) < rng.random(scenarios)[s]).astype(np.float64)  # some scenarios of one class
+    p = rng.integers(0, distinct, n) / distinct
+    g = rng.integers(0, 5, n)
+    truth = rng.random(n)
+    if nan_truth and n:
+        truth[rng.integers(0, n)] = np.nan  # its scenario has no oracle AUC; the others keep theirs
+    names = [f"s{k}" for k in range(scenarios)]
+    report = evaluation_report(torch.from_numpy(y)[:, None], torch.from_numpy(p)[:, None], torch.from_numpy(s),
+                               names, ["click"], users=torch.from_numpy(g),
+                               truth=torch.from_numpy(truth)[:, None])["tasks"]["click"]
+    present = [k for k in range(scenarios) if (s == k).any()]
+    assert list(report["scenarios"]) == [names[k] for k in present]
+    aucs, sizes = [], []
+    for k in present:
+        m = s == k
+        block = report["scenarios"][names[k]]
+        assert block["rows"] == m.sum() and block["positives"] == y[m].sum()
+        assert same(block["auc"], sk_auc(y[m], p[m]))
+        assert same(block["logloss"], sk_logloss(y[m], p[m]), 1e-9)
+        assert same(block["gauc"], sk_gauc(y[m], p[m], g[m]))
+        if np.isnan(truth[m]).any():  # an oracle wherever no true probability is missing
+            assert "oracle_auc" not in block
+        else:
+            assert same(block["oracle_auc"], sk_auc(y[m], truth[m]))
+        aucs.append(sk_auc(y[m], p[m]))
+        sizes.append(m.sum())
+    aucs, sizes = np.array(aucs), np.array(sizes)
+    ok = ~np.isnan(aucs)
+    assert same(report["macro_auc"], float(aucs[ok].mean()) if ok.any() else math.nan)
+    assert same(report["weighted_macro_auc"],
+                float((aucs[ok] * sizes[ok]).sum() / sizes[ok].sum()) if ok.any() else math.nan)
+
+
+def test_a_scenario_with_a_missing_true_probability_has_no_oracle_auc_the_others_do():
+    from msrec.train.metrics import task_report
+
+    y = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    p = torch.tensor([0.2, 0.8, 0.3, 0.7, 0.6, 0.4])
+    s = torch.tensor([0, 0, 1, 1, 2, 2])
+    truth = torch.tensor([0.1, 0.9, float("nan"), 0.8, 0.9, 0.1])
+    report = task_report(y, p, s, ["a", "b", "c"], truth=truth)
+    assert "oracle_auc" not in report["overall"] and "oracle_macro_auc" not in report
+    assert report["scenarios"]["a"]["oracle_auc"] == 1.0 and report["scenarios"]["c"]["oracle_auc"] == 0.0
+    assert "oracle_auc" not in report["scenarios"]["b"]
+
+
+def test_weighted_macro_auc_weights_each_scenario_by_its_rows():
+    # scenario a: 4 rows, AUC 1; scenario b: 2 rows, AUC 0; scenario c: one class (left out of both means).
+    y = torch.tensor([0, 0, 1, 1, 1, 0, 1, 1], dtype=torch.float32)[:, None]
+    p = torch.tensor([0.1, 0.2, 0.8, 0.9, 0.1, 0.9, 0.5, 0.6])[:, None]
+    s = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    report = evaluation_report(y, p, s, ["a", "b", "c"], ["click"])
+    assert report["macro_auc"] == pytest.approx(0.5)
+    assert report["weighted_macro_auc"] == pytest.approx(4 / 6)
+    assert report["tasks"]["click"]["weighted_macro_auc"] == pytest.approx(4 / 6)

@@ -11,18 +11,25 @@ from msrec.errors import MsrecError
 @dataclass
 class Schema:
     """Which column plays which role. Scenario-indicator features are sparse fields too: models read them
-    from `Batch.sparse` at the indices `FeatureSpec.scenario_fields` gives."""
+    from `Batch.sparse` at the indices `FeatureSpec.scenario_fields` gives. `scenario` is one column, or
+    several (`[country, placement]`: the scenario is their combination, see `ScenarioLevels`)."""
 
     sparse: list[str]
     dense: list[str]
     lists: dict[str, str]
-    scenario: str
+    scenario: str | list[str]
     scenario_features: list[str]
     labels: list[str]
     user: str | None = None
     truth: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.scenario, list | tuple) and len(self.scenario) == 1:
+            self.scenario = self.scenario[0]  # [x] is x: a single column stays exactly as it was
+        if isinstance(self.scenario, list | tuple):
+            self.scenario = list(self.scenario)
+            if not all(isinstance(c, str) and c for c in self.scenario) or len(set(self.scenario)) < len(self.scenario):
+                raise MsrecError(f"data.scenario: expected distinct column names, got {self.scenario}")
         if not self.scenario:
             raise MsrecError("data.scenario: name the column whose values are the scenarios")
         if not self.labels:
@@ -42,15 +49,44 @@ class Schema:
         if unknown_truth:
             raise MsrecError(f"data.truth: {sorted(unknown_truth)} are not labels")
 
+    @property
+    def scenario_columns(self) -> list[str]:
+        """The scenario's columns, one per level (one for a flat scenario)."""
+        return [self.scenario] if isinstance(self.scenario, str) else list(self.scenario)
+
     def feature_columns(self) -> list[str]:
-        return list(dict.fromkeys([*self.sparse, *self.dense, *self.lists, self.scenario]))
+        return list(dict.fromkeys([*self.sparse, *self.dense, *self.lists, *self.scenario_columns]))
 
     def text_columns(self) -> list[str]:
         """Columns read from CSV as text: ids keep their form ("007" stays "007"), lists stay strings."""
-        return list(dict.fromkeys([*self.sparse, *self.lists, self.scenario, *([self.user] if self.user else [])]))
+        return list(dict.fromkeys([*self.sparse, *self.lists, *self.scenario_columns,
+                                   *([self.user] if self.user else [])]))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class ScenarioLevels:
+    """The levels of a scenario: scenario id s is the combination whose level-l value is `values[l][ids[s][l] - 1]`.
+
+    Level ids are 1-based like sparse ids; 0 means "none": the combination fell back to its parent level
+    (`data.min_scenario_rows`), e.g. `US/*` has the country level only. A model gathers per-level parameters
+    with `tensor()` (`[S, L]`); a table of `sizes[l]` rows per level holds every id, 0 included. A flat
+    scenario is one level whose ids are the scenario ids plus one."""
+
+    columns: list[str]
+    values: list[list[str]]  # per level, the names of its ids 1..n
+    ids: list[list[int]]  # [S][L]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(v) + 1 for v in self.values]
+
+    def tensor(self) -> Any:
+        import torch  # lazily: a schema is read before torch is needed
+
+        return torch.tensor(self.ids, dtype=torch.long).reshape(len(self.ids), len(self.columns))
 
 
 @dataclass
@@ -66,6 +102,14 @@ class FeatureSpec:
     scenario_fields: list[int]
     scenarios: list[str]
     tasks: list[str]
+    levels: ScenarioLevels | None = None  # None: a flat scenario (`scenario_levels` sees it as one level)
+
+    @property
+    def scenario_levels(self) -> ScenarioLevels:
+        """The scenario's levels: those of a hierarchical scenario, or one level of the scenarios themselves."""
+        if self.levels is not None:
+            return self.levels
+        return ScenarioLevels(["scenario"], [list(self.scenarios)], [[s + 1] for s in range(len(self.scenarios))])
 
     @property
     def num_scenarios(self) -> int:
