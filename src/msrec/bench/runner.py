@@ -1,7 +1,8 @@
 """`msrec benchmark SPEC.yaml`: every model of a spec x every seed on one dataset, resumable, then a report.
 
 The grid runs seed by seed (all models per seed) into `OUT/runs/` (see `store.py`); the data is prepared
-once per split seed. A failed run is recorded and the grid goes on. At the end: `results.csv`,
+once per split seed. With `tune:`, each model is tuned first (`tuning.py`) and runs as given and as tuned. A
+failed run is recorded and the grid goes on. At the end: `results.csv`,
 `report.md`, `report.html` (self-contained) and `plots/`.
 """
 
@@ -89,7 +90,7 @@ class _GridRun:
         self.seconds: dict[str, list[float]] = {}  # label -> wall seconds of its runs so far (for the ETA)
         self.data, self.data_key, self.ran = None, None, 0
 
-    def _data(self, cfg: Config) -> EncodedData:
+    def data_for(self, cfg: Config) -> EncodedData:
         key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
         if key != self.data_key:  # once per grid (fixed split) or once per seed (resplit)
             self.data, self.data_key = None, None  # the previous split's tensors freed before the next is made
@@ -101,7 +102,7 @@ class _GridRun:
         cfg, label, seed = self.grid.configs[rid], self.label[rid], self.seed[rid]
         t0 = time.perf_counter()
         try:
-            data = self._data(cfg)
+            data = self.data_for(cfg)
             t0, c0 = time.perf_counter(), time.process_time()  # a run's time excludes data preparation
             metrics, arrays, scenarios, tasks, split = _train_one(cfg, data)
             wall = time.perf_counter() - t0
@@ -149,12 +150,18 @@ def run_benchmark(spec: str | Path | dict | BenchmarkSpec, out: str | Path | Non
     grid = resolve_grid(spec, only)
     out = Path(out) if out is not None else default_out(spec)
     store = RunStore(out)
+    runner = _GridRun(grid, store, console)
+    if grid.tuned:  # the tuned twins' configs come from the studies (resumed when already run)
+        from msrec.bench.tuning import tune_models
+
+        console.print(f"[bold]{grid.title}[/bold]: tuning {len(grid.tuned)} models in {out / 'tune'}", highlight=False)
+        tune_models(grid, lambda label: out / "tune" / label, f"sqlite:///{(out / 'tune' / 'study.db').resolve()}",
+                    console, runner.data_for)
     todo = _todo(grid, store, overwrite)
     (out / "spec.yaml").write_text(grid.spec.to_yaml())
     console.print(f"[bold]{grid.title}[/bold]: {len(grid.labels)} models x {len(grid.seeds)} seeds = "
                   f"{len(grid.order)} runs; {len(grid.order) - len(todo)} already in {out}, {len(todo)} to run",
                   highlight=False)
-    runner = _GridRun(grid, store, console)
     runner.run_all(todo)
     records, failures = store.collect(grid)
     summary = write_report(out, grid, records, failures, markdown=markdown)

@@ -11,6 +11,7 @@
     resplit: false
     reference: dnn
     bootstrap: 1000
+    tune: {trials: 20}               # optional: tune each model on the validation split first (docs/tuning.md)
 
 Every key's meaning is its field's docstring below (`spec_reference` renders them for docs/benchmark.md).
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,10 @@ from msrec.config import Config, format_validation_error, load_config, parse_con
 from msrec.errors import MsrecError, first_problem
 from msrec.models import list_models
 from msrec.models.registry import parse_options
+from msrec.tune.settings import TuneSettings
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+TUNED = "-tuned"  # the suffix of a tuned model's label
 
 
 class _SpecPart(BaseModel):
@@ -85,6 +88,10 @@ class BenchmarkSpec(_SpecPart):
     """The model (label) every other one is compared with in the difference tables."""
     bootstrap: int = Field(1000, ge=100)
     """Bootstrap replicates behind the 95% intervals of the differences."""
+    tune: TuneSettings | None = None
+    """Tune each model before the grid (`{trials: N, space: ...}`, the `tune:` keys of docs/tuning.md): an Optuna
+    study on the validation split of the first seed, trial 0 = the model as given; each model then runs twice
+    per seed, as given and as tuned (label `<label>-tuned`), and the report sets them side by side."""
 
     @field_validator("models", mode="before")
     @classmethod
@@ -129,6 +136,7 @@ class Grid:
     configs: dict[str, Config]  # run id -> config
     order: list[tuple[str, str, int]]  # (run id, label, seed)
     source: str  # where the spec came from, for the report
+    tuned: dict[str, str] = field(default_factory=dict)  # with `tune`: a label -> its tuned twin's label
 
 
 def run_id(label: str, seed: int) -> str:
@@ -230,7 +238,12 @@ def resolve_grid(spec: str | Path | dict | BenchmarkSpec, only: list[str] | None
     base_cfg = parse_config({**raw, "model": {"name": "dnn"}}, source)
     if spec.resplit and base_cfg.data.split_seed is not None:
         raise MsrecError(f"{source}: `resplit: true` draws a split per seed; remove data.split_seed")
+    if spec.tune and spec.resplit:
+        raise MsrecError(f"{source}: `tune` tunes on one validation split; it needs `resplit: false`")
     entries = _entries(spec, only, source)
+    tuned = {e.key: e.key + TUNED for e in entries} if spec.tune else {}
+    if any(t in {e.key for e in entries} for t in tuned.values()):
+        raise MsrecError(f"{source}: with `tune`, the labels ending in `{TUNED}` are the tuned models'")
     seeds = spec.seeds if isinstance(spec.seeds, list) else [base_cfg.train.seed + k for k in range(spec.seeds)]
     split_seed = base_cfg.data.split_seed if base_cfg.data.split_seed is not None else seeds[0]
     configs, order = {}, []
@@ -243,6 +256,10 @@ def resolve_grid(spec: str | Path | dict | BenchmarkSpec, only: list[str] | None
             rid = run_id(e.key, seed)
             configs[rid] = parse_config(run, f"{source} (model {e.key}, seed {seed})")
             order.append((rid, e.key, seed))
+            if e.key in tuned:  # the model's config until the runner has tuned it (bench.tuning)
+                configs[run_id(tuned[e.key], seed)] = configs[rid]
+                order.append((run_id(tuned[e.key], seed), tuned[e.key], seed))
     title = spec.title or (base_cfg.data.dataset or Path(base_cfg.data.train or "data").stem)
-    return Grid(spec, title, [e.key for e in entries], {e.key: e.name for e in entries}, seeds, configs, order,
-                source)
+    labels = [x for e in entries for x in (e.key, *([tuned[e.key]] if tuned else []))]
+    return Grid(spec, title, labels, {x: e.name for e in entries for x in (e.key, tuned.get(e.key, e.key))},
+                seeds, configs, order, source, tuned)

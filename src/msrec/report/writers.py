@@ -35,6 +35,7 @@ from msrec.report.tables import (
     training_table,
     value,
 )
+from msrec.report.tuned import tuned_tables
 
 if TYPE_CHECKING:
     from msrec.bench.spec import Grid
@@ -96,6 +97,7 @@ def summarize(grid: Grid, records: list[RunRecord], failures: list[Failure]) -> 
                     readings.append(reading(grid, records, diffs, task))
                 if diffs:
                     tables.append(difference_table(grid, diffs, task, metric, multi))
+            tables += tuned_tables(grid, records, task, cache, multi)  # a spec with `tune`: default vs tuned
         tables.append(training_table(grid, records, failures))
         plots = {"auc.png": auc_plot(grid, records, tasks), "curves.png": curves_plot(grid, records)}
     failed = failure_table(failures)
