@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import io
-import math
 
 import torch
 from rich.console import Console
-from torch import nn
 
 from msrec.config import TrainConfig
 from msrec.data.table import TensorTable
 from msrec.models import build_model
 from msrec.schema import FeatureSpec
 from msrec.train.predict import Scorer
-from msrec.train.trainer import EarlyStopping, Trainer
+from msrec.train.trainer import Trainer
 
 
 def _table(n: int, labels: torch.Tensor, seed: int) -> TensorTable:
@@ -64,18 +62,3 @@ def test_the_kept_validation_report_is_the_restored_models_report():
     best = fit.history[fit.best_epoch - 1]
     assert best["val_macro_auc"] == fit.best_val["macro_auc"] and best["val_auc"] == fit.best_val["overall"]["auc"]
 
-
-def test_early_stopping_keeps_the_best_weights_and_counts_patience():
-    model = nn.Linear(2, 1)
-    stopper = EarlyStopping(patience=2)
-    scores = torch.zeros(3, 1)
-    assert not stopper.update(1, -math.inf, scores, model)  # undefined: not an improvement, but kept
-    assert stopper.epoch == 1 and not stopper.stop
-    assert stopper.update(2, 0.6, scores, model)
-    kept = model.weight.detach().clone()
-    with torch.no_grad():
-        model.weight.add_(1.0)  # the kept weights are a copy, not the live parameters
-    assert not stopper.update(3, 0.6, scores, model) and not stopper.stop  # equal is not better
-    assert not stopper.update(4, 0.5, scores, model) and stopper.stop
-    stopper.restore(model)
-    assert torch.equal(model.weight, kept) and stopper.epoch == 2 and stopper.score == 0.6

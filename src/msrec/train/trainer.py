@@ -31,6 +31,7 @@ from msrec.data.table import BatchSource, TensorTable
 from msrec.errors import MsrecError
 from msrec.train import distributed as D
 from msrec.train.checkpoint import Checkpointer, FitState
+from msrec.train.early_stopping import EarlyStopping
 from msrec.train.metrics import monitor_report, monitor_value
 from msrec.train.optim import build_optimizer, fallback_note
 from msrec.train.predict import Scorer, autocast
@@ -51,58 +52,6 @@ class FitResult:
     best_val: dict  # the best epoch's full validation report (the metrics.json block)
     history: list[dict] = field(default_factory=list)
     best_scores: Tensor | None = field(default=None, repr=False)  # the best epoch's validation scores [N, T]
-
-
-class EarlyStopping:
-    """The best epoch so far (score, number, validation scores, weights) and the epochs since. The weights
-    are copied into tensors allocated once, on the model's device (no host copy, no deepcopy per epoch)."""
-
-    def __init__(self, patience: int):
-        self.patience = patience
-        self.score = -math.inf
-        self.epoch = 0
-        self.scores: Tensor | None = None
-        self.state: dict[str, Any] | None = None
-        self.stale = 0
-
-    def update(self, epoch: int, score: float, scores: Tensor, model: nn.Module) -> bool:
-        """Record an epoch; True when it beats the best so far. The first epoch is kept even when its score
-        is undefined, so that there are always weights to restore."""
-        improved = score > self.score
-        if improved or self.state is None:
-            self.score, self.epoch, self.scores, self.stale = score, epoch, scores, 0
-            self._keep(model)
-        else:
-            self.stale += 1
-        return improved
-
-    @property
-    def stop(self) -> bool:
-        return self.stale >= self.patience
-
-    def _keep(self, model: nn.Module) -> None:
-        state = model.state_dict()
-        if self.state is None:
-            self.state = {k: v.clone() if isinstance(v, Tensor) else v for k, v in state.items()}
-            return
-        for k, v in state.items():
-            if isinstance(v, Tensor):
-                self.state[k].copy_(v)
-            else:
-                self.state[k] = v
-
-    def restore(self, model: nn.Module) -> None:
-        model.load_state_dict(self.state)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"score": self.score, "epoch": self.epoch, "scores": self.scores, "state": self.state,
-                "stale": self.stale}
-
-    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
-        self.score, self.epoch, self.stale = state["score"], state["epoch"], state["stale"]
-        self.scores = state["scores"].to(device) if state["scores"] is not None else None
-        self.state = None if state["state"] is None else \
-            {k: v.to(device) if isinstance(v, Tensor) else v for k, v in state["state"].items()}
 
 
 def _fmt(x: float) -> str:
@@ -245,6 +194,7 @@ class Trainer:
         stopper.restore(self.model)  # also when the epochs ran out
         if self.sharded is not None:  # the table whole again on every rank: scored and saved as any model
             self.sharded.unshard(self.device)
+        stopper.close()
         return FitResult(epochs=epoch, best_epoch=stopper.epoch, seconds=time.perf_counter() - started,
                          samples_per_second=state.train_samples / max(state.train_seconds, 1e-9),
                          best_val=self.scorer.report(val, stopper.scores), history=state.history,
