@@ -180,6 +180,40 @@ def benchmark(spec: Path,
         raise typer.Exit(1)
 
 
+@app.command()
+def tune(config: Annotated[Path, typer.Argument(help="A run config (with an optional tune: section), or a benchmark "
+                                                 "spec: each of its models")],
+         trials: Annotated[int | None, typer.Option(help="Trials in each study, the default config's included "
+                                                    "(default: tune.trials)", show_default=False)] = None,
+         out_dir: Annotated[Path, typer.Option("--out", help="Study folder: best.yaml, trials.csv / .md, plots/ "
+                                               "(a spec: one folder per model)")] = Path("runs/tune"),
+         storage: Annotated[str | None, typer.Option(help="Optuna storage URL shared by workers (default: "
+                                                     "sqlite:///OUT/study.db)", show_default=False)] = None,
+         set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key of the config, e.g. "
+                                                        "train.epochs=3")] = None):
+    """Tune CONFIG's model with Optuna (TPE, pruning per epoch, trial 0 = CONFIG itself); run it again to continue
+    the study, or in several processes on one --storage to share it (docs/tuning.md)."""
+    from msrec.config import read_yaml
+
+    raw = read_yaml(config, "config file")
+    if isinstance(raw, dict) and set(raw) & {"models", "seeds", "config", "title", "reference", "resplit"}:
+        from msrec.bench.tuning import tune_spec
+
+        if set_:
+            raise MsrecError("--set applies to a run config; edit the spec's train / models keys instead")
+        results = tune_spec(config, out_dir, trials=trials, storage=storage, console=out)
+        for label, result in results.items():
+            out.print(f"{label}: {result.out / 'best.yaml'}", highlight=False)
+        return
+    from msrec.tune.study import tune as run_tune
+
+    result = run_tune(config, out_dir, trials=trials, storage=storage, overrides=set_ or [], console=out)
+    out.print(f"best: trial {result.best_number}, validation {result.monitor} {result.best_value:.4f} (trial 0, the "
+              f"config as given: {result.default_value:.4f}); {result.finished} trials finished", highlight=False)
+    out.print(f"best config: {result.out / 'best.yaml'}  (msrec train {result.out / 'best.yaml'}); trials: "
+              f"{result.out / 'trials.md'}", highlight=False)
+
+
 def main() -> None:
     try:
         app()
