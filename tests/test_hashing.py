@@ -152,3 +152,31 @@ def test_a_run_trains_and_predicts_unseen_ids_with_hashed_columns(tmp_path):
     encoded = msrec.InputEncoder(tmp_path / "run").encode(rows)
     assert encoded["sparse"][0, 0] == hashed(pa.array([10**12]), 512)[0] != 0  # never seen: its own bucket
     assert encoded["sparse"][1, 1] != 0
+
+
+def test_the_service_takes_a_number_for_a_hashed_text_column_and_reports_its_buckets(tmp_path):
+    """A text column has no vocabulary once hashed: a JSON number (pandas' reading of a CSV's "7") is scored by its
+    text form, as the CSV row was in training, instead of being refused; /metadata gives the buckets."""
+    from fastapi.testclient import TestClient
+
+    from msrec.serve.app import create_app
+    from msrec.serve.records import RecordTable
+
+    csv = tmp_path / "train.csv"
+    rows = ["user,item,scene,click"] + [f"{u}{i % 37},{i % 11},{'ab'[i % 2]},{i % 3 == 0:d}"
+                                         for i, u in zip(range(600), ["7", "x"] * 300, strict=True)]
+    csv.write_text("\n".join(rows) + "\n")
+    cfg = {"data": {"train": str(csv), "sparse": ["user", "item"], "scenario": "scene", "labels": ["click"],
+                    "hash_buckets": {"user": 64}},
+           "model": {"name": "dnn", "mlp": {"hidden": [8]}, "embed_dim": 4},
+           "train": {"epochs": 1, "batch_size": 128, "progress": False, "threads": 1}}
+    run = msrec.train(cfg, out=tmp_path / "run").run_dir
+    records = RecordTable(Encoder.load(run / "encoder.json"))
+    as_number = records.table([{"user": 713, "item": 3, "scene": "a"}])
+    assert as_number.column("user").to_pylist() == ["713"]
+    with TestClient(create_app(run)) as client:
+        sparse = {f["name"]: f for f in client.get("/metadata").json()["features"]["sparse"]}
+        assert sparse["user"] == {"name": "user", "type": "string", "hash_buckets": 64}
+        by_number = client.post("/predict", json=[{"user": 713, "item": 3, "scene": "a"}])
+        by_text = client.post("/predict", json=[{"user": "713", "item": 3, "scene": "a"}])
+    assert by_number.status_code == 200 and by_number.json() == by_text.json()

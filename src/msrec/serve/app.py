@@ -64,7 +64,8 @@ class Service:
             "scenario": {"column": s.scenario, "names": enc.scenario_names},
             "features": {
                 "sparse": [{"name": n, "type": "integer" if enc.sparse[n].kind == "int" else "string",
-                            "vocabulary": len(enc.sparse[n].vocab)} for n in s.sparse],
+                            **({"hash_buckets": enc.sparse[n].buckets} if enc.sparse[n].buckets else
+                               {"vocabulary": len(enc.sparse[n].vocab)})} for n in s.sparse],
                 "dense": [{"name": n, "type": "number", "nullable": True} for n in s.dense],
                 "lists": [{"name": n, "type": "string", "separator": sep} for n, sep in s.lists.items()],
                 "scenario_features": list(s.scenario_features)},

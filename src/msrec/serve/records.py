@@ -77,13 +77,14 @@ def _int_id(value: Any) -> int | str | None:
     raise ValueError("expected an integer id")
 
 
-def _text_id(known: Callable[[], frozenset]) -> Callable[[Any], str | None]:
+def _text_id(known: Callable[[], frozenset] | None) -> Callable[[Any], str | None]:
+    """`known` None: a hashed column, where every text is a value (it has no vocabulary to check against)."""
     def check(value: Any) -> str | None:
         if value is None or isinstance(value, str):
             return value
         if isinstance(value, int | float) and not isinstance(value, bool):
             text = _text_form(value)
-            if text in known():
+            if known is None or text in known():
                 return text
             raise ValueError(f"{value} is a number and {text!r} is not a known value of this text column "
                              "(send ids as text)")
@@ -132,7 +133,7 @@ class RecordTable:
                 types[name], arrow[name] = Annotated[Any, PlainValidator(_int_id), WithJsonSchema(INT_SCHEMA)], \
                     pa.int64()
             else:
-                check = _text_id(lambda name=name: self._vocab(name))
+                check = _text_id(None if encoder.sparse[name].buckets else lambda name=name: self._vocab(name))
                 types[name], arrow[name] = Annotated[Any, PlainValidator(check), WithJsonSchema(TEXT_SCHEMA)], \
                     pa.string()
         for name in s.dense:
