@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,7 +129,7 @@ def test_in_process_resume_from_every_kept_checkpoint_is_identical(synthetic_con
         folder.mkdir()
         for p in saved:
             if int(p.name.split(".")[0]) in keep:
-                (folder / p.name).write_bytes(p.read_bytes())
+                shutil.copytree(p, folder / p.name)
         (folder / f".{99:012d}.ckpt.1.tmp").write_bytes(b"half a checkpoint")  # a killed write: ignored
         result = msrec.train(cfg, out=out, resume=True)
         assert result.metrics["train"]["epochs"] == 3
@@ -206,7 +207,7 @@ def test_streaming_run_resumes_from_a_mid_epoch_checkpoint(tmp_path):
         out = tmp_path / f"resumed-{newest}"
         checkpoint_dir(out).mkdir()
         src = next(p for p in saved if int(p.name.split(".")[0]) == newest)
-        (checkpoint_dir(out) / src.name).write_bytes(src.read_bytes())
+        shutil.copytree(src, checkpoint_dir(out) / src.name)
         result = msrec.train(cfg, out=out, resume=True)
         a, b = (r.metrics["test"]["overall"]["auc"] for r in (ref, result))
         assert abs(a - b) < 1e-4

@@ -109,22 +109,21 @@ def train(config: Config | dict | str | Path, out: str | Path | None = None, ove
     options = parse_options(cfg.model.name, cfg.model.options())  # fail on a bad option before loading data
     with training_session(cfg.train) as session:
         check_sharding(cfg.train, session)  # before any data is read
-        run_dir, resuming = None, False
+        out_dir, run_dir, resuming = None, None, False
         if resume and (out is None or not save):
             raise MsrecError("resume needs the run directory to continue (--out) and save=True")
-        if resume and session.enabled:
-            raise MsrecError("--resume: distributed runs (torchrun) write no checkpoints yet (docs/checkpoints.md)")
-        if save and session.writes_run:
-            run_dir = Path(out) if out else default_run_dir(cfg.model.name)
-            resuming = prepare_run_dir(run_dir, overwrite, resume)  # before training, not after
+        if save:  # checked before training, not after; rank 0 decides for all (every rank writes checkpoints)
+            out_dir, resuming = session.decide(lambda: _output(cfg, out, overwrite, resume))
+            run_dir = out_dir if session.writes_run else None  # rank 0 alone writes the run
         data = data or prepare_data(cfg)
         torch.manual_seed(cfg.train.seed)
         spec = data.encoder.spec()
         model = build_model(cfg.model.name, spec, options)
         ckpt = cfg.train.checkpoint
-        checkpoints = None  # under torchrun: not yet (docs/checkpoints.md)
-        if run_dir is not None and not session.enabled and (ckpt.every_steps or ckpt.every_minutes):
-            checkpoints = Checkpointer(checkpoint_dir(run_dir), ckpt, identity(absolute_data_paths(cfg), data))
+        checkpoints = None
+        if out_dir is not None and (ckpt.every_steps or ckpt.every_minutes):
+            checkpoints = Checkpointer(checkpoint_dir(out_dir), ckpt, identity(absolute_data_paths(cfg), data),
+                                       session)
         trainer = Trainer(model, cfg.train, spec.scenarios, spec.tasks, console, session, checkpoints)
         tracker = tracking.start(cfg, run_dir, session.writes_run)  # None: train.tracking is off
         trainer.epoch_hooks += [*(epoch_hooks or []), *([tracker.epoch_end] if tracker else [])]
@@ -143,6 +142,12 @@ def train(config: Config | dict | str | Path, out: str | Path | None = None, ove
         if tracker:
             tracker.finish(metrics, run_dir)
     return TrainResult(run_dir, metrics, model, data.encoder, scores)
+
+
+def _output(cfg: Config, out: str | Path | None, overwrite: bool, resume: bool) -> tuple[Path, bool]:
+    """The run directory and whether training continues from its checkpoints (msrec.runs.prepare_run_dir)."""
+    run_dir = Path(out) if out else default_run_dir(cfg.model.name)
+    return run_dir, prepare_run_dir(run_dir, overwrite, resume)
 
 
 def _scorer(run: Run) -> Scorer:

@@ -246,6 +246,26 @@ class Session:
             return compute()
         return broadcast_object(compute() if self.info.is_main else None, self.info)
 
+    def decide(self, compute: Callable[[], T]) -> T:
+        """`compute()` on rank 0 and its result, or the MsrecError it raised, on every rank: a decision the ranks
+        must share (what to resume from) and that may fail without leaving the other ranks waiting."""
+        if not self.enabled:
+            return compute()
+        try:
+            outcome = (compute() if self.info.is_main else None, None)
+        except MsrecError as err:
+            outcome = (None, str(err))
+        result, error = broadcast_object(outcome, self.info)
+        if error is not None:
+            raise MsrecError(error)
+        return result
+
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` holds on any rank (one all-reduce when distributed): a choice every rank must make alike."""
+        if not self.enabled:
+            return flag
+        return all_reduce_sum(torch.tensor([float(flag)], device=self.device)).item() > 0
+
     def share(self, train: BatchSource, batch_size: int) -> tuple[BatchSource, int]:
         """This process's part of the training rows and the steps per epoch that every rank takes (the
         fewest any rank can: a rank taking more would wait forever on its peers' gradients)."""
