@@ -140,3 +140,10 @@ def test_every_model_sits_on_the_backbone(name, backbone, tmp_path):
     for hook in hooks:
         hook.remove()
     assert relative_change(after, before) > 1e-3, f"{name}'s output does not depend on its {backbone} backbone"
+
+
+@pytest.mark.parametrize("backbone", ["mlp", "fm", "dcn_v2"])
+def test_dumped_options_build_again(backbone):
+    """A run directory stores `model_dump()`: every key, defaults included; loading it must not refuse them."""
+    dumped = parse_options("star", {"backbone": backbone}).model_dump()
+    assert parse_options("star", dumped).model_dump() == dumped

@@ -50,8 +50,8 @@ class BackboneOptions(BaseModel):
 
     @model_validator(mode="after")
     def _applies(self) -> BackboneOptions:
-        for key in sorted(self.model_fields_set & set(ONLY)):
-            if ONLY[key] != self.name:
+        for key in sorted(self.model_fields_set & set(ONLY)):  # a default is no choice (a dumped config has them)
+            if ONLY[key] != self.name and getattr(self, key) != type(self).model_fields[key].default:
                 raise ValueError(f"`{key}` applies to backbone {ONLY[key]}, not {self.name}")
         return self
 
