@@ -284,6 +284,8 @@ def test_demo_prints_the_tables_and_the_reading_and_writes_the_report(tmp_path):
     assert f"{auc[other] - auc['dnn']:+.4f}" in reading and "against" in reading
     assert re.search(r"\(95% interval \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\], (not )?significant\)", reading)
     assert f"the oracle reaches {test['dnn'][smallest]['oracle_auc']:.4f} there, {gap:.4f} above {winner}" in reading
+    share = (auc[winner] - 0.5) / (test["dnn"][smallest]["oracle_auc"] - 0.5)
+    assert f"above {winner}, which has {share:.0%} of the oracle's lift over 0.5." in reading
     assert reading in " ".join(text.split())
     html = (tmp_path / "demo" / "report.html").read_text()
     md = (tmp_path / "demo" / "report.md").read_text()

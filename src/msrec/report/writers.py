@@ -75,6 +75,8 @@ def reading(grid: Grid, records: list[RunRecord], diffs: dict[str, dict[str, Dif
     oracle = mean_std([value(r.block(task), smallest, "oracle_auc") for r in records])[0]
     if not math.isnan(oracle):
         text += f"; the oracle reaches {fmt(oracle)} there, {fmt(oracle - means[winner])} above {winner}"
+        if oracle > 0.5:  # the share of the oracle's lift over chance: (AUC - 0.5) / (oracle - 0.5)
+            text += f", which has {(means[winner] - 0.5) / (oracle - 0.5):.0%} of the oracle's lift over 0.5"
     return (f"{task}: " if len(records[0].tasks) > 1 else "") + text + "."
 
 
