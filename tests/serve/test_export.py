@@ -91,3 +91,26 @@ def test_without_format_the_extension_chooses_it(run_dirs, tmp_path, name, fmt):
     result = CliRunner().invoke(app, ["export", str(run_dirs("dnn")), "--out", str(tmp_path / name)])
     assert result.exit_code == 0, result.output
     assert ExportedModel(tmp_path / name).metadata["format"] == fmt
+
+
+def test_large_weights_go_to_one_external_data_file(run_dirs, encoder, tmp_path, monkeypatch):
+    """Past protobuf's 2 GB (a table of 10^7+ ids) the weights sit in `<file>.onnx.data`; shown here with the
+    threshold lowered to 0 bytes: one data file, nothing else left beside it, the same scores."""
+    import onnx
+
+    from msrec.serve import export
+
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
+    run_dir = run_dirs("star")
+    out = tmp_path / "big" / "star.onnx"
+    exported = ExportedModel(export_run(run_dir, "onnx", out))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["star.onnx", "star.onnx.data"]
+    graph_only = onnx.load(str(out), load_external_data=False)
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in graph_only.graph.initializer)
+    onnx.checker.check_model(str(out))
+    model = load_run(run_dir).model
+    batch = parity_batches(encoder)["skewed"]
+    with torch.no_grad():
+        expected = model(batch)
+    logits, _ = exported(*batch_inputs(batch))
+    assert float((logits - expected).abs().max()) < 1e-5

@@ -12,12 +12,15 @@ groups) switch to dynamic ops while tracing (see `msrec.nn.routing.exporting`). 
 scenario mix than the example, one of them missing a scenario.
 
 ONNX goes through PyTorch's TorchScript-based exporter (`dynamo=False`): the torch.export-based one
-refuses Python branches on data-dependent sizes, which per-scenario routing needs.
+refuses Python branches on data-dependent sizes, which per-scenario routing needs. A protobuf file holds at
+most 2 GB, so a model whose weights pass `EXTERNAL_DATA_BYTES` (a table of 10^7+ ids) keeps them in one
+`<file>.onnx.data` beside the graph (ONNX's external data; onnxruntime reads it from the same folder).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ SUFFIXES = {"torchscript": (".pt", ".pth"), "onnx": (".onnx",)}  # what loaders 
 ONNX_OPSET = 17
 METADATA_KEY = "msrec"  # TorchScript extra file `msrec.json` / ONNX metadata_props key
 OUTPUTS = ["logits", "scores"]
+EXTERNAL_DATA_BYTES = 1 << 30  # weights past this go to `<file>.data` (protobuf's limit is 2 GB, graph included)
 
 
 class ExportModule(nn.Module):
@@ -124,9 +128,13 @@ def _export_onnx(wrapper: nn.Module, inputs: tuple[Tensor, ...], spec: FeatureSp
     dynamic = {name: {0: "batch"} for name in [*names, *OUTPUTS]}
     for name in names[3:]:  # list inputs: any padded length too
         dynamic[name] = {0: "batch", 1: f"{name}_length"}
-    torch.onnx.export(wrapper, inputs, str(out), dynamo=False, input_names=names, output_names=OUTPUTS,
-                      dynamic_axes=dynamic, opset_version=ONNX_OPSET)
-    proto = onnx.load(str(out))
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as scratch:
+        # Past 2 GB the exporter writes every weight to a file of its own beside the graph: in a scratch folder,
+        # then gathered into one `.data` file below.
+        raw = Path(scratch) / "model.onnx"
+        torch.onnx.export(wrapper, inputs, str(raw), dynamo=False, input_names=names, output_names=OUTPUTS,
+                          dynamic_axes=dynamic, opset_version=ONNX_OPSET)
+        proto = onnx.load(str(raw))
     # The exporter drops inputs a model never reads (`scenario` where only the scenario-indicator ids route,
     # `dense` without dense features); put them back, unused, so that every file takes the same documented
     # inputs and a deployer can feed what `InputEncoder.encode` gives.
@@ -141,7 +149,15 @@ def _export_onnx(wrapper: nn.Module, inputs: tuple[Tensor, ...], spec: FeatureSp
     proto.graph.input.extend(ordered)
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, info
-    onnx.save(proto, str(out))
+    data = out.with_name(out.name + ".data")
+    data.unlink(missing_ok=True)  # a stale one from an earlier export of another model
+    weights = sum(int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+                  for t in proto.graph.initializer)
+    if weights > EXTERNAL_DATA_BYTES:
+        onnx.save(proto, str(out), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+                  size_threshold=0)
+    else:
+        onnx.save(proto, str(out))
 
 
 def export_run(run_dir: str | Path, fmt: str | None, out: str | Path) -> Path:
