@@ -51,8 +51,12 @@ class DataConfig(_Strict):
     """Multi-hot text columns and their separator, e.g. `{genres: "|"}`."""
     list_max_len: int = 32
     """Longest list kept (the longest training list, at most this)."""
-    scenario: str | None = None
-    """The column whose values are the scenarios."""
+    scenario: str | list[str] | None = None
+    """The column whose values are the scenarios, or several columns, top level first (e.g. `[country,
+    placement]`): the scenario is their combination, reported per combination and per level (docs/evaluation.md)."""
+    min_scenario_rows: int = Field(0, ge=0)
+    """With several scenario columns: a combination with fewer training rows than this gets no id of its own and
+    falls back to its first-level value alone (e.g. `US/*`); 0: every combination seen in training has its own."""
     scenario_features: list[str] | None = None
     """Indicator features that scenario-aware parts read (null: the scenario column)."""
     labels: list[str] | None = None

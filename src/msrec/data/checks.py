@@ -213,10 +213,12 @@ def check_table(table: pa.Table, schema: Schema, source: str, with_labels: bool 
                 missing_ids: MissingIds = "error") -> None:
     """Validate raw rows against the schema before any split: a seeded split reorders rows, so errors
     found later would name a row of the split, not of the user's file. Columns first, then values."""
-    needed = [*schema.sparse, *schema.lists, *schema.dense, schema.scenario, *(schema.labels if with_labels else [])]
+    needed = [*schema.sparse, *schema.lists, *schema.dense, *schema.scenario_columns,
+              *(schema.labels if with_labels else [])]
     for name in dict.fromkeys(needed):
         column(table, name, source)
-    check_no_missing(table[schema.scenario], schema.scenario, source, "scenario")
+    for name in schema.scenario_columns:
+        check_no_missing(table[name], name, source, "scenario")
     if missing_ids == "error":
         for name in schema.sparse:
             check_no_missing(table[name], name, source, "id")

@@ -5,7 +5,8 @@
 - lists (multi-hot strings): split on their separator, one vocabulary, padded to a fixed length (0 = pad;
   unknown values are dropped).
 - dense: standardized with the training mean and std; a missing value becomes 0 and sets a flag column.
-- scenario: values -> ids 0..S-1 with their names kept; an unseen scenario is an error, never a guess.
+- scenario: values (or combinations of several columns' values) -> ids 0..S-1 with their names kept
+  (`data/scenarios.py`); an unseen scenario is an error, never a guess.
 - labels: checked to be 0/1 with nothing missing.
 
 All of it is whole-column pyarrow / numpy work: no Python per row. The fitted state is one small dataclass
@@ -17,6 +18,9 @@ per column; `encoder.json` (format 2) is that state as JSON:
      "lists": {"<col>": {"sep": "|", "max_len": 3, "vocab": ["a", "b"]}},
      "dense": {"<col>": {"mean": 0.0, "std": 1.0}},
      "scenario": {"kind": "int" | "str", "values": [...], "names": ["..."]}}           # id of values[i] = i
+
+A scenario of several columns (a hierarchy) is stored as `data/scenarios.py` describes; files of a single
+scenario column are unchanged.
 
 Format 1 (msrec 0.1) is the same without `missing_ids` (a missing id was an error) and with a `kind` per list.
 A hashed column (`data.hash_buckets`) has `buckets` instead of `vocab`: no vocabulary is counted or stored.
@@ -37,12 +41,9 @@ import pyarrow.compute as pc
 import torch
 
 from msrec.data.checks import (
-    ColumnError,
     Kind,
     MissingIds,
     as_kind,
-    as_written,
-    check_no_missing,
     column,
     dense_values,
     ids,
@@ -51,6 +52,7 @@ from msrec.data.checks import (
     split_lists,
     user_groups,
 )
+from msrec.data.scenarios import Scenario, ScenarioColumn, ScenarioCounter, scenario_from_dict
 from msrec.data.table import TensorTable
 from msrec.data.vocab import Moments, ValueCounts, hashed, lookup
 from msrec.errors import MsrecError
@@ -114,29 +116,14 @@ class DenseColumn:
     std: float
 
 
-@dataclass
-class ScenarioColumn:
-    """Scenario id i is `values[i]`, shown as `names[i]`."""
-
-    kind: Kind
-    values: list
-    names: list[str]
-
-    def __post_init__(self) -> None:
-        if self.kind not in get_args(Kind) or not isinstance(self.values, list):
-            raise ValueError(f"scenario kind {self.kind!r} / values of type {type(self.values).__name__}")
-
-    @cached_property
-    def value_set(self) -> pa.Array:
-        return _value_set(self.values, self.kind)
-
-
 class Encoder:
     """fit / transform in the scikit-learn sense; `spec()` tells models the sizes they need."""
 
     def __init__(self, schema: Schema, min_freq: int = 1, list_max_len: int = 32,
-                 missing_ids: MissingIds = "category", hash_buckets: dict[str, int] | None = None):
+                 missing_ids: MissingIds = "category", hash_buckets: dict[str, int] | None = None,
+                 min_scenario_rows: int = 0):
         self.schema = schema
+        self.min_scenario_rows = min_scenario_rows
         self.hash_buckets = dict(hash_buckets or {})
         if unknown := [c for c in self.hash_buckets if c not in schema.sparse]:
             raise MsrecError(f"data.hash_buckets: {', '.join(map(repr, unknown))} is not a sparse column "
@@ -147,7 +134,7 @@ class Encoder:
         self.sparse: dict[str, SparseColumn] = {}
         self.lists: dict[str, ListColumn] = {}
         self.dense: dict[str, DenseColumn] = {}
-        self.scenario = ScenarioColumn("str", [], [])  # fit sets every column
+        self.scenario: Scenario = ScenarioColumn("str", [], [])  # fit sets every column
         self.fitted = False
 
     # ----------------------------------------------------------------- fit
@@ -162,15 +149,11 @@ class Encoder:
         list_counts = {name: ValueCounts() for name in s.lists}
         moments = {name: Moments() for name in s.dense}
         max_len = dict.fromkeys(s.lists, 1)
-        scenario_counts = ValueCounts()
+        scenarios = ScenarioCounter(s, self.min_scenario_rows)
         kinds: dict[str, Kind] = {}
-        scenario_kind: Kind | None = None
         offset = 0
         for table in chunks:
-            col = column(table, s.scenario, source)
-            check_no_missing(col, s.scenario, source, "scenario", offset)
-            scenario_kind = scenario_counts.merge_kind(scenario_kind, col)
-            scenario_counts.add(as_kind(col, scenario_kind, s.scenario, source, offset))
+            scenarios.add(table, source, offset)
             for name in s.sparse:
                 col = ids(column(table, name, source), name, source, self.missing_ids, offset)
                 kinds[name] = counts[name].merge_kind(kinds.get(name), col)
@@ -188,15 +171,14 @@ class Encoder:
             for name in s.labels:
                 label_values(table, name, source, offset)
             offset += table.num_rows
-        if offset == 0 or scenario_kind is None:
+        if offset == 0:
             raise MsrecError(f"{source}: no training rows")
         self.sparse = {name: SparseColumn(kinds[name], [], self.hash_buckets[name]) if name in self.hash_buckets
                        else SparseColumn(kinds[name], counts[name].vocabulary(self.min_freq)) for name in s.sparse}
         self.lists = {name: ListColumn(sep, int(min(self.list_max_len, max_len[name])),
                                        list_counts[name].vocabulary(self.min_freq)) for name, sep in s.lists.items()}
         self.dense = {name: DenseColumn(*moments[name].scaler()) for name in s.dense}
-        values = scenario_counts.vocabulary(1)
-        self.scenario = ScenarioColumn(scenario_kind, values, [str(v) for v in values])
+        self.scenario = scenarios.result()
         self.fitted = True
         return self
 
@@ -209,7 +191,7 @@ class Encoder:
             raise MsrecError("encoder: transform called before fit")
         s = self.schema
         n = table.num_rows
-        scenario = self._scenario_ids(table, source)
+        scenario = self.scenario.ids(table, s.scenario, source)
         sparse = np.zeros((n, len(s.sparse)), dtype=np.int64)
         for j, name in enumerate(s.sparse):
             info = self.sparse[name]
@@ -237,21 +219,6 @@ class Encoder:
             user = torch.from_numpy(user_groups(table[s.user]))
         return TensorTable(sparse=torch.from_numpy(sparse).to(id_dtype), dense=torch.from_numpy(dense),
                            scenario=torch.from_numpy(scenario), lists=lists, labels=labels, user=user, truth=truth)
-
-    def _scenario_ids(self, table: pa.Table, source: str) -> np.ndarray:
-        """Scenario id per row; an unseen scenario (or text where they were integers) is an error."""
-        name, info = self.schema.scenario, self.scenario
-        col = column(table, name, source)
-        check_no_missing(col, name, source, "scenario")
-        try:
-            scenario = lookup(as_kind(col, info.kind, name, source), info.value_set) - 1
-            row = int(np.argmax(scenario < 0)) if (scenario < 0).any() else None
-        except ColumnError as err:
-            scenario, row = np.empty(0, np.int64), err.row
-        if row is not None:
-            raise ColumnError(source, name, row, f"unknown scenario {as_written(col, row)} "
-                              f"(known: {', '.join(info.names)})")
-        return scenario
 
     def _pad_list(self, table: pa.Table, name: str, source: str) -> torch.Tensor:
         info = self.lists[name]
@@ -282,6 +249,7 @@ class Encoder:
             scenario_fields=[s.sparse.index(c) for c in s.scenario_features],
             scenarios=list(self.scenario.names),
             tasks=list(s.labels),
+            levels=self.scenario.levels(),
         )
 
     @property
@@ -292,7 +260,13 @@ class Encoder:
         """The Arrow type each id column (and the scenario) is compared as: int64 where training ids were
         integers (also when read from CSV as text), so a service can check them and an output keep them."""
         types = {name: pa.int64() if c.kind == "int" else pa.string() for name, c in self.sparse.items()}
-        return {**types, self.schema.scenario: pa.int64() if self.scenario.kind == "int" else pa.string()}
+        return {**types, **{c: pa.int64() if kind == "int" else pa.string() for c, kind, _ in self.scenario_columns()}}
+
+    def scenario_columns(self) -> list[tuple[str, Kind, list]]:
+        """Each scenario column with the kind and the training values of its own (level) vocabulary."""
+        if isinstance(self.scenario, ScenarioColumn):
+            return [(self.schema.scenario, self.scenario.kind, self.scenario.values)]
+        return [(lv.column, lv.kind, lv.values) for lv in self.scenario.levels_]
 
     # ------------------------------------------------------------- storage
     def to_dict(self) -> dict[str, Any]:
@@ -302,7 +276,7 @@ class Encoder:
         return {"version": ENCODER_VERSION, "schema": self.schema.to_dict(), "min_freq": self.min_freq,
                 "list_max_len": self.list_max_len, "missing_ids": self.missing_ids,
                 "sparse": {name: c.to_dict() for name, c in self.sparse.items()},
-                "lists": plain(self.lists), "dense": plain(self.dense), "scenario": asdict(self.scenario)}
+                "lists": plain(self.lists), "dense": plain(self.dense), "scenario": self.scenario.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "encoder") -> Encoder:
@@ -319,7 +293,7 @@ class Encoder:
             enc.sparse = {name: SparseColumn.from_dict(c) for name, c in d["sparse"].items()}
             enc.lists = {name: _read(ListColumn, c) for name, c in d["lists"].items()}
             enc.dense = {name: _read(DenseColumn, c) for name, c in d["dense"].items()}
-            enc.scenario = _read(ScenarioColumn, d["scenario"])
+            enc.scenario = scenario_from_dict(d["scenario"], enc.schema)
             missing = [c for c in enc.schema.sparse if c not in enc.sparse]
             if missing or not enc.scenario.names:
                 raise MsrecError(f"{source}: incomplete encoder (no vocabulary for {missing or 'the scenario'})")

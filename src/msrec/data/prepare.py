@@ -40,7 +40,7 @@ def resolve_schema(cfg: DataConfig, defaults: dict | None = None) -> Schema:
         dense=list(pick("dense", [])),
         lists=dict(pick("lists", {})),
         scenario=scenario,
-        scenario_features=list(pick("scenario_features", [scenario])),
+        scenario_features=list(pick("scenario_features", [scenario] if isinstance(scenario, str) else scenario)),
         labels=list(pick("labels", ["label"])),
         user=pick("user", None),
         truth=dict(pick("truth", {})),
@@ -54,18 +54,20 @@ def split_rows(n: int, fractions: tuple[float, ...], seed: int) -> list[np.ndarr
     return [np.sort(part) for part in np.split(perm, bounds)]
 
 
-def _check_split_scenarios(full: pa.Table, train_rows: np.ndarray, other_rows: np.ndarray, scenario: str,
+def _check_split_scenarios(full: pa.Table, train_rows: np.ndarray, other_rows: np.ndarray, schema: Schema,
                            source: str, split: str) -> None:
     """A scenario whose few rows all fell outside the training split cannot be encoded: say so, naming a
-    row of the user's file (not of the split)."""
-    known = pc.unique(full[scenario].take(pa.array(train_rows)))
-    unseen = pc.invert(pc.is_in(full[scenario].take(pa.array(other_rows)), value_set=known))
-    if pc.any(unseen).as_py():
-        i = int(pc.index(unseen, True).as_py())
-        row = int(other_rows[i])
-        raise ColumnError(source, scenario, row, f"scenario {as_written(full[scenario], row)} has no rows in the "
-                          f"training split (all in the {split} split); give it more rows or change data.split / "
-                          "data.split_seed")
+    row of the user's file (not of the split). With several scenario columns, each column's values are
+    checked (a combination unseen in training falls back to its parent level where it can)."""
+    for scenario in schema.scenario_columns:
+        known = pc.unique(full[scenario].take(pa.array(train_rows)))
+        unseen = pc.invert(pc.is_in(full[scenario].take(pa.array(other_rows)), value_set=known))
+        if pc.any(unseen).as_py():
+            i = int(pc.index(unseen, True).as_py())
+            row = int(other_rows[i])
+            raise ColumnError(source, scenario, row, f"scenario {as_written(full[scenario], row)} has no rows in "
+                              f"the training split (all in the {split} split); give it more rows or change "
+                              "data.split / data.split_seed")
 
 
 def load_splits(cfg: DataConfig, seed: int) -> RawSplits:
@@ -94,7 +96,7 @@ def load_splits(cfg: DataConfig, seed: int) -> RawSplits:
         for split, rows in zip(("train", "val", "test"), parts):
             if len(rows):
                 if split != "train" and len(parts[0]):
-                    _check_split_scenarios(full, parts[0], rows, schema.scenario, sources["all"], split)
+                    _check_split_scenarios(full, parts[0], rows, schema, sources["all"], split)
                 tables[split] = full.take(pa.array(rows))
                 sources[split] = f"{sources['all']} ({split} split)"
     elif "val" not in tables:
@@ -102,7 +104,7 @@ def load_splits(cfg: DataConfig, seed: int) -> RawSplits:
         frac_val = cfg.split[1] / (cfg.split[0] + cfg.split[1])
         train_rows, val_rows = split_rows(full.num_rows, (1 - frac_val, frac_val), split_seed)
         if len(train_rows) and len(val_rows):
-            _check_split_scenarios(full, train_rows, val_rows, schema.scenario, sources["train"], "val")
+            _check_split_scenarios(full, train_rows, val_rows, schema, sources["train"], "val")
         tables["train"], tables["val"] = full.take(pa.array(train_rows)), full.take(pa.array(val_rows))
         sources["val"] = f"{sources['train']} (val split)"
         sources["train"] = f"{sources['train']} (train split)"
@@ -155,4 +157,4 @@ def _prepare_streaming(cfg: DataConfig) -> EncodedData:
 
 
 def _encoder(cfg: DataConfig, schema: Schema) -> Encoder:
-    return Encoder(schema, cfg.min_freq, cfg.list_max_len, cfg.missing_ids, cfg.hash_buckets)
+    return Encoder(schema, cfg.min_freq, cfg.list_max_len, cfg.missing_ids, cfg.hash_buckets, cfg.min_scenario_rows)

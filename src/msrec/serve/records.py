@@ -93,12 +93,13 @@ def _text_id(known: Callable[[], frozenset] | None) -> Callable[[Any], str | Non
     return check
 
 
-def _scenario(encoder: Encoder) -> Callable[[Any], Any]:
-    info = encoder.scenario
-    known = frozenset(info.values)
+def _scenario(kind: str, values: list) -> Callable[[Any], Any]:
+    """The check of one scenario column (each level's own values where the scenario has several columns; the
+    encoder then finds the combination, or its parent level)."""
+    known = frozenset(values)
 
     def check(value: Any) -> Any:
-        if info.kind == "int":
+        if kind == "int":
             value = _int_id(value)
             if isinstance(value, str):  # cast and looked up by the encoder, as predict does
                 return value
@@ -109,7 +110,8 @@ def _scenario(encoder: Encoder) -> Callable[[Any], Any]:
         if value is None:
             raise ValueError("missing scenario")
         if value not in known:
-            raise ValueError(f"unknown scenario {value!r} (known: {', '.join(info.names)})")
+            shown = ", ".join(map(str, values[:20])) + (f", ... ({len(values)} in all)" if len(values) > 20 else "")
+            raise ValueError(f"unknown scenario {value!r} (known: {shown})")
         return value
 
     return check
@@ -140,9 +142,9 @@ class RecordTable:
             types[name], arrow[name] = DENSE, pa.float64()
         for name in s.lists:  # the raw text list, separator-joined as in the training data
             types[name], arrow[name] = str | None, pa.string()
-        info = encoder.scenario
-        types[s.scenario] = Annotated[Any, PlainValidator(_scenario(encoder)), WithJsonSchema({"enum": info.values})]
-        arrow[s.scenario] = pa.int64() if info.kind == "int" else pa.string()
+        for name, kind, values in encoder.scenario_columns():
+            types[name] = Annotated[Any, PlainValidator(_scenario(kind, values)), WithJsonSchema({"enum": values})]
+            arrow[name] = pa.int64() if kind == "int" else pa.string()
         record = TypedDict("Record", types)  # type: ignore[misc]  (TypedDict: any column name is a valid key)
         record.__pydantic_config__ = ConfigDict(extra="ignore")  # type: ignore[attr-defined]
         self.record = record

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from msrec.data.table import TensorTable
 from msrec.errors import MsrecError
+from msrec.schema import ScenarioLevels
 from msrec.train import distributed as D
 from msrec.train.metrics import evaluation_report
 
@@ -32,9 +33,10 @@ class Scorer:
     """Scores encoded tables with `model` (its bare module: no DDP, no collectives inside a forward)."""
 
     def __init__(self, model: nn.Module, scenario_names: list[str], tasks: list[str], batch_size: int = 65536,
-                 precision: str = "fp32", session: D.Session = D.LOCAL):
+                 precision: str = "fp32", session: D.Session = D.LOCAL, levels: ScenarioLevels | None = None):
         self.model = model
         self.scenario_names = scenario_names
+        self.levels = levels  # a hierarchical scenario's levels: the reports add per-level metrics
         self.tasks = tasks
         self.batch_size = batch_size
         self.precision = precision
@@ -73,7 +75,7 @@ class Scorer:
         if table.labels is None:
             raise MsrecError("evaluation needs the label columns")
         return self.session.on_main(lambda: metrics(table.labels, scores, table.scenario, self.scenario_names,
-                                                    self.tasks, table.user, table.truth))
+                                                    self.tasks, table.user, table.truth, self.levels))
 
     def scored_report(self, table: TensorTable) -> tuple[dict, Tensor]:
         """The metrics report of a labelled table (the `metrics.json` split block) and its scores `[N, T]`."""

@@ -86,6 +86,7 @@ class Trainer:
         """Fit on `data.train` (validated on `data.val`), then the run's metrics (a block per evaluation split,
         in the tasks form, and "train") and the scores behind them. Every rank must hold the same data."""
         self.session.check_same_data(data)
+        self.scorer.levels = data.encoder.spec().levels  # per-level metrics of a hierarchical scenario
         fit = self.fit(data.train, data.val)
         metrics: dict[str, Any] = {"val": fit.best_val}
         scores = {"val": fit.best_scores}
