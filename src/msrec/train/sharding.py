@@ -25,6 +25,8 @@ TorchRec is an optional extra, imported only here and only when sharding is aske
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -159,6 +161,17 @@ def _summary(plan, module_path: str, rows: int, dim: int, world_size: int) -> di
             "rows_per_rank": [round(r) for r in per_rank]}
 
 
+# Warnings of TorchRec and torch about their own internals, printed by every rank, that say nothing to do here.
+_NOISE = ("HeuristicalStorageReservation", "`broadcast_buffers` is deprecated", "deprecating ShardedTensor")
+
+
+def _quiet() -> None:
+    logging.getLogger("torchrec").setLevel(logging.ERROR)  # the planner's notes on its own defaults
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # is_fx_tracing, called by TorchRec
+    for text in _NOISE:
+        warnings.filterwarnings("ignore", message=f".*{re.escape(text)}")
+
+
 def describe(summary: dict[str, Any]) -> str:
     """One line for the log: how the table is split and the rows each rank holds."""
     rows = " / ".join(f"{r:,}" for r in summary["rows_per_rank"])
@@ -170,7 +183,7 @@ def shard(model: nn.Module, cfg: TrainConfig, session: Session) -> ShardedModel:
     """Shard `model`'s FeatureEmbedding table across the session's ranks (collective: every rank calls it)."""
     check(cfg, session)
     tr = _torchrec()
-    logging.getLogger("torchrec").setLevel(logging.ERROR)  # the planner warns about its own defaults
+    _quiet()
     embedding = _embedding(model)
     rows, dim = embedding.table.weight.shape
     embedding.table = ShardedLookup(embedding.table, session.device)
