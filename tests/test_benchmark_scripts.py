@@ -31,3 +31,13 @@ def test_ingest_prints_rows_per_second_for_both_formats():
     out = _run("ingest.py", "--rows", "20000", "--repeats", "1")
     for fmt in ("parquet", "csv"):
         assert re.search(rf"^{fmt}\s+\d+\.\d\d\s+\d+\.\d\d\s+[\d,]+$", out, re.MULTILINE), out
+
+
+def test_large_model_scores_agree_on_every_path(tmp_path):
+    """The 10^7-id walk-through at a tiny size: predict, onnxruntime and the service give the same scores."""
+    out = _run("large_model.py", "--ids", "2000", "--rows", "3000", "--embed-dim", "4", "--serve-rows", "50",
+               "--out", str(tmp_path))
+    for step in ("train", "predict", "export onnx", "export pt", "onnxruntime"):
+        assert re.search(rf"^\| {step} \| [\d.]+ \| [\d,]+ \|$", out, re.MULTILINE), out
+    diffs = re.search(r"onnxruntime (\S+), serve /predict (\S+)$", out, re.MULTILINE)
+    assert diffs and max(float(diffs[1]), float(diffs[2])) < 1e-5, out
