@@ -1,7 +1,8 @@
-"""Checkpoints and resume (docs/checkpoints.md): a `msrec train` process SIGKILLed during a checkpoint write,
-during validation and mid-epoch, resumed with --resume each time, ends bit-identical to an uninterrupted run
-(weights and metrics.json but its timings); a checkpoint is never half-written; a checkpoint of another config
-or data is refused naming the difference; an interrupted run without --resume is an error that says what to do."""
+"""Checkpoints and resume (docs/checkpoints.md): a `msrec train` job SIGKILLed during a checkpoint write, during
+validation and mid-epoch, resumed with --resume each time, ends as an uninterrupted run: bit-identical (weights and
+metrics.json but its timings) for one process from memory, test AUC within 1e-4 for a Parquet stream and for 2 ranks
+(torchrun, gloo); a checkpoint is never half-written; a checkpoint of another config or data is refused naming the
+difference; an interrupted run without --resume is an error that says what to do."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -26,14 +28,33 @@ from msrec.errors import MsrecError
 from msrec.runs import checkpoint_dir, checkpoint_files
 from msrec.train.checkpoint import WRITE_SLEEP_ENV
 
-STEPS = 24  # 2,400 training rows / batch 100
+STEPS = 24  # steps per epoch of every config here: 2,400 training rows / batch 100; streamed: 6,000 / 250
 TIMINGS = ("seconds", "samples_per_second")
+WAIT = 240  # seconds a kill point may take to come (the 2-rank job's start on loaded cores)
 
 
 def _config(synthetic_config, **train) -> dict:
     return synthetic_config(model={"name": "dnn", "embed_dim": 8, "hidden": [32, 16]},
                             train={"epochs": 3, "batch_size": 100, "patience": 5,
                                    "checkpoint": {"every_steps": 4, "keep": 2}, **train})
+
+
+def _stream_config(folder: Path, **train) -> dict:
+    """8,000 synthetic rows in Parquet: training rows streamed from 2 files of 1,000- and 700-row groups."""
+    from msrec.data.datasets import synthetic
+
+    table = synthetic.generate(rows=8_000, seed=3)
+    (folder / "train").mkdir(parents=True)
+    pq.write_table(table.slice(0, 3_000), folder / "train" / "a.parquet", row_group_size=1_000)
+    pq.write_table(table.slice(3_000, 3_000), folder / "train" / "b.parquet", row_group_size=700)
+    pq.write_table(table.slice(6_000, 1_000), folder / "val.parquet")
+    pq.write_table(table.slice(7_000), folder / "test.parquet")
+    return {"data": {"sparse": ["user_id", "item_id", "user_group", "item_category"],
+                     "dense": ["user_activity", "item_price"], "scenario": "scenario", "labels": ["click"],
+                     "train": str(folder / "train"), "val": str(folder / "val.parquet"),
+                     "test": str(folder / "test.parquet"), "streaming": True, "shuffle_buffer": 2_500},
+            "model": {"name": "dnn", "embed_dim": 8, "hidden": [32]},
+            "train": {"epochs": 2, "batch_size": 250, "progress": False, "seed": 5, **train}}
 
 
 def _strip_timings(metrics: dict) -> dict:
@@ -51,11 +72,26 @@ def _same_run(a: Path, b: Path) -> None:
     assert _strip_timings(ma) == _strip_timings(mb)
 
 
+def _test_auc(run: Path) -> float:
+    return json.loads((run / "metrics.json").read_text())["test"]["overall"]["auc"]
+
+
 def _steps(out: Path) -> list[int]:
     return [int(p.name.split(".")[0]) for p in checkpoint_files(out)]
 
 
-def _wait(proc: subprocess.Popen, until, timeout: float = 60) -> bool:
+def _complete(out: Path, ranks: int) -> None:
+    """Every checkpoint listed is whole: DCP's metadata, each rank's file and every file the metadata names."""
+    for path in checkpoint_files(out):
+        names = {p.name for p in path.iterdir()}
+        assert {".metadata", *(f"__{r}_0.distcp" for r in range(ranks))} <= names, (path, names)
+        from torch.distributed.checkpoint import FileSystemReader
+
+        metadata = FileSystemReader(path).read_metadata()
+        assert {item.relative_path for item in metadata.storage_data.values()} <= names
+
+
+def _wait(proc: subprocess.Popen, until, timeout: float = WAIT) -> bool:
     """Poll until `until()` holds (True) or the process ends (False)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -67,15 +103,85 @@ def _wait(proc: subprocess.Popen, until, timeout: float = 60) -> bool:
     raise AssertionError("timed out waiting for the training process")
 
 
-def _launch(config: Path, out: Path, sleep: float) -> subprocess.Popen:
-    env = {**os.environ, WRITE_SLEEP_ENV: str(sleep)}
-    return subprocess.Popen([sys.executable, "-m", "msrec", "train", str(config), "--out", str(out), "--resume"],
+def _launch(config: Path, out: Path, sleep: float, nproc: int) -> subprocess.Popen:
+    env = {**os.environ, WRITE_SLEEP_ENV: str(sleep), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "msrec", "train", str(config), "--out", str(out), "--resume",
+                             *(["--nproc", str(nproc)] if nproc > 1 else [])],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGKILL)
+def _ranks(launcher: int) -> dict[int, int]:
+    """{rank: pid} of the workers torchrun started under `launcher` (from /proc)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == launcher:
+                env = (stat.parent / "environ").read_bytes().split(b"\0")
+                found[int(next(e for e in env if e.startswith(b"RANK="))[5:])] = int(stat.parent.name)
+        except (OSError, StopIteration, IndexError, ValueError):
+            continue
+    return found
+
+
+def _kill(proc: subprocess.Popen, rank: int | None = None) -> None:
+    """SIGKILL the whole job (a pre-empted machine), or one rank of it (torchrun then stops the others). torchrun's
+    workers have process groups of their own: each is killed by its pid."""
+    workers = _ranks(proc.pid)
+    if rank is not None:
+        os.kill(workers.pop(rank), signal.SIGKILL)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    for pid in [proc.pid, *workers.values()]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
+    while not all(_dead(pid) for pid in workers.values()):
+        time.sleep(0.01)
+
+
+def _dead(pid: int) -> bool:
+    try:
+        return "zombie" in Path(f"/proc/{pid}/status").read_text()  # not yet reaped (by init, torchrun gone)
+    except OSError:
+        return True
+
+
+def _interrupt_and_resume(config: Path, out: Path, nproc: int = 1) -> None:
+    """SIGKILL `msrec train CONFIG --out OUT --resume` during a checkpoint write, during validation and mid-epoch,
+    resuming each time, then let it finish; after each kill, every checkpoint listed is whole."""
+    folder = checkpoint_dir(out)
+    rng = random.Random(os.getpid())
+    # 1. during a checkpoint write: the temp folder is there, not yet renamed
+    proc = _launch(config, out, 0.5, nproc)
+    assert _wait(proc, lambda: _steps(out) and any(folder.glob(".*.tmp")))
+    _kill(proc)
+    assert any(folder.glob(".*.tmp")), "the kill should have landed inside a write"
+    _complete(out, nproc)
+    before = _steps(out)
+    # 2. during validation: right after the epoch's last step was checkpointed
+    proc = _launch(config, out, 0.02, nproc)
+    assert _wait(proc, lambda: _steps(out) and max(_steps(out)) >= STEPS)
+    _kill(proc, rank=rng.randrange(nproc) if nproc > 1 else None)
+    assert max(_steps(out)) >= max(before)
+    assert not (out / "metrics.json").exists()
+    _complete(out, nproc)
+    # 3. mid-epoch, at a random moment after a new checkpoint
+    proc = _launch(config, out, 0.02, nproc)
+    done = max(_steps(out))
+    assert _wait(proc, lambda: _steps(out) and max(_steps(out)) > done)
+    time.sleep(rng.uniform(0, 0.05))
+    _kill(proc, rank=rng.randrange(nproc) if nproc > 1 else None)
+    assert 0 < len(checkpoint_files(out)) <= 2  # pruned to `keep`
+    _complete(out, nproc)
+    # 4. to the end (from the newest checkpoint)
+    proc = _launch(config, out, 0, nproc)
+    _, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0, err.decode()[-4000:]
+    assert not folder.exists()
 
 
 def test_sigkilled_run_resumes_bit_identical(synthetic_config, tmp_path):
@@ -84,37 +190,31 @@ def test_sigkilled_run_resumes_bit_identical(synthetic_config, tmp_path):
     assert not checkpoint_dir(ref).exists()  # removed once the run is written
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "out"
-    folder = checkpoint_dir(out)
-    rng = random.Random(os.getpid())
+    _interrupt_and_resume(config, tmp_path / "out")
+    _same_run(ref, tmp_path / "out")
 
-    # 1. during a checkpoint write: the temp file is there, not yet renamed
-    proc = _launch(config, out, sleep=0.5)
-    assert _wait(proc, lambda: folder.is_dir() and any(folder.glob(".*.tmp")) and _steps(out))
-    _kill(proc)
-    assert any(folder.glob(".*.tmp")), "the kill should have landed inside a write"
-    assert all(p.name.endswith(".ckpt") for p in checkpoint_files(out))  # the loader lists no temp file
-    before = _steps(out)
-    # 2. during validation: right after the epoch's last step was checkpointed
-    proc = _launch(config, out, sleep=0.02)
-    assert _wait(proc, lambda: max(_steps(out)) >= STEPS)
-    _kill(proc)
-    assert max(_steps(out)) >= max(before)
-    assert not (out / "metrics.json").exists()
-    # 3. mid-epoch, at a random moment after a new checkpoint
-    proc = _launch(config, out, sleep=0.02)
-    done = max(_steps(out))
-    assert _wait(proc, lambda: max(_steps(out)) > done)
-    time.sleep(rng.uniform(0, 0.05))
-    _kill(proc)
-    assert len(checkpoint_files(out)) <= 2  # pruned to `keep`
-    # 4. to the end (from the newest checkpoint)
-    assert checkpoint_files(out)
-    proc = _launch(config, out, sleep=0)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err.decode()
-    assert not folder.exists()
-    _same_run(ref, out)
+
+def test_sigkilled_streaming_run_resumes(tmp_path):
+    cfg = _stream_config(tmp_path, checkpoint={"every_steps": 4, "keep": 2})
+    ref = msrec.train(cfg, out=tmp_path / "ref").run_dir
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    _interrupt_and_resume(config, tmp_path / "out")
+    assert _test_auc(tmp_path / "out") == pytest.approx(_test_auc(ref), abs=1e-4)
+
+
+def test_sigkilled_two_rank_run_resumes(synthetic_config, tmp_path):
+    """torchrun with 2 ranks (gloo): each kill takes the whole job, or one rank (torchrun then stops the other)."""
+    cfg = _config(synthetic_config, epochs=2)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    ref = subprocess.Popen([sys.executable, "-m", "msrec", "train", str(config), "--out", str(tmp_path / "ref"),
+                            "--nproc", "2"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # beside the interrupted job
+    _interrupt_and_resume(config, tmp_path / "out", nproc=2)
+    _, err = ref.communicate(timeout=WAIT)
+    assert ref.returncode == 0, err.decode()[-4000:]
+    assert _test_auc(tmp_path / "out") == pytest.approx(_test_auc(tmp_path / "ref"), abs=1e-4)
 
 
 def test_in_process_resume_from_every_kept_checkpoint_is_identical(synthetic_config, tmp_path):
@@ -184,23 +284,7 @@ def test_streaming_run_resumes_from_a_mid_epoch_checkpoint(tmp_path):
     """A ParquetStream draws its row-group order and every buffer shuffle from the batch-order generator: from
     the epoch's starting generator state, skipping the steps done reproduces the stream (the checkpoints kept by
     a finished run are exactly the files a kill leaves behind)."""
-    import pyarrow.parquet as pq
-
-    from msrec.data.datasets import synthetic
-
-    table = synthetic.generate(rows=8_000, seed=3)
-    (tmp_path / "train").mkdir()
-    pq.write_table(table.slice(0, 3_000), tmp_path / "train" / "a.parquet", row_group_size=1_000)
-    pq.write_table(table.slice(3_000, 3_000), tmp_path / "train" / "b.parquet", row_group_size=700)
-    pq.write_table(table.slice(6_000, 1_000), tmp_path / "val.parquet")
-    pq.write_table(table.slice(7_000), tmp_path / "test.parquet")
-    cfg = {"data": {"sparse": ["user_id", "item_id", "user_group", "item_category"],
-                    "dense": ["user_activity", "item_price"], "scenario": "scenario", "labels": ["click"],
-                    "train": str(tmp_path / "train"), "val": str(tmp_path / "val.parquet"),
-                    "test": str(tmp_path / "test.parquet"), "streaming": True, "shuffle_buffer": 2_500},
-           "model": {"name": "dnn", "embed_dim": 8, "hidden": [32]},
-           "train": {"epochs": 2, "batch_size": 250, "progress": False, "seed": 5,
-                     "checkpoint": {"every_steps": 10, "keep": 10, "keep_after": True}}}
+    cfg = _stream_config(tmp_path, checkpoint={"every_steps": 10, "keep": 10, "keep_after": True})
     ref = msrec.train(cfg, out=tmp_path / "ref")
     saved = checkpoint_files(ref.run_dir)
     for newest in (10, 30):  # mid-epoch 1 (row groups and the buffer part-read), mid-epoch 2
