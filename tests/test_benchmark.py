@@ -58,11 +58,11 @@ def test_uninterrupted_grid_writes_every_run_and_the_report(full):
         "dnn--seed2022.json", "dnn--seed2023.json", "separate--seed2022.json", "separate--seed2023.json"]
     rows = (full.out / "results.csv").read_text().splitlines()
     assert rows[0] == "model,seed,scenario,task,metric,value"
-    # one row per model x seed x scenario (3 + overall + macro) x task x metric
+    # one row per model x seed x scenario (3 + overall + macro + weighted macro) x task x metric
     keys = {tuple(r.split(",")[:5]) for r in rows[1:]}
     assert len(keys) == len(rows) - 1
     assert {(m, s) for m, s, *_ in keys} == {(m, str(s)) for m in ("dnn", "separate") for s in (2022, 2023)}
-    assert {k[2] for k in keys} == {"s0", "s1", "s2", "overall", "macro"}
+    assert {k[2] for k in keys} == {"s0", "s1", "s2", "overall", "macro", "weighted_macro"}
     stored = json.loads((full.out / "runs" / "dnn--seed2022.json").read_text())
     assert f"{stored['metrics']['test']['tasks']['click']['scenarios']['s1']['auc']!r}" in (full.out / "results.csv").read_text()
     md = (full.out / "report.md").read_text()
@@ -148,7 +148,7 @@ def test_html_report_is_self_contained_with_decodable_png_plots(full):
 
     html = (full.out / "report.html").read_text()
     images = _images(html)
-    assert len(images) == 2 == html.count("<img ")
+    assert len(images) == 3 == html.count("<img ")  # auc.png, size.png, curves.png
     for png in images:
         with Image.open(io.BytesIO(png)) as img:
             img.verify()
@@ -171,7 +171,7 @@ def test_html_report_renders_in_headless_chromium_with_its_images(full, tmp_path
     dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
                           "--dump-dom", page.as_uri()], check=False, capture_output=True, text=True,
                          timeout=60).stdout
-    assert 'data-loaded="2/2"' in dom
+    assert 'data-loaded="3/3"' in dom
     assert "Test AUC per scenario" in dom
 
 

@@ -256,3 +256,38 @@ def test_weighted_macro_auc_weights_each_scenario_by_its_rows():
     assert report["macro_auc"] == pytest.approx(0.5)
     assert report["weighted_macro_auc"] == pytest.approx(4 / 6)
     assert report["tasks"]["click"]["weighted_macro_auc"] == pytest.approx(4 / 6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 300), scenarios=st.integers(1, 30),
+       distinct=st.integers(1, 6))
+def test_bootstrap_replicates_of_all_scenarios_in_one_pass_equal_each_scenarios_own(seed, n, scenarios, distinct):
+    """`replicate_metrics` scores every scenario from one sort; each scenario's replicates are those of
+    `weighted_auc` / `weighted_logloss` on its own rows under the same weights (ties, one-class and absent
+    scenarios included), and the row-weighted macro weights each scenario by its resampled rows."""
+    from msrec.report.stats import CHUNK, replicate_metrics, weighted_auc, weighted_logloss
+
+    rng = np.random.default_rng(seed)
+    s = np.minimum(rng.zipf(1.6, n) - 1, scenarios - 1)
+    y = (rng.random(n) < rng.random(scenarios)[s]).astype(np.float64)
+    p = (rng.integers(0, distinct, n) / distinct).astype(np.float32)
+    names = [f"s{k}" for k in range(scenarios)]
+    got = replicate_metrics(y, p, s, names, 40, seed=3)
+    w = np.random.default_rng(3).poisson(1.0, (min(CHUNK, 40), n)).astype(np.float32)  # the same draws
+    sums = np.stack([w[:, s == k].sum(1) for k in range(scenarios)], 1)
+    for k, name in enumerate(names):
+        m = s == k
+        if not m.any():
+            assert np.isnan(got["auc"][name]).all() and np.isnan(got["logloss"][name]).all()
+            continue
+        np.testing.assert_allclose(got["auc"][name], weighted_auc(y[m], p[m], w[:, m]), rtol=1e-9, atol=1e-12)
+        with np.errstate(all="ignore"):
+            np.testing.assert_allclose(got["logloss"][name], weighted_logloss(y[m], p[m], w[:, m]), rtol=1e-9)
+    np.testing.assert_allclose(got["auc"]["overall"], weighted_auc(y, p, w), rtol=1e-12)
+    per = np.stack([got["auc"][name] for name in names], 1)
+    ok = ~np.isnan(per)
+    with np.errstate(all="ignore"):
+        np.testing.assert_allclose(got["auc"]["weighted_macro"],
+                                   np.where(ok, per * sums, 0).sum(1) / np.where(ok, sums, 0).sum(1), rtol=1e-9)
+    macro = [np.mean(row[~np.isnan(row)]) if (~np.isnan(row)).any() else np.nan for row in per]
+    np.testing.assert_allclose(got["auc"]["macro"], macro, rtol=1e-12)

@@ -8,7 +8,8 @@ The significance of a difference comes from a two-level (hierarchical) paired bo
 
 The interval therefore covers both the test-sampling noise (level 1) and the training noise between seeds
 (level 2), so a gain that one lucky seed or one lucky test split produces does not look real. With one seed
-only level 1 is left. All of it is whole-array numpy: one weight matrix `[B, n]` per seed and chunk.
+only level 1 is left. All of it is whole-array numpy: one weight matrix `[B, n]` per seed and chunk, and every
+scenario's replicates from one sort of its rows, so that the cost follows the rows, not the scenarios.
 """
 
 from __future__ import annotations
@@ -46,27 +47,71 @@ def weighted_logloss(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray
         return (w @ loss) / w.sum(1)
 
 
+def segment_weighted_metrics(labels: np.ndarray, scores: np.ndarray, segment: np.ndarray, n_segments: int,
+                             weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`weighted_auc`, `weighted_logloss` and the weight sum of every segment (scenario) under each row of
+    `weights`, as [B, n_segments] arrays (NaN where undefined), in one pass for all segments: one sort by
+    (segment, score), tie groups that never span two segments, sums per tie group and per segment by
+    `np.add.reduceat`, and each segment's negatives below a tie group from one cumulative sum less its value
+    at the segment's start. No Python loop over segments."""
+    b = weights.shape[0]
+    out = [np.full((b, n_segments), np.nan) for _ in range(3)]
+    if not len(labels):
+        return out[0], out[1], np.zeros((b, n_segments))
+    order = np.lexsort((scores, segment))
+    g, s, y = segment[order], scores[order], labels[order].astype(bool)
+    w = weights[:, order].astype(np.float64)
+    new_segment = np.r_[True, g[1:] != g[:-1]]
+    tie_starts = np.flatnonzero(new_segment | np.r_[True, s[1:] != s[:-1]])
+    w_pos = np.add.reduceat(w * y, tie_starts, axis=1)  # [B, tie groups]
+    w_neg = np.add.reduceat(w * ~y, tie_starts, axis=1)
+    tie_segment_start = np.flatnonzero(new_segment[tie_starts])  # the first tie group of each segment
+    below = np.cumsum(w_neg, axis=1) - w_neg  # negatives before the tie group, over all segments
+    first_of = np.repeat(tie_segment_start, np.diff(np.r_[tie_segment_start, len(tie_starts)]))
+    below -= below[:, first_of]  # ... within its own segment
+    num = np.add.reduceat(w_pos * (below + 0.5 * w_neg), tie_segment_start, axis=1)
+    pos, neg = np.add.reduceat(w_pos, tie_segment_start, axis=1), np.add.reduceat(w_neg, tie_segment_start, axis=1)
+    p = np.clip(s.astype(np.float64), LOGLOSS_EPS, 1 - LOGLOSS_EPS)
+    loss = np.add.reduceat(w * -(y * np.log(p) + ~y * np.log(1 - p)), np.flatnonzero(new_segment), axis=1)
+    present = g[new_segment]
+    total = pos + neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[0][:, present] = np.where(pos * neg > 0, num / np.where(pos * neg > 0, pos * neg, 1), np.nan)
+        out[1][:, present] = loss / total  # a replicate that drew none of the segment's rows: NaN
+    out[2] = np.zeros((b, n_segments))
+    out[2][:, present] = total
+    return out[0], out[1], out[2]
+
+
 def replicate_metrics(labels: np.ndarray, scores: np.ndarray, scenario: np.ndarray, scenario_names: list[str],
                       replicates: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
-    """metric -> column (scenario names, "overall", "macro") -> [replicates] values of one task's scores.
+    """metric -> column (scenario names, "overall", "macro", "weighted_macro") -> [replicates] values of one
+    task's scores; every scenario's in one pass (`segment_weighted_metrics`), whatever their number.
 
     The weights depend only on (`seed`, the number of rows), so two runs scored on the same test rows
     with the same `seed` are resampled identically: their replicate differences are paired."""
     rng = np.random.default_rng(seed)
     y = labels.astype(np.float64)
-    columns = [*scenario_names, "overall"]
-    out: dict[str, dict[str, list]] = {m: {c: [] for c in columns} for m in ("auc", "logloss")}
-    rows = {name: np.flatnonzero(scenario == s) for s, name in enumerate(scenario_names)}
+    n_s = len(scenario_names)
+    parts: dict[str, list] = {"auc": [], "logloss": [], "overall_auc": [], "overall_logloss": [], "rows": []}
     for start in range(0, replicates, CHUNK):
         w = rng.poisson(1.0, (min(CHUNK, replicates - start), len(y))).astype(np.float32)
-        for name in columns:
-            r = rows.get(name, slice(None))
-            out["auc"][name].append(weighted_auc(y[r], scores[r], w[:, r]))
-            out["logloss"][name].append(weighted_logloss(y[r], scores[r], w[:, r]))
-    result = {m: {c: np.concatenate(v) for c, v in cols.items()} for m, cols in out.items()}
-    for cols in result.values():
-        with np.errstate(all="ignore"):
-            cols["macro"] = np.nanmean(np.stack([cols[n] for n in scenario_names]), 0)
+        per_auc, per_loss, rows = segment_weighted_metrics(y, scores, scenario, n_s, w)
+        for key, part in (("auc", per_auc), ("logloss", per_loss), ("rows", rows),
+                          ("overall_auc", weighted_auc(y, scores, w)), ("overall_logloss", weighted_logloss(y, scores, w))):
+            parts[key].append(part)
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    result = {}
+    for m in ("auc", "logloss"):
+        per = arrays[m]  # [replicates, scenarios]
+        cols = {name: per[:, k] for k, name in enumerate(scenario_names)}
+        cols["overall"] = arrays[f"overall_{m}"]
+        ok = ~np.isnan(per)
+        weight = np.where(ok, arrays["rows"], 0)
+        with np.errstate(all="ignore"):  # a replicate where no scenario has a value: NaN
+            cols["macro"] = np.where(ok, per, 0).sum(1) / ok.sum(1)
+            cols["weighted_macro"] = np.where(ok, per * weight, 0).sum(1) / weight.sum(1)
+        result[m] = cols
     return result
 
 

@@ -8,13 +8,15 @@ so the three never disagree. A metrics block is one task's `{overall, scenarios,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
+from msrec.report.cells import LIMIT, WIDE, Cell, TableData, by_label, columns_of, fmt, fmt_seconds, level_blocks, value
+from msrec.report.many import difference_cell, long_difference_rows, long_scenario_cells
 from msrec.report.stats import Difference, mean_std, paired_difference, replicate_metrics
 
 if TYPE_CHECKING:  # the report reads the records the benchmark stores; it does not run one
@@ -22,72 +24,18 @@ if TYPE_CHECKING:  # the report reads the records the benchmark stores; it does 
     from msrec.bench.store import Failure, RunRecord
 
 
-@dataclass
-class Cell:
-    text: str
-    best: bool = False
-    short: str | None = None  # a compact form for the terminal
-
-
-@dataclass
-class TableData:
-    title: str
-    header: list[str]
-    rows: list[list[Cell]]
-    note: str = ""
-    muted: set[int] = field(default_factory=set)  # row indices shown dimmed (the oracle)
-
-
-# ------------------------------------------------------------------------------------------ numbers
-def fmt(x: float | None, digits: int = 4, sign: bool = False) -> str:
-    if x is None or math.isnan(x):
-        return "-"
-    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
-
-
-def fmt_seconds(x: float | None) -> str:
-    """Three significant digits, so that a run of 0.04 s does not read 0.0."""
-    if x is None or math.isnan(x) or x == 0:
-        return fmt(x, 0)
-    return fmt(x, max(0, 2 - math.floor(math.log10(abs(x)))))
-
-
-def value(block: dict, column: str, metric: str) -> float:
-    """A metric of one column of a task's block: a scenario's name, "overall" or "macro" (the mean over
-    scenarios; the stored macro AUC / oracle AUC / GAUC where the block has it)."""
-    if column == "overall":
-        return block["overall"].get(metric, math.nan)
-    if column == "macro":
-        stored = {"auc": "macro_auc", "oracle_auc": "oracle_macro_auc", "gauc": "macro_gauc"}.get(metric)
-        if stored:
-            return block.get(stored, math.nan)
-        values = [m.get(metric, math.nan) for m in block["scenarios"].values()]
-        values = [v for v in values if not math.isnan(v)]
-        return sum(values) / len(values) if values else math.nan
-    return block["scenarios"].get(column, {}).get(metric, math.nan)
-
-
-def by_label(labels: list[str], records: list[RunRecord]) -> dict[str, list[RunRecord]]:
-    """Records grouped by model label, in the grid's order; labels without a finished run left out."""
-    out: dict[str, list[RunRecord]] = {label: [] for label in labels}
-    for r in records:
-        out[r.label].append(r)
-    return {k: v for k, v in out.items() if v}
-
-
-def columns_of(block: dict) -> list[str]:
-    return [*block["scenarios"], "overall", "macro"]
-
-
 # ------------------------------------------------------------------------------------------- tables
-def scenario_cells(title: str, runs: dict[str, list[dict]], metric: str = "auc", note: str = "") -> TableData:
+def scenario_cells(title: str, runs: dict[str, list[dict]], metric: str = "auc", note: str = "",
+                   limit: int | None = LIMIT) -> TableData:
     """The one per-scenario table: a row per model with its mean (± std over several blocks: seeds) per
-    scenario, overall and macro; the best mean per column marked; the oracle row where the data knows
-    its true probabilities."""
+    scenario, overall, macro and row-weighted macro; the best mean per column marked; the oracle row where the
+    data knows its true probabilities. More than `WIDE` scenarios: `long_scenario_cells`."""
     first = next(iter(runs.values()))[0]
+    if len(first["scenarios"]) > WIDE:
+        return long_scenario_cells(title, runs, metric, note, limit)
     columns = columns_of(first)
     header = ["model", *[f"{n} ({first['scenarios'][n]['rows']:,})" for n in first["scenarios"]], "overall",
-              "macro"]
+              "macro", "weighted macro"]
     higher = metric == "auc"
     stats = {label: [mean_std([value(b, c, metric) for b in blocks]) for c in columns]
              for label, blocks in runs.items()}
@@ -106,13 +54,21 @@ def scenario_cells(title: str, runs: dict[str, list[dict]], metric: str = "auc",
     return TableData(title, header, rows, note, muted)
 
 
-def scenario_table(results: dict[str, dict], title: str, task: str | None = None, metric: str = "auc") -> Table:
-    """`msrec train` / `evaluate`: one split's metrics per model, for `task` (default: the only one)."""
+def scenario_table(results: dict[str, dict], title: str, task: str | None = None,
+                   metric: str = "auc") -> Table | Group:
+    """`msrec train` / `evaluate`: one split's metrics per model, for `task` (default: the only one); with a
+    hierarchical scenario, a table per level follows the one of the combinations."""
     blocks = {}
     for model, split in results.items():
         tasks = split["tasks"]
         blocks[model] = [tasks[task] if task else next(iter(tasks.values()))]
-    return rich_table(scenario_cells(title, blocks, metric))
+    table = rich_table(scenario_cells(title, blocks, metric))
+    levels = level_blocks(next(iter(blocks.values()))[0])
+    if not levels:
+        return table
+    return Group(table, *[rich_table(scenario_cells(f"{title} - per {column}",
+                                                    {m: [level_blocks(b[0])[column]] for m, b in blocks.items()},
+                                                    metric)) for column in levels])
 
 
 def _tagged(title: str, task: str, multi_task: bool) -> str:
@@ -125,12 +81,26 @@ def metric_table(grid: Grid, records: list[RunRecord], task: str, metric: str, m
     name = "AUC" if metric == "auc" else "logloss"
     note = (f"Test {name}, mean ± std over {seeds} seed{'s' if seeds > 1 else ''} (sample std); bold: the best "
             f"mean in the column ({'highest' if metric == 'auc' else 'lowest'}); macro: mean of the per-scenario "
-            "values.")
+            "values; weighted macro: their mean weighted by each scenario's test rows.")
     runs = {label: [r.block(task) for r in rs] for label, rs in by_label(grid.labels, records).items()}
     table = scenario_cells(_tagged(f"Test {name} per scenario", task, multi_task), runs, metric, note)
-    if table.muted:
+    if table.muted or "oracle" in table.header:
         table.note += " oracle: the AUC of the true probabilities, the ceiling no model can pass on these rows."
     return table
+
+
+def level_tables(grid: Grid, records: list[RunRecord], task: str, multi_task: bool) -> list[TableData]:
+    """A hierarchical scenario's test AUC per level value (a level value's figures are those of its rows),
+    mean ± std over seeds; none for a flat scenario."""
+    levels = level_blocks(records[0].block(task))
+    out = []
+    for column in levels:
+        runs = {label: [level_blocks(r.block(task))[column] for r in rs]
+                for label, rs in by_label(grid.labels, records).items()}
+        out.append(scenario_cells(_tagged(f"Test AUC per {column}", task, multi_task), runs, "auc",
+                                  f"Test AUC of the rows of each {column} value (every combination holding it), mean "
+                                  "± std over seeds; macro: mean over the values; weighted macro: weighted by rows."))
+    return out
 
 
 def differences(grid: Grid, records: list[RunRecord], task: str, metric: str,
@@ -157,7 +127,7 @@ def differences(grid: Grid, records: list[RunRecord], task: str, metric: str,
         if label == ref or not pairs:
             continue
         out[label] = {}
-        for c in [*records[0].scenarios, "overall", "macro"]:
+        for c in [*records[0].scenarios, "overall", "macro", "weighted_macro"]:
             observed, reps = [], []
             for r, q in pairs:
                 (y_r, rep_r), (y_q, rep_q) = replicates(r), replicates(q)
@@ -170,27 +140,24 @@ def differences(grid: Grid, records: list[RunRecord], task: str, metric: str,
 
 
 def difference_table(grid: Grid, diffs: dict[str, dict[str, Difference]], task: str, metric: str,
-                     multi_task: bool) -> TableData | None:
-    """Each model minus the reference per column (`differences`), with its 95% interval."""
+                     multi_task: bool, rows_of: dict[str, int] | None = None,
+                     limit: int | None = LIMIT) -> TableData | None:
+    """Each model minus the reference per column (`differences`), with its 95% interval; more than `WIDE`
+    scenarios (their test rows in `rows_of`): a row per scenario and a column per model."""
     if not diffs:
         return None
     higher = metric == "auc"
-    rows = []
-    for label, per_column in diffs.items():
-        cells = [Cell(label)]
-        for d in per_column.values():
-            star = "*" if d.significant else ""
-            cells.append(Cell(f"{fmt(d.delta, sign=True)}{star} [{fmt(d.low, sign=True)}, {fmt(d.high, sign=True)}] "
-                              f"{d.wins}/{d.seeds}", d.significant and ((d.delta > 0) == higher),
-                              f"{fmt(d.delta, sign=True)}{star}"))
-        rows.append(cells)
+    long = rows_of is not None and len(rows_of) > WIDE
+    rows = long_difference_rows(diffs, rows_of, higher, limit) if long else \
+        [[Cell(label), *[difference_cell(d, higher) for d in per_column.values()]]
+         for label, per_column in diffs.items()]
     ref, name = grid.spec.reference, "AUC" if higher else "logloss"
     note = (f"Δ = model − {ref} in test {name}, averaged over the seeds where both ran. [95% interval] from a "
             f"paired hierarchical bootstrap ({grid.spec.bootstrap} replicates): within a seed the test rows are "
             f"resampled with Poisson(1) weights shared by both models; across seeds the seeds are resampled with "
             f"replacement, so the interval holds both test-sampling and training (seed) noise. "
             f"*: the interval excludes 0 (bold: a significant improvement). k/n: seeds where the model was better.")
-    header = ["model", *next(iter(diffs.values()))]
+    header = ["scenario (rows)", *diffs] if long else ["model", *next(iter(diffs.values()))]
     return TableData(_tagged(f"Difference from {ref} ({name})", task, multi_task), header, rows, note)
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from msrec import __version__
-from msrec.report.plots import auc_plot, curves_plot
+from msrec.report.plots import auc_plot, curves_plot, size_plot
 from msrec.report.stats import Difference, mean_std
 from msrec.report.tables import (
     TableData,
@@ -31,6 +31,7 @@ from msrec.report.tables import (
     differences,
     failure_table,
     fmt,
+    level_tables,
     metric_table,
     training_table,
     value,
@@ -92,16 +93,19 @@ def summarize(grid: Grid, records: list[RunRecord], failures: list[Failure]) -> 
         for task in tasks:
             auc = metric_table(grid, records, task, "auc", multi)
             auc_tables.append(auc)
-            tables += [auc, metric_table(grid, records, task, "logloss", multi)]
+            tables += [auc, metric_table(grid, records, task, "logloss", multi), *level_tables(grid, records, task, multi)]
             for metric in ("auc", "logloss"):
                 diffs = differences(grid, records, task, metric, cache)
                 if metric == "auc":
                     readings.append(reading(grid, records, diffs, task))
+                if metric == "auc":
+                    plots[f"size-{task}.png" if multi else "size.png"] = size_plot(grid, records, task, diffs)
                 if diffs:
-                    tables.append(difference_table(grid, diffs, task, metric, multi))
+                    rows_of = {n: b["rows"] for n, b in records[0].block(task)["scenarios"].items()}
+                    tables.append(difference_table(grid, diffs, task, metric, multi, rows_of))
             tables += tuned_tables(grid, records, task, cache, multi)  # a spec with `tune`: default vs tuned
         tables.append(training_table(grid, records, failures))
-        plots = {"auc.png": auc_plot(grid, records, tasks), "curves.png": curves_plot(grid, records)}
+        plots = {"auc.png": auc_plot(grid, records, tasks), **plots, "curves.png": curves_plot(grid, records)}
     failed = failure_table(failures)
     if failed is not None:
         tables.append(failed)
@@ -118,7 +122,7 @@ def write_csv(path: Path, records: list[RunRecord]) -> None:
             block = r.block(task)
             for column in columns_of(block):
                 for metric in METRICS_CSV:
-                    if column == "macro" and metric in ("rows", "positives"):
+                    if column in ("macro", "weighted_macro") and metric in ("rows", "positives"):
                         continue
                     v = value(block, column, metric)
                     if not math.isnan(v) or metric in ("auc", "logloss"):

@@ -1,0 +1,78 @@
+"""Reports of many scenarios: a terminal table of 1,000 scenarios fits one screen (the largest and the smallest,
+the rest summarised in a line), a few scenarios keep the table of a row per model, the row-weighted macro
+figure, per-level tables, and the size plot."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from msrec.report.cells import value
+from msrec.report.tables import LIMIT, rich_table, scenario_cells, scenario_table
+from msrec.train.metrics import evaluation_report
+
+
+def split(scenarios: int, seed: int = 0, users: bool = False) -> dict:
+    rng = np.random.default_rng(seed)
+    n = 20 * scenarios
+    s = np.minimum(rng.zipf(1.3, n) - 1, scenarios - 1)
+    s[:scenarios] = np.arange(scenarios)  # every scenario present
+    y = rng.integers(0, 2, (n, 1)).astype(np.float32)
+    p = rng.random((n, 1)).astype(np.float32)
+    return evaluation_report(torch.from_numpy(y), torch.from_numpy(p), torch.from_numpy(s),
+                             [f"s{k}" for k in range(scenarios)], ["click"],
+                             users=torch.from_numpy(rng.integers(0, 9, n)) if users else None)
+
+
+def printed(renderable) -> str:
+    console = Console(file=io.StringIO(), width=120)
+    console.print(renderable)
+    return console.file.getvalue()
+
+
+def test_a_thousand_scenarios_fit_one_screen_with_the_largest_and_smallest_shown():
+    results = {"dnn": split(1000), "star": split(1000, seed=1)}
+    text = printed(scenario_table(results, "AUC"))
+    assert len(text.splitlines()) <= 50 and max(map(len, text.splitlines())) <= 120
+    block = results["dnn"]["tasks"]["click"]
+    by_rows = sorted(block["scenarios"], key=lambda n: -block["scenarios"][n]["rows"])
+    assert f"{by_rows[0]} (" in text and f"{by_rows[-1]} (" in text  # the largest and the smallest
+    assert f"… {1000 - 2 * LIMIT:,} more" in text
+    table = scenario_cells("AUC", {m: [r["tasks"]["click"]] for m, r in results.items()})
+    assert table.header == ["scenario (rows)", "dnn", "star"]
+    assert [r[0].text for r in table.rows[-3:]] == ["overall", "macro", "weighted macro"]
+    summary = table.rows[LIMIT]
+    middle = by_rows[LIMIT:-LIMIT]  # the summarised line is the mean of the scenarios it stands for
+    expected = np.nanmean([block["scenarios"][n]["auc"] for n in middle])
+    assert summary[1].short == f"{expected:.4f}"
+
+
+def test_few_scenarios_keep_a_row_per_model_with_both_macro_figures():
+    results = {"dnn": split(3)}
+    table = scenario_cells("AUC", {m: [r["tasks"]["click"]] for m, r in results.items()})
+    assert table.header[0] == "model" and table.header[-3:] == ["overall", "macro", "weighted macro"]
+    block = results["dnn"]["tasks"]["click"]
+    aucs = [(b["auc"], b["rows"]) for b in block["scenarios"].values()]
+    weighted = sum(a * n for a, n in aucs) / sum(n for _, n in aucs)
+    assert table.rows[0][-1].text == f"{weighted:.4f}"
+    # a run that predates the stored figure: the weighted macro is computed from the scenario blocks
+    old = {k: v for k, v in block.items() if k != "weighted_macro_auc"}
+    assert math.isclose(value(old, "weighted_macro", "auc"), weighted)
+
+
+def test_per_level_tables_follow_the_combinations_table():
+    from msrec.schema import ScenarioLevels
+
+    rng = np.random.default_rng(0)
+    n = 300
+    s = torch.from_numpy(rng.integers(0, 3, n))
+    levels = ScenarioLevels(["country", "placement"], [["DE", "US"], ["feed", "top"]], [[1, 1], [2, 1], [2, 2]])
+    report = evaluation_report(torch.from_numpy(rng.integers(0, 2, (n, 1))).float(), torch.rand(n, 1), s,
+                               ["DE/feed", "US/feed", "US/top"], ["click"], levels=levels)
+    text = printed(scenario_table({"dnn": report}, "AUC"))
+    assert "AUC - per country" in text and "AUC - per placement" in text
+    assert "US (" in text and "top (" in text
