@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 
 from msrec.report.cells import value
-from msrec.report.tables import LIMIT, rich_table, scenario_cells, scenario_table
+from msrec.report.tables import LIMIT, scenario_cells, scenario_table
 from msrec.train.metrics import evaluation_report
 
 
