@@ -10,6 +10,7 @@ from msrec.errors import MsrecError
 from msrec.models import REGISTRY, build_model  # the package import registers every model
 from msrec.models.registry import describe_options, parse_options
 from msrec.nn.mlp import BatchNorm
+from msrec.nn.towers import ScenarioBatchNorm
 
 
 def test_one_row_in_training_uses_and_keeps_the_running_statistics():
@@ -43,7 +44,7 @@ def test_every_model_trains_on_one_row_slices(name, scenarios):
     spec = make_spec()
     torch.manual_seed(0)
     model = build_model(name, spec, with_batch_norm(name)).train()
-    assert any(isinstance(m, BatchNorm) for m in model.modules()) or name == "star"
+    assert any(isinstance(m, BatchNorm | ScenarioBatchNorm) for m in model.modules()) or name == "star"
     loss = bce(model, make_batch(spec, scenarios))
     loss.backward()
     assert torch.isfinite(loss)
@@ -54,14 +55,14 @@ def test_tower_batch_norm_puts_batch_norm_in_every_scenario_tower_and_only_there
     spec = make_spec()
     torch.manual_seed(0)
     model = build_model(name, spec, {"tower": {"batch_norm": True}}).train()
-    norms = {n: m for n, m in model.named_modules() if isinstance(m, BatchNorm)}
-    assert norms and all(n.startswith("towers.") for n in norms)  # `mlp.batch_norm` stays off
-    assert all(any(isinstance(m, BatchNorm) for m in tower.modules()) for tower in model.towers.towers)
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, BatchNorm | ScenarioBatchNorm)}
+    assert norms and all(n.startswith("towers.") and isinstance(m, ScenarioBatchNorm) for n, m in norms.items())
+    assert all(m.running_mean.shape[0] == spec.num_scenarios for m in norms.values())  # one per scenario tower
     before = {n: m.running_mean.clone() for n, m in norms.items()}
     model(make_batch(spec, [0, 0, 2, 2, 0]))  # the norms run: scenarios 0 and 2's move, scenario 1's do not
-    moved = {int(n.split(".")[2]) for n, m in norms.items() if not torch.equal(m.running_mean, before[n])}
+    moved = {s for n, m in norms.items() for s in range(3) if not torch.equal(m.running_mean[s], before[n][s])}
     assert moved == {0, 2}
-    assert not any(isinstance(m, BatchNorm) for m in build_model(name, spec, {}).modules())
+    assert not any(isinstance(m, BatchNorm | ScenarioBatchNorm) for m in build_model(name, spec, {}).modules())
 
 
 def test_hmoe_refuses_tower_batch_norm_and_says_why():

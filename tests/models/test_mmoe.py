@@ -11,8 +11,7 @@ from msrec.models.registry import build_model
 def build(spec, **options):
     torch.manual_seed(0)
     model = build_model("mmoe", spec, {"mlp": {"dropout": 0.0, "hidden": [16, 8]}, "tower": {"dropout": 0.0}, **options})
-    for gate in model.gates:  # gates far from uniform, so that each expert's weight differs by row
-        torch.nn.init.normal_(gate.linear.weight, std=1.0)
+    torch.nn.init.normal_(model.gates.weight, std=1.0)  # gates far from uniform: each expert's weight differs by row
     return model
 
 
@@ -20,9 +19,9 @@ def test_no_scenario_b_rows_gives_gate_and_tower_b_exactly_zero_gradient():
     spec = make_spec()
     model = build(spec)
     bce(model, make_batch(spec, [0, 2, 0, 2, 2, 0, 0])).backward()
-    assert grad_norm(model.gates[1]) == 0.0 and grad_norm(model.towers[1]) == 0.0
+    assert grad_norm(model.gates, 1) == 0.0 and grad_norm(model.towers, 1) == 0.0
     for s in (0, 2):
-        assert grad_norm(model.gates[s]) > 0 and grad_norm(model.towers[s]) > 0
+        assert grad_norm(model.gates, s) > 0 and grad_norm(model.towers, s) > 0
     assert all(grad_norm(expert) > 0 for expert in model.experts.experts)
     assert grad_norm(model.embedding) > 0
 
@@ -35,7 +34,7 @@ def test_gate_weights_are_a_distribution_from_the_rows_own_scenario_gate():
     assert w.shape == (8, 5) and bool((w >= 0).all())
     torch.testing.assert_close(w.sum(1), torch.ones(8))
     e = model.embedding.flat(batch)
-    expected = torch.stack([model.gates[int(s)](e[i]) for i, s in enumerate(batch.scenario)])
+    expected = torch.stack([model.gates.scenario(int(s))(e[i]).softmax(-1) for i, s in enumerate(batch.scenario)])
     torch.testing.assert_close(w, expected)
 
 
@@ -47,7 +46,7 @@ def test_each_row_is_scored_by_its_scenario_gate_and_tower_in_row_order():
         out = model(batch)
         e = model.embedding.flat(batch)
         x = model.experts(e)  # [B, E, d]
-        expected = torch.stack([model.towers[int(s)](model.gates[int(s)](e[i:i + 1]) @ x[i])[0]
+        expected = torch.stack([model.towers.scenario(int(s))(model.gates.scenario(int(s))(e[i:i + 1]).softmax(-1) @ x[i])[0]
                                 for i, s in enumerate(batch.scenario)])
     torch.testing.assert_close(out, expected)
 
@@ -55,7 +54,7 @@ def test_each_row_is_scored_by_its_scenario_gate_and_tower_in_row_order():
 def test_multi_task_one_head_per_task_both_train():
     spec = make_spec(tasks=2)
     model = build(spec)
-    assert_one_head_per_task(model, spec, lambda: model.towers[0].layers[-1])
+    assert_one_head_per_task(model, spec, lambda: model.towers.weight[-1], scenario=0)
     assert grad_norm(model.experts) > 0
 
 

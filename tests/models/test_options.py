@@ -18,6 +18,7 @@ from msrec.errors import MsrecError
 from msrec.models import REGISTRY, build_model
 from msrec.models.registry import describe_options, parse_options
 from msrec.nn.mlp import BatchNorm
+from msrec.nn.towers import ScenarioBatchNorm
 from msrec.schema import FeatureSpec
 
 LEGACY = json.loads((Path(__file__).parent / "legacy_0_1.json").read_text())
@@ -41,14 +42,27 @@ def parts(name: str) -> list[str]:
 @pytest.mark.parametrize("case", sorted(LEGACY))
 def test_a_0_1_flat_config_builds_the_0_1_network(case):
     """legacy_0_1.json holds what 0.1 built from these flat options (its parameter names and shapes, and its
-    activations, dropouts and norms): a 0.1 run directory loads into the same network."""
+    activations, dropouts and norms): a 0.1 run directory loads into the same network. Models whose
+    per-scenario modules are now stacked (`[S, ...]` tensors, nn.towers) load 0.1's tensors into the stacks:
+    every 0.1 tensor is taken, every parameter is filled, and the values land (their sum is kept)."""
     want = LEGACY[case]
     spec = FeatureSpec(sparse_fields=["user", "item", "category", "scenario"], sparse_vocab=[50, 40, 6, 3],
                        list_fields=[], list_vocab=[], dense_dim=2, scenario_fields=[3], scenarios=["s0", "s1"],
                        tasks=["t0", "t1"])
-    tensors, modules = structure(build_model(case.split("/")[0], spec, want["options"]))
-    assert tensors == want["tensors"]
-    assert modules == want["modules"]
+    model = build_model(case.split("/")[0], spec, want["options"])
+    tensors, modules = structure(model)
+    if tensors == want["tensors"]:
+        assert modules == want["modules"]
+        return
+    g = torch.Generator().manual_seed(0)
+    old = {k: torch.tensor(0) if k.endswith("num_batches_tracked") else torch.rand(shape, generator=g) + 0.5
+           for k, shape in want["tensors"].items()}
+    missing, unexpected = model.load_state_dict(dict(old), strict=False)
+    assert not missing and not unexpected
+    total = sum(float(v.sum()) for k, v in old.items() if not k.endswith("num_batches_tracked"))
+    assert sum(float(v.sum()) for v in model.state_dict().values()) == pytest.approx(total, rel=1e-6)
+    kinds = {m for m in want["modules"].values() if m not in ("BatchNorm", "PReLU")}
+    assert kinds <= set(modules.values())  # the same activations, dropouts (per-scenario norms and PReLUs stacked)
 
 
 @pytest.mark.parametrize(("name", "part"), [(n, p) for n in sorted(REGISTRY) for p in parts(n)])
@@ -62,9 +76,9 @@ def test_every_nested_part_option_changes_the_network(name, part):
     model = build_model(name, spec, {part: changed})
     tensors, _ = structure(model)
     assert tensors != default and any(7 in shape for shape in tensors.values())
-    assert any(isinstance(m, torch.nn.PReLU) for m in model.modules())
+    assert any(isinstance(m, torch.nn.PReLU) or getattr(m, "prelu", None) is not None for m in model.modules())
     assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.37 for m in model.modules())
-    assert any(isinstance(m, BatchNorm) for m in model.modules()) == (not refuses_batch_norm)
+    assert any(isinstance(m, BatchNorm | ScenarioBatchNorm) for m in model.modules()) == (not refuses_batch_norm)
     assert model.train()(make_batch(spec, [0, 1, 2, 2])).shape == (4, 2)
     if refuses_batch_norm:
         with pytest.raises(MsrecError, match=f"model.{part}: `batch_norm` is not supported"):

@@ -15,9 +15,9 @@ def build(spec, **options):
     torch.manual_seed(0)
     model = build_model("ple", spec, {"mlp": {"dropout": 0.0, "hidden": [16, 8]}, "tower": {"dropout": 0.0}, **options})
     for level in model.levels:  # gates far from uniform
-        for gate in [*level.gates, level.shared_gate]:
-            if gate is not None:
-                torch.nn.init.normal_(gate.linear.weight, std=1.0)
+        torch.nn.init.normal_(level.gates.weight, std=1.0)
+        if level.shared_gate is not None:
+            torch.nn.init.normal_(level.shared_gate.linear.weight, std=1.0)
     return model
 
 
@@ -27,13 +27,13 @@ def test_no_scenario_b_rows_gives_b_experts_gates_and_tower_exactly_zero_gradien
     model = build(spec, levels=levels)
     bce(model, make_batch(spec, [0, 2, 0, 2, 2, 0, 0])).backward()
     assert len(model.levels) == levels
-    assert grad_norm(model.towers[1]) == 0.0
+    assert grad_norm(model.towers, 1) == 0.0
     for s in (0, 2):
-        assert grad_norm(model.towers[s]) > 0
-    for k, level in enumerate(model.levels):
-        assert grad_norm(level.specific[1]) == 0.0 and grad_norm(level.gates[1]) == 0.0, k
+        assert grad_norm(model.towers, s) > 0
+    for k, level in enumerate(model.levels):  # one expert per scenario: group s is scenario s's expert
+        assert grad_norm(level.specific, 1) == 0.0 and grad_norm(level.gates, 1) == 0.0, k
         for s in (0, 2):
-            assert grad_norm(level.specific[s]) > 0 and grad_norm(level.gates[s]) > 0, (k, s)
+            assert grad_norm(level.specific, s) > 0 and grad_norm(level.gates, s) > 0, (k, s)
         assert all(grad_norm(expert) > 0 for expert in level.shared.experts), k
         assert (level.shared_gate is None) == (k == levels - 1)
         if level.shared_gate is not None:
@@ -41,20 +41,17 @@ def test_no_scenario_b_rows_gives_b_experts_gates_and_tower_exactly_zero_gradien
     assert grad_norm(model.embedding) > 0
 
 
-def test_scenario_experts_see_only_their_own_rows():
+@pytest.mark.parametrize("specific_experts", [1, 2])
+def test_scenario_experts_change_only_their_own_rows(specific_experts):
     spec = make_spec()
-    model = build(spec)
-    seen = {s: 0 for s in range(3)}
-
-    def count(s):
-        def hook(module, args, out):
-            seen[s] += len(args[0])
-        return hook
-
-    for s in range(3):
-        model.levels[1].specific[s].register_forward_hook(count(s))
-    model(make_batch(spec, [2, 0, 0, 2, 0, 0, 0, 2]))
-    assert seen == {0: 5, 1: 0, 2: 3}
+    model = build(spec, specific_experts=specific_experts).eval()
+    batch = make_batch(spec, [2, 0, 0, 2, 1, 0, 0, 2])
+    with torch.no_grad():
+        before = model(batch)
+        group = 1 * specific_experts + specific_experts - 1  # scenario 1's last expert
+        model.levels[1].specific.bias[0][group].add_(1.0)
+        after = model(batch)
+    assert ((after - before).abs().sum(1) > 0).tolist() == (batch.scenario == 1).tolist()
 
 
 def test_gate_weights_sum_to_one_over_shared_and_own_experts():
@@ -83,7 +80,7 @@ def test_rows_are_independent_and_in_order():
 def test_multi_task_one_head_per_task_both_train():
     spec = make_spec(tasks=2)
     model = build(spec)
-    assert_one_head_per_task(model, spec, lambda: model.towers[2].layers[-1])
+    assert_one_head_per_task(model, spec, lambda: model.towers.weight[-1], scenario=2)
     assert grad_norm(model.levels[0].shared) > 0
 
 

@@ -67,9 +67,11 @@ def bce(model: nn.Module, batch: Batch) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels)
 
 
-def grad_norm(module: nn.Module) -> float:
-    """Total absolute gradient of a module's parameters (0 when none reached them)."""
-    return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+def grad_norm(module: nn.Module, scenario: int | None = None) -> float:
+    """Total absolute gradient of a module's parameters (0 when none reached them); with `scenario`, of that
+    scenario's slice of stacked per-scenario parameters (`[S, ...]`) only."""
+    grads = [p.grad if scenario is None else p.grad[scenario] for p in module.parameters() if p.grad is not None]
+    return sum(float(g.abs().sum()) for g in grads)
 
 
 def _config(name: str, options: dict | None, epochs: int, tasks: int) -> Config:
@@ -101,13 +103,15 @@ def learns(name: str, options: dict | None = None, epochs: int = 3, tasks: int =
     return before["macro_auc"], after["macro_auc"]  # with several tasks: the mean over tasks
 
 
-def assert_one_head_per_task(model: nn.Module, spec: FeatureSpec, head: Callable[[], nn.Linear]) -> None:
+def assert_one_head_per_task(model: nn.Module, spec: FeatureSpec, head: Callable[[], nn.Linear | nn.Parameter],
+                             scenario: int | None = None) -> None:
     """With two tasks the output is `[B, 2]`, and task t's loss reaches row t of the output layer `head()`
-    and not the other task's row."""
+    and not the other task's row (`head()` a stacked per-scenario weight `[S, out, in]`: `scenario`'s)."""
     batch = make_batch(spec, [0, 1, 2, 1, 0])
     assert model(batch).shape == (5, 2)
     for t in range(2):
         model.zero_grad()
         model(batch)[:, t].sum().backward()
-        grad = head().weight.grad
+        out = head()
+        grad = out.grad[scenario] if isinstance(out, nn.Parameter) else out.weight.grad
         assert float(grad[t].abs().sum()) > 0 and float(grad[1 - t].abs().sum()) == 0

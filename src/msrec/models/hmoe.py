@@ -18,6 +18,14 @@ puts `gate_init_own` (0.8) of the weight on the scenario's own tower, so trainin
 Split&Merge (a uniform start gives the own tower only 1/S of its rows' gradient); one softmax per
 task. Tower dropout applies to foreign rows too (they are scored in the same training pass); towers have
 no batch norm, so foreign rows never touch a tower's state.
+
+Cost. Towers and gates are stacked per scenario (nn.towers). A row costs one tower pass with gradient
+(its own) and S - 1 forward-only passes, and scenario A's gate has S * T outputs: S towers per row and
+S^2 * T * gate width gate parameters (at S = 1000 and the default 128-wide `h`: 128M), so full HMoE is for
+tens of scenarios. `top_k: k` bounds it: gate A mixes k towers only, its own and the towers of the k - 1
+largest other scenarios (rows counted over training, a buffer saved with the model: the best-trained
+towers, the ones a small scenario gains from borrowing), so a row costs k tower passes and the gates
+S * k * T * width parameters, whatever S (docs/scenarios.md).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from torch import Tensor, nn
 from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register, without_batch_norm
 from msrec.nn import MLP, FeatureEmbedding, MLPOptions, ScenarioRouting
-from msrec.nn.towers import ScenarioTowers
+from msrec.nn.towers import ScenarioLinear, ScenarioTowers
 from msrec.schema import FeatureSpec
 
 
@@ -50,6 +58,8 @@ class HMoEOptions(ModelOptions):
     """Whether the gates also read the scenario-indicator embeddings `z` besides `h`."""
     gate_init_own: float = Field(0.8, gt=0, lt=1)
     """Initial weight of a scenario's own tower in its gate (the rest shared equally by the others)."""
+    top_k: int | None = Field(None, ge=1)
+    """Bounded variant: each gate mixes its own tower and the k - 1 largest other scenarios' (None: all S)."""
 
 
 @register("hmoe", HMoEOptions,
@@ -63,28 +73,57 @@ class HMoE(nn.Module):
         self.bottom = MLP.of(self.embedding.flat_dim, options.mlp)
         self.towers = ScenarioTowers(self.bottom.out_dim, options.tower, spec.num_tasks, spec.num_scenarios)
         gate_dim = self.bottom.out_dim + len(self.scenario_fields) * options.embed_dim
-        self.gates = nn.ModuleList(nn.Linear(gate_dim, spec.num_scenarios * spec.num_tasks)
-                                   for _ in range(spec.num_scenarios))
+        S = spec.num_scenarios
+        self.top_k = min(options.top_k, S) if options.top_k is not None else None
+        mixed = self.top_k or S  # towers each gate mixes
+        if self.top_k is not None:  # training rows seen per scenario: who the largest scenarios are
+            self.register_buffer("rows_seen", torch.zeros(S))
+        self.gates = ScenarioLinear(gate_dim, mixed * spec.num_tasks, S, legacy=lambda prefix, s: f"{prefix}{s}.")
         # Zero weights, and a bias that starts each gate at `gate_init_own` on its own tower: training
         # starts close to Split&Merge (the own tower gets most of the gradient) and the gate learns to borrow.
-        S = spec.num_scenarios
-        own = math.log(options.gate_init_own * max(S - 1, 1) / (1 - options.gate_init_own)) if S > 1 else 0.0
-        for s, gate in enumerate(self.gates):
-            nn.init.zeros_(gate.weight)
-            with torch.no_grad():
-                gate.bias.view(S, spec.num_tasks).zero_()[s] = own
+        own = (math.log(options.gate_init_own * (mixed - 1) / (1 - options.gate_init_own)) if mixed > 1 else 0.0)
+        with torch.no_grad():
+            self.gates.weight.zero_()
+            bias = self.gates.bias.view(S, mixed, spec.num_tasks).zero_()
+            if self.top_k is None:
+                bias[torch.arange(S), torch.arange(S)] = own
+            else:
+                bias[:, 0] = own  # slot 0 is the scenario's own tower
 
-    def gate_weights(self, grouped: tuple[Tensor, ...]) -> Tensor:
-        """Gate s on scenario s's rows: `[N, S, T]` softmax weights over the towers, in grouped order."""
-        parts = [self.gates[s](x).unflatten(1, (self.num_scenarios, self.num_tasks))
-                 for s, x in enumerate(grouped) if len(x)]
-        return torch.cat(parts, 0).softmax(1)
+    def candidates(self) -> Tensor:
+        """`[S, k - 1]`: each scenario's borrowed towers, the largest other scenarios by rows seen."""
+        S, k = self.num_scenarios, self.top_k
+        top = torch.argsort(self.rows_seen, descending=True, stable=True)[:k]  # [k]
+        keep = top.unsqueeze(0) != torch.arange(S, device=top.device).unsqueeze(1)  # [S, k]: drop the own tower
+        keep[:, k - 1] &= ~keep.all(1)  # own tower not among the k largest: drop the k-th instead
+        return top.expand(S, k)[keep].view(S, k - 1)
+
+    def gate_weights(self, gate_in: Tensor, routing: ScenarioRouting) -> Tensor:
+        """Each row's gate (its scenario's): `[B, mixed towers, T]` softmax weights (slot 0 the own tower with
+        `top_k`, tower b at slot b otherwise)."""
+        return self.gates(gate_in, routing).unflatten(1, (-1, self.num_tasks)).softmax(1)
+
+    def scores(self, h: Tensor, scenario: Tensor, routing: ScenarioRouting) -> Tensor:
+        """`[B, mixed towers, T]`: the towers' logits for each row, the row's own tower with gradient, the
+        others under `torch.no_grad` (HMoE's stop-gradient)."""
+        own = self.towers(h, routing).unsqueeze(1)  # [B, 1, T]
+        if self.top_k is None:
+            with torch.no_grad():
+                every = self.towers.every(h)  # [B, S, T]
+            return every.scatter(1, scenario.view(-1, 1, 1).expand(-1, 1, self.num_tasks), own)
+        if self.top_k == 1:
+            return own
+        borrowed = self.candidates().index_select(0, scenario)  # [B, k - 1]
+        with torch.no_grad():
+            pairs = ScenarioRouting(borrowed.flatten(), self.num_scenarios)
+            foreign = self.towers(h.repeat_interleave(self.top_k - 1, 0), pairs).view(len(h), self.top_k - 1, -1)
+        return torch.cat([own, foreign], 1)
 
     def forward(self, batch: Batch) -> Tensor:
         h = self.bottom(self.embedding.flat(batch))
+        if self.top_k is not None and self.training:
+            self.rows_seen += torch.bincount(batch.scenario, minlength=self.num_scenarios).to(self.rows_seen.dtype)
         routing = ScenarioRouting.of(batch, self.num_scenarios)
         gate_in = h if not self.scenario_fields else torch.cat(
             [h, self.embedding.select(batch, self.scenario_fields)], 1)
-        scores = self.towers.cross_scores(routing.split(h))  # [N, S, T], rows grouped by scenario
-        mixed = (self.gate_weights(routing.split(gate_in)) * scores).sum(1)
-        return routing.merge([mixed])
+        return (self.gate_weights(gate_in, routing) * self.scores(h, batch.scenario, routing)).sum(1)

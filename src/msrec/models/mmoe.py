@@ -6,7 +6,8 @@ play the part of MMoE's tasks.
     logit = tower_s(sum_i w_{s,i} X_i)                tower of scenario s, its rows     [n_s, T]
 
 Every row trains the shared experts (and embeddings); gate s and tower s run only on scenario s's rows
-(`ScenarioRouting`), so they learn from that scenario alone and cost one pass per row.
+(their weights stacked `[S, ...]`, each row meeting its own scenario's over the batch's tiles, nn.towers),
+so they learn from that scenario alone and each row costs one gate and one tower pass, whatever S.
 
 Choices (the paper is multi-task, not multi-scenario):
 - One gate and one tower per scenario; with T tasks the tower has T outputs (one head per task on the
@@ -26,8 +27,8 @@ from torch import Tensor, nn
 from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register, with_layers
 from msrec.nn import FeatureEmbedding, MLPOptions, ScenarioRouting
-from msrec.nn.moe import ExpertGate, Experts, mix, route_many
-from msrec.nn.towers import ScenarioTowers
+from msrec.nn.moe import Experts, mix
+from msrec.nn.towers import ScenarioLinear, ScenarioTowers
 from msrec.schema import FeatureSpec
 
 
@@ -51,16 +52,17 @@ class MMoE(nn.Module):
         self.num_scenarios = spec.num_scenarios
         self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         self.experts = Experts(self.embedding.flat_dim, o.mlp, o.experts)
-        self.gates = nn.ModuleList(ExpertGate(self.embedding.flat_dim, o.experts) for _ in range(spec.num_scenarios))
+        self.gates = ScenarioLinear(self.embedding.flat_dim, o.experts, spec.num_scenarios,
+                                    legacy=lambda prefix, s: f"{prefix}{s}.linear.")  # runs with a gate per scenario
         self.towers = ScenarioTowers(self.experts.out_dim, o.tower, spec.num_tasks, spec.num_scenarios)
 
-    def gate_weights(self, batch: Batch) -> Tensor:
+    def gate_weights(self, batch: Batch, routing: ScenarioRouting | None = None) -> Tensor:
         """`[B, E]`: each row's weights over the experts, from its own scenario's gate."""
-        routing = ScenarioRouting.of(batch, self.num_scenarios)
-        return routing.apply(lambda s, e: self.gates[s](e), self.embedding.flat(batch))
+        routing = routing or ScenarioRouting.of(batch, self.num_scenarios)
+        return self.gates(self.embedding.flat(batch), routing).softmax(-1)
 
     def forward(self, batch: Batch) -> Tensor:
         e = self.embedding.flat(batch)
-        x = self.experts(e)
         routing = ScenarioRouting.of(batch, self.num_scenarios)
-        return route_many(routing, lambda s, e_s, x_s: self.towers[s](mix(self.gates[s](e_s), x_s)), e, x)
+        weights = self.gates(e, routing).softmax(-1)
+        return self.towers(mix(weights, self.experts(e)), routing)

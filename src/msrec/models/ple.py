@@ -8,8 +8,9 @@ experts plus experts of each scenario, stacked in levels of Customized Gate Cont
       h_sh <- sum softmax(G_{k,sh} h_sh) * [A_sh; A_s]      shared gate (every level but the last)
     logit = tower_s(h_s^K)                                 tower of scenario s, its rows    [n_s, T]
 
-Scenario s's experts, gates and tower run only on scenario s's rows (`ScenarioRouting`), so they learn
-from that scenario alone; the shared experts and the shared gates learn from every row.
+Scenario s's experts, gates and tower run only on scenario s's rows (their weights stacked `[S, ...]`,
+each row meeting its own scenario's over the batch's tiles, nn.towers), so they learn from that scenario
+alone and a row's cost does not grow with S; the shared experts and the shared gates learn from every row.
 
 Choices (the paper is multi-task, not multi-scenario):
 - Scenarios play the part of PLE's tasks. With T tasks each scenario's tower has T outputs (one head per
@@ -33,8 +34,8 @@ from torch import Tensor, nn
 from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register, with_layers
 from msrec.nn import FeatureEmbedding, MLPOptions, ScenarioRouting
-from msrec.nn.moe import ExpertGate, Experts, mix, route_many
-from msrec.nn.towers import ScenarioTowers
+from msrec.nn.moe import ExpertGate, Experts, mix
+from msrec.nn.towers import ScenarioLinear, ScenarioMLP, ScenarioTowers
 from msrec.schema import FeatureSpec
 
 
@@ -57,33 +58,30 @@ class PLEOptions(ModelOptions):
 
 class ExtractionLevel(nn.Module):
     """One CGC level: shared experts, each scenario's experts and gate, and (but for the last level) the gate
-    of the shared stream."""
+    of the shared stream. A scenario's Ep experts are Ep groups of one stacked `ScenarioMLP` (group
+    s * Ep + j), each row running through its own scenario's Ep groups."""
 
     def __init__(self, in_dim: int, options: PLEOptions, num_scenarios: int, last: bool):
         super().__init__()
-        o = options
+        o, ep = options, options.specific_experts
         self.shared = Experts(in_dim, o.mlp, o.shared_experts)
-        self.specific = nn.ModuleList(Experts(in_dim, o.mlp, o.specific_experts) for _ in range(num_scenarios))
-        n = o.shared_experts + o.specific_experts
-        self.gates = nn.ModuleList(ExpertGate(in_dim, n) for _ in range(num_scenarios))
+        self.specific = ScenarioMLP(in_dim, o.mlp, None, num_scenarios * ep,
+                                    legacy=lambda prefix, g: f"{prefix}{g // ep}.experts.{g % ep}.")
+        n = o.shared_experts + ep
+        self.gates = ScenarioLinear(in_dim, n, num_scenarios, legacy=lambda prefix, s: f"{prefix}{s}.linear.")
         self.shared_gate = None if last else ExpertGate(in_dim, n)
         self.out_dim = self.shared.out_dim
-        self.num_weights = n
+        self.specific_experts = ep
 
-    def forward(self, h_sh: Tensor, h_sc: Tensor, routing: ScenarioRouting) -> tuple[Tensor | None, Tensor, Tensor]:
-        """New shared stream (None after the last level), new scenario stream, and the scenario gates' weights."""
-        def run(s: int, sc: Tensor, shared_out: Tensor, sh: Tensor) -> Tensor:
-            experts = torch.cat([shared_out, self.specific[s](sc)], 1)  # [n_s, Es + Ep, d]
-            w = self.gates[s](sc)
-            outs = [mix(w, experts), w]
-            if self.shared_gate is not None:
-                outs.append(mix(self.shared_gate(sh), experts))
-            return torch.cat(outs, 1)
-
-        out = route_many(routing, run, h_sc, self.shared(h_sh), h_sh)
-        d, n = self.out_dim, self.num_weights
-        new_sh = None if self.shared_gate is None else out[:, d + n:]
-        return new_sh, out[:, :d], out[:, d:d + n]
+    def forward(self, h_sh: Tensor, h_sc: Tensor, routing: ScenarioRouting,
+                copies: ScenarioRouting) -> tuple[Tensor | None, Tensor, Tensor]:
+        """New shared stream (None after the last level), new scenario stream, and the scenario gates' weights.
+        `copies` routes the rows repeated Ep times to their scenario's Ep expert groups."""
+        own = self.specific(h_sc.repeat_interleave(self.specific_experts, 0), copies)
+        experts = torch.cat([self.shared(h_sh), own.view(len(h_sc), self.specific_experts, -1)], 1)  # [B, Es + Ep, d]
+        w = self.gates(h_sc, routing).softmax(-1)
+        new_sh = None if self.shared_gate is None else mix(self.shared_gate(h_sh), experts)
+        return new_sh, mix(w, experts), w
 
 
 @register("ple", PLEOptions, "Shared and per-scenario experts in gated extraction levels, per-scenario towers (PLE)")
@@ -100,10 +98,14 @@ class PLE(nn.Module):
 
     def _extract(self, batch: Batch) -> tuple[Tensor, list[Tensor], ScenarioRouting]:
         routing = ScenarioRouting.of(batch, self.num_scenarios)
+        ep = self.levels[0].specific_experts
+        copies = routing if ep == 1 else ScenarioRouting(
+            (batch.scenario.unsqueeze(1) * ep + torch.arange(ep, device=batch.scenario.device)).flatten(),
+            self.num_scenarios * ep, [n for n in routing.counts for _ in range(ep)])
         h_sh = h_sc = self.embedding.flat(batch)
         weights = []
         for level in self.levels:
-            h_sh, h_sc, w = level(h_sh, h_sc, routing)
+            h_sh, h_sc, w = level(h_sh, h_sc, routing, copies)
             weights.append(w)
         return h_sc, weights, routing
 

@@ -4,8 +4,9 @@
     logit(x) = tower_s(h(x)),  s = scenario of x
 
 The bottom (embeddings + MLP) learns from every row what the scenarios share; tower s runs only on
-scenario s's rows (`ScenarioRouting`: group once, run each tower on its slice, put the rows back in
-order), so it learns only from them and costs one tower pass per row. One BCE loss covers the merged
+scenario s's rows (the towers' weights are stacked `[S, ...]` and each row meets its own scenario's in one
+batched matmul over the batch's tiles, nn.towers), so it learns only from them and each row costs one
+tower pass, whatever the number of scenarios. One BCE loss covers the merged
 batch. Multi-task: each tower has one output per task (one head per task on a per-scenario tower).
 
 Choices: `mlp` is the bottom MLP, `tower` each scenario's tower; the bottom ends with its last hidden

@@ -1,21 +1,39 @@
-"""Run per-scenario modules on their own rows only.
+"""Per-scenario parameters applied to each row's own scenario with whole-batch ops: no loop over scenarios.
 
-The batch is grouped by scenario once (a stable sort); each scenario's module runs on its contiguous
-slice; the outputs are put back in the original row order. Scenarios absent from the batch cost
-nothing, and a module never sees (nor gets gradient from) another scenario's rows.
+A per-scenario layer keeps its weights stacked, `W [S, out, in]`, `b [S, out]`. `ScenarioRouting` lays a
+batch's rows out as *tiles*: the rows sorted by scenario (stably), each scenario's rows cut into tiles of
+`C` rows (its last tile padded with zero rows), so every tile belongs to one scenario. A layer is then
+one batched matmul, `tile @ W[tile's scenario]^T + b[...]` (`torch.baddbmm`), whose cost is that of the
+padded rows plus one gathered weight matrix per tile: it depends on the batch's rows (and on how many
+scenarios they touch), not on S.
 
-When the model is traced for export (TorchScript, ONNX), the row counts per scenario would be baked
-into the graph as constants. There, each scenario's rows are found with `nonzero` instead (a dynamic
-op), every scenario's module runs on its own rows (an empty slice for a scenario absent from the
-batch), and the outputs are put back with `index_copy`: the same results, a graph valid for any batch.
+    pack:    rows [B, ...]  ->  tiles [N, C, ...]        (index_copy; padding rows are zeros)
+    layer:   tiles @ W[tile_scenario]^T + b[tile_scenario]
+    unpack:  tiles [N, C, ...] -> rows [B, ...]          (index_select; padding is dropped, gets no gradient)
+
+The tile size is chosen per batch from the rows per scenario (`tile_size`): `C = 1` is "gather each row's
+weights and bmm" (best when nearly every row is alone in its scenario), a large `C` is "sort rows by
+scenario and run one matmul per contiguous segment" (best for a few large scenarios), and between them
+the size that minimises padded rows + `TILE_COST` x tiles (docs/scenarios.md has the measurements).
+One scenario in the batch: a single tile of the whole batch, no copy.
+
+A scenario's parameters see, and get gradient from, its own rows only (padding rows are dropped before the
+loss). Export (TorchScript / ONNX tracing): the tiling depends on the data and would be baked into the
+graph, so there every row is its own tile (`C = 1`): the same results, for any batch.
+
+`split` / `merge` / `apply` (a Python function per scenario on its own slice) remain for code that has not
+moved to stacked parameters; they loop over the scenarios present.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
+
+TILE_COST = 16  # one tile's gathered weights cost about as much as this many rows' matmul (docs/scenarios.md)
 
 
 def exporting() -> bool:
@@ -24,38 +42,137 @@ def exporting() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
-class ScenarioRouting:
-    """`counts`: rows per scenario when the caller knows them on the host (`Batch.scenario_counts`);
-    otherwise they are counted here, one copy from the device."""
+def tile_size(counts: Sequence[int], tile_cost: float = TILE_COST) -> int:
+    """Rows per tile minimising `padded rows + tile_cost * tiles` for these rows per scenario (powers of two)."""
+    n = np.asarray([c for c in counts if c], dtype=np.int64)
+    if len(n) == 0:
+        return 1
+    best, best_cost, size = 1, float("inf"), 1
+    while True:
+        tiles = int(((n + size - 1) // size).sum())
+        cost = tiles * (size + tile_cost)
+        if cost < best_cost:
+            best, best_cost = size, cost
+        if size >= n.max():
+            return best
+        size *= 2
 
-    def __init__(self, scenario: Tensor, num_scenarios: int, counts: list[int] | None = None):
+
+def tile_linear(tiles: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`tiles [N, C, ..., in] @ weight[n]^T + bias[n]` with weights already one per tile, `[N, out, in]`."""
+    flat = tiles.reshape(tiles.shape[0], -1, tiles.shape[-1])
+    if bias is None:
+        out = torch.bmm(flat, weight.transpose(1, 2))
+    else:
+        out = torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2))
+    return out.view(*tiles.shape[:-1], out.shape[-1])
+
+
+class ScenarioRouting:
+    """The tiles of a batch by scenario. `counts`: rows per scenario when the caller knows them on the host
+    (`Batch.scenario_counts`); otherwise they are counted here, one copy from the device. `tile`: force a
+    tile size (benchmarks; None: `tile_size`)."""
+
+    def __init__(self, scenario: Tensor, num_scenarios: int, counts: list[int] | None = None,
+                 tile: int | None = None):
+        self.scenario = scenario
         self.num_scenarios = num_scenarios
+        self.rows = scenario.shape[0]
         self.traced = exporting()
+        self._counts = None if counts is None else [*counts, *[0] * (num_scenarios - len(counts))]
+        self._order: Tensor | None = None
         if self.traced:
-            self.rows = [(scenario == s).nonzero().squeeze(1) for s in range(num_scenarios)]
-            self.order = torch.cat(self.rows)
+            self.tile = 1
         else:
-            self.order = torch.argsort(scenario, stable=True)
-            if counts is None:
-                counts = torch.bincount(scenario, minlength=num_scenarios).tolist()
-            self.counts: list[int] = [*counts, *[0] * (num_scenarios - len(counts))]
+            self.tile = tile or tile_size(self.counts)
+            present = [s for s, n in enumerate(self.counts) if n]
+            if tile is None and len(present) == 1:
+                self.tile = self.rows  # one scenario: the whole batch is one tile, nothing to move
+        self.slot: Tensor | None = None  # each row's place among the tiles' rows (None: rows are the tiles)
+        if self.tile == 1:
+            self.tile_scenario = scenario
+            self.num_tiles = self.rows
+        elif self.tile == self.rows:
+            self.tile_scenario = scenario[:1]
+            self.num_tiles = 1
+        else:
+            self._lay_out()
 
     @classmethod
     def of(cls, batch, num_scenarios: int) -> ScenarioRouting:
         """The routing of a `Batch` by its scenario column."""
         return cls(batch.scenario, num_scenarios, batch.scenario_counts)
 
+    @property
+    def counts(self) -> list[int]:
+        if self._counts is None:
+            self._counts = torch.bincount(self.scenario, minlength=self.num_scenarios).tolist()
+        return self._counts
+
+    @property
+    def order(self) -> Tensor:
+        """Row indices sorted by scenario (stable)."""
+        if self._order is None:
+            self._order = torch.argsort(self.scenario, stable=True)
+        return self._order
+
+    def _lay_out(self) -> None:
+        device, size = self.scenario.device, self.tile
+        counts = torch.tensor(self.counts, dtype=torch.long, device=device)
+        per_scenario = (counts + size - 1) // size  # tiles of each scenario
+        first_tile = per_scenario.cumsum(0) - per_scenario
+        first_row = counts.cumsum(0) - counts  # where each scenario's rows start in sorted order
+        sorted_scenario = self.scenario.index_select(0, self.order)
+        rank = torch.arange(self.rows, device=device) - first_row[sorted_scenario]  # position within the scenario
+        slot_sorted = (first_tile[sorted_scenario] + rank // size) * size + rank % size
+        self.slot = torch.empty_like(slot_sorted).index_copy_(0, self.order, slot_sorted)
+        self.num_tiles = int(np.sum((np.asarray(self.counts) + size - 1) // size))
+        self.tile_scenario = torch.repeat_interleave(torch.arange(self.num_scenarios, device=device), per_scenario,
+                                                     output_size=self.num_tiles)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """`[B, ...]` -> `[N, C, ...]` tiles of one scenario each (zero rows pad a scenario's last tile)."""
+        if self.slot is None:
+            return x.unsqueeze(1) if self.tile == 1 else x.unsqueeze(0)
+        tiles = x.new_zeros(self.num_tiles * self.tile, *x.shape[1:]).index_copy(0, self.slot, x)
+        return tiles.view(self.num_tiles, self.tile, *x.shape[1:])
+
+    def unpack(self, tiles: Tensor) -> Tensor:
+        """Inverse of `pack`: `[N, C, ...]` -> `[B, ...]` in the batch's row order."""
+        if self.slot is None:
+            return tiles.squeeze(1) if self.tile == 1 else tiles.squeeze(0)
+        return tiles.flatten(0, 1).index_select(0, self.slot)
+
+    def valid(self) -> Tensor:
+        """`[N, C]` 1.0 where a tile row is a real row, 0.0 where it pads."""
+        if self.slot is None:
+            return torch.ones(self.num_tiles, self.tile, device=self.scenario.device)
+        flat = torch.zeros(self.num_tiles * self.tile, device=self.scenario.device)
+        return flat.index_fill(0, self.slot, 1.0).view(self.num_tiles, self.tile)
+
+    def gather(self, per_scenario: Tensor) -> Tensor:
+        """`[S, ...]` -> `[N, ...]`: each tile's scenario's slice."""
+        return per_scenario.index_select(0, self.tile_scenario)
+
+    def linear(self, tiles: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """`tiles [N, C, ..., in] @ weight[s]^T + bias[s]` per tile, with `weight [S, out, in]`, `bias [S, out]`."""
+        return tile_linear(tiles, self.gather(weight), None if bias is None else self.gather(bias))
+
+    # ---- the per-scenario loop API (code that has not moved to stacked parameters) ----
+
     def split(self, x: Tensor) -> tuple[Tensor, ...]:
         """Rows of `x` grouped by scenario: element s holds scenario s's rows (possibly none)."""
         if self.traced:
-            return tuple(x.index_select(0, rows) for rows in self.rows)
+            return tuple(x.index_select(0, (self.scenario == s).nonzero().squeeze(1))
+                         for s in range(self.num_scenarios))
         return x.index_select(0, self.order).split(self.counts)
 
     def merge(self, parts: Sequence[Tensor]) -> Tensor:
         """Inverse of `split`: per-scenario outputs back in the batch's row order."""
         grouped = torch.cat(list(parts), 0)
         if self.traced:
-            return torch.zeros_like(grouped).index_copy(0, self.order, grouped)
+            order = torch.cat([(self.scenario == s).nonzero().squeeze(1) for s in range(self.num_scenarios)])
+            return torch.zeros_like(grouped).index_copy(0, order, grouped)
         out = torch.empty_like(grouped)
         out[self.order] = grouped
         return out

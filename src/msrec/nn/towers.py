@@ -1,50 +1,199 @@
-"""One MLP tower per scenario over a shared representation (Split&Merge, HMoE)."""
+"""Per-scenario MLPs with stacked weights (Split&Merge's and MMoE's towers, PLE's scenario experts, the
+`separate` baseline's networks), applied to each row's own scenario over the batch's tiles (nn.routing).
+
+Layer l of scenario s is `W_l[s] [out, in]`, `b_l[s]`; a part's options (`hidden`, `dropout`, `activation`,
+`batch_norm`) reach every scenario's MLP: PReLU keeps one slope per scenario and layer, batch normalization
+one running mean / variance per scenario (each from its own rows only, as one BatchNorm per tower did).
+A step updates every scenario's weights (dense optimizer), those of scenarios absent from the batch by a
+zero gradient (docs/scenarios.md).
+
+Run directories written before the weights were stacked (one `MLP` per scenario, `towers.<s>.layers.<j>.*`)
+load into the stacked tensors (`legacy`), and score the same.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
 
-from msrec.nn.mlp import MLP, MLPOptions
-from msrec.nn.routing import ScenarioRouting, exporting
+from msrec.nn.mlp import ACTIVATIONS, MLP, MLPOptions
+from msrec.nn.routing import ScenarioRouting
+
+MOMENTUM, EPS = 0.1, 1e-5  # BatchNorm1d's defaults, as the per-tower norms had
 
 
-class ScenarioTowers(nn.Module):
-    """One `MLP.of(options)` per scenario, so a model's `tower` part (`hidden`, `dropout`, `activation`,
-    `batch_norm`) reaches every tower: `tower: {batch_norm: true}` puts BatchNorm in split_merge's, mmoe's
-    and ple's towers (tests/models/test_batch_norm.py). hmoe refuses it: `cross_scores` runs each tower on
-    the other scenarios' rows too, which in training would move the tower's running statistics."""
+def linear_init(num: int, out_dim: int, in_dim: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """`num` stacked layers drawn as `nn.Linear` draws one (uniform within 1 / sqrt(in_dim))."""
+    bound = 1 / math.sqrt(in_dim)
+    return (nn.Parameter(torch.empty(num, out_dim, in_dim).uniform_(-bound, bound)),
+            nn.Parameter(torch.empty(num, out_dim).uniform_(-bound, bound)))
 
-    def __init__(self, in_dim: int, options: MLPOptions, out_dim: int, num_scenarios: int):
+
+class ScenarioBatchNorm(nn.Module):
+    """Batch normalization per scenario on tiles: each scenario's rows normalised by their own batch
+    statistics in training (running statistics for a one-row slice, left unchanged), by its running
+    statistics in evaluation. Whole-batch scatter ops; padding rows count for nothing."""
+
+    def __init__(self, dim: int, num_scenarios: int):
         super().__init__()
-        self.num_scenarios = num_scenarios
-        self.towers = nn.ModuleList(MLP.of(in_dim, options, out_dim) for _ in range(num_scenarios))
-
-    def __getitem__(self, s: int) -> nn.Module:
-        return self.towers[s]
+        self.weight = nn.Parameter(torch.ones(num_scenarios, dim))
+        self.bias = nn.Parameter(torch.zeros(num_scenarios, dim))
+        self.register_buffer("running_mean", torch.zeros(num_scenarios, dim))
+        self.register_buffer("running_var", torch.ones(num_scenarios, dim))
 
     def forward(self, h: Tensor, routing: ScenarioRouting) -> Tensor:
-        """Each row scored by its own scenario's tower only (split, run, merge in row order)."""
-        return routing.apply(lambda s, rows: self.towers[s](rows), h)
-
-    def cross_scores(self, grouped: tuple[Tensor, ...]) -> Tensor:
-        """Every tower on every row: `[N, S, out]` in grouped (scenario-sorted) row order.
-
-        Tower s runs on its own rows with gradient and on all other rows under `torch.no_grad` (the
-        stop-gradient of HMoE), so its parameters learn from its own scenario only and each row costs
-        each tower one forward pass.
-        """
-        h = torch.cat(grouped, 0)
-        if exporting():  # an inference graph: no gradient to stop, and no data-dependent slicing to bake in
-            return torch.stack([tower(h) for tower in self.towers], 1)
-        counts = [len(g) for g in grouped]
-        columns = []
-        start = 0
-        for s, n in enumerate(counts):
-            end = start + n
+        mean, var = self.running_mean, self.running_var
+        if self.training:
+            valid = routing.valid().unsqueeze(-1)  # [N, C, 1]
+            counts = torch.tensor(routing.counts, dtype=h.dtype, device=h.device).unsqueeze(1)
+            zeros = h.new_zeros(self.running_mean.shape)
+            batch_mean = zeros.index_add(0, routing.tile_scenario, (h * valid).sum(1)) / counts.clamp(min=1)
+            centred = (h - routing.gather(batch_mean).unsqueeze(1)) * valid
+            batch_var = zeros.index_add(0, routing.tile_scenario, (centred * centred).sum(1)) / counts.clamp(min=1)
+            use = counts >= 2  # one row has no variance: it is normalised with the running statistics
+            mean, var = torch.where(use, batch_mean, mean), torch.where(use, batch_var, var)
             with torch.no_grad():
-                foreign = self.towers[s](torch.cat([h[:start], h[end:]], 0))
-            own = self.towers[s](h[start:end]) if n else foreign.new_zeros(0, *foreign.shape[1:])
-            columns.append(torch.cat([foreign[:start], own, foreign[start:]], 0))
-            start = end
-        return torch.stack(columns, 1)
+                rate = MOMENTUM * use.to(h.dtype)
+                self.running_mean.lerp_(batch_mean.detach(), rate)
+                self.running_var.lerp_(batch_var.detach() * counts / (counts - 1).clamp(min=1), rate)
+        scale = routing.gather(self.weight * torch.rsqrt(var + EPS)).unsqueeze(1)
+        return (h - routing.gather(mean).unsqueeze(1)) * scale + routing.gather(self.bias).unsqueeze(1)
+
+
+class ScenarioMLP(nn.Module):
+    """`MLP.of(in_dim, options, out_dim)` for each of `num_scenarios` scenarios, weights stacked.
+    `forward(x [B, in], routing)` runs each row through its own scenario's MLP; `every(x)` runs every row
+    through every scenario's MLP (`[B, S, out]`, HMoE's cross scores; no batch normalization there)."""
+
+    def __init__(self, in_dim: int, options: MLPOptions, out_dim: int | None, num_scenarios: int,
+                 legacy: Callable[[str, int], str] | None = None):
+        super().__init__()
+        self.options, self.num_scenarios, self.legacy = options, num_scenarios, legacy
+        dims = [in_dim, *options.hidden, *([out_dim] if out_dim is not None else [])]
+        self.weight, self.bias = nn.ParameterList(), nn.ParameterList()
+        for a, b in pairwise(dims):
+            w, bias = linear_init(num_scenarios, b, a)
+            self.weight.append(w)
+            self.bias.append(bias)
+        hidden = len(options.hidden)
+        self.norms = nn.ModuleList(ScenarioBatchNorm(w, num_scenarios) for w in options.hidden) \
+            if options.batch_norm else None
+        self.prelu = nn.ParameterList(nn.Parameter(torch.full((num_scenarios, 1), 0.25)) for _ in range(hidden)) \
+            if options.activation == "prelu" else None
+        self.act = ACTIVATIONS[options.activation]() if options.activation != "prelu" else None
+        self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
+        self.num_hidden = hidden
+        self.out_dim = dims[-1]
+
+    def activate(self, h: Tensor, l: int, slope: Callable[[Tensor], Tensor]) -> Tensor:
+        if self.prelu is None:
+            return self.act(h)
+        return torch.where(h >= 0, h, slope(self.prelu[l]) * h)
+
+    def tiles(self, h: Tensor, routing: ScenarioRouting) -> Tensor:
+        """The MLPs on tiles `[N, C, in]` (`routing.pack(x)`), giving tiles `[N, C, out]`."""
+        for l in range(len(self.weight)):
+            h = routing.linear(h, self.weight[l], self.bias[l])
+            if l < self.num_hidden:
+                if self.norms is not None:
+                    h = self.norms[l](h, routing)
+                h = self.dropout(self.activate(h, l, lambda p: routing.gather(p).unsqueeze(1)))
+        return h
+
+    def forward(self, x: Tensor, routing: ScenarioRouting) -> Tensor:
+        return routing.unpack(self.tiles(routing.pack(x), routing))
+
+    def every(self, x: Tensor) -> Tensor:
+        """Every scenario's MLP on every row: `[B, in]` -> `[B, S, out]`."""
+        h = x.unsqueeze(1).expand(-1, self.num_scenarios, -1)
+        for l in range(len(self.weight)):
+            h = torch.einsum("bsi,soi->bso", h, self.weight[l]) + self.bias[l]
+            if l < self.num_hidden:
+                h = self.dropout(self.activate(h, l, lambda p: p.view(1, -1, 1)))
+        return h
+
+    def scenario(self, s: int) -> MLP:
+        """Scenario s's network as an ordinary `MLP` (a copy, in evaluation mode; for inspection and tests)."""
+        in_dim = self.weight[0].shape[2]
+        out_dim = self.out_dim if len(self.weight) > self.num_hidden else None
+        mlp = MLP.of(in_dim, self.options, out_dim).eval()
+        mlp.load_state_dict(self._legacy_tensors(lambda t: t[s]), strict=True)
+        return mlp
+
+    def _legacy_tensors(self, pick: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+        """One scenario's tensors under `MLP`'s names (`layers.<j>.weight`, ...), `pick` choosing it."""
+        out: dict[str, Tensor] = {}
+        for name, tensor in self._legacy_names().items():
+            if tensor is None:  # BatchNorm's `num_batches_tracked` (unused: the momentum is set)
+                out[name] = torch.tensor(0)
+            else:
+                out[name] = pick(self.get_buffer(tensor) if "running" in tensor else self.get_parameter(tensor))
+        return out
+
+    def _legacy_names(self) -> dict[str, str | None]:
+        """`MLP` state-dict names of one scenario's network -> this module's stacked tensor names."""
+        names: dict[str, str | None] = {}
+        j = 0
+        for l in range(len(self.weight)):
+            names[f"layers.{j}.weight"], names[f"layers.{j}.bias"] = f"weight.{l}", f"bias.{l}"
+            j += 1
+            if l >= self.num_hidden:
+                break
+            if self.norms is not None:
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    names[f"layers.{j}.{key}"] = f"norms.{l}.{key}"
+                names[f"layers.{j}.num_batches_tracked"] = None
+                j += 1
+            if self.prelu is not None:
+                names[f"layers.{j}.weight"] = f"prelu.{l}"
+            j += 1 + (self.options.dropout > 0)
+        return names
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Stacks the weights of a run written with one `MLP` per scenario (their names given by `legacy`)."""
+        if self.legacy is not None and f"{self.legacy(prefix, 0)}layers.0.weight" in state_dict:
+            for name, stacked in self._legacy_names().items():
+                parts = [state_dict.pop(f"{self.legacy(prefix, s)}{name}") for s in range(self.num_scenarios)]
+                if stacked is not None:
+                    state_dict[prefix + stacked] = torch.stack(parts)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class ScenarioTowers(ScenarioMLP):
+    """One tower per scenario ending in a linear layer of width `out_dim` (split_merge, mmoe, ple, hmoe).
+    Runs written with one `MLP` per scenario (`towers.<s>.layers.<j>.*`) load into the stacked weights."""
+
+    def __init__(self, in_dim: int, options: MLPOptions, out_dim: int, num_scenarios: int):
+        super().__init__(in_dim, options, out_dim, num_scenarios, legacy=lambda prefix, s: f"{prefix}towers.{s}.")
+
+
+class ScenarioLinear(nn.Module):
+    """One linear layer per scenario, stacked: `weight [S, out, in]`, `bias [S, out]` (a scenario's gate).
+    Runs written with one `nn.Linear` per scenario load into the stack (`legacy(prefix, s)`: the old
+    layer's prefix)."""
+
+    def __init__(self, in_dim: int, out_dim: int, num_scenarios: int,
+                 legacy: Callable[[str, int], str] | None = None):
+        super().__init__()
+        self.weight, self.bias = linear_init(num_scenarios, out_dim, in_dim)
+        self.num_scenarios, self.legacy = num_scenarios, legacy
+
+    def forward(self, x: Tensor, routing: ScenarioRouting) -> Tensor:
+        return routing.unpack(routing.linear(routing.pack(x), self.weight, self.bias))
+
+    def scenario(self, s: int) -> nn.Linear:
+        """Scenario s's layer as an ordinary `nn.Linear` (a copy; for inspection and tests)."""
+        layer = nn.Linear(self.weight.shape[2], self.weight.shape[1])
+        layer.load_state_dict({"weight": self.weight[s], "bias": self.bias[s]})
+        return layer
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.legacy is not None and f"{self.legacy(prefix, 0)}weight" in state_dict:
+            for name in ("weight", "bias"):
+                state_dict[prefix + name] = torch.stack(
+                    [state_dict.pop(f"{self.legacy(prefix, s)}{name}") for s in range(self.num_scenarios)])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
