@@ -181,3 +181,17 @@ def test_train_predict_and_serve_with_two_scenario_columns(tmp_path):
         encoder.encode([{k: v for k, v in record.items() if k != "placement"}])
     with pytest.raises(MsrecError, match=r"country.*unknown scenario 'XX'"):
         encoder.encode([{**record, "country": "XX"}])
+
+
+def test_evaluate_a_saved_run_reports_per_level(tmp_path):
+    import pyarrow.csv as pacsv
+
+    table = rows({key: n * 3 for key, n in COUNTS.items()})
+    pacsv.write_csv(table, tmp_path / "data.csv")
+    cfg = {"data": {"train": str(tmp_path / "data.csv"), "sparse": ["item"], "dense": ["price"],
+                    "scenario": ["country", "placement"], "labels": ["click"], "split": [0.6, 0.2, 0.2]},
+           "model": {"name": "dnn"}, "train": {"epochs": 1, "batch_size": 64, "progress": False}}
+    msrec.train(cfg, out=tmp_path / "run")
+    report = msrec.evaluate(tmp_path / "run", tmp_path / "data.csv")
+    levels = report["tasks"]["click"]["levels"]
+    assert levels["country"]["scenarios"]["US"]["rows"] == sum(n * 3 for (c, _), n in COUNTS.items() if c == "US")

@@ -152,7 +152,7 @@ def _output(cfg: Config, out: str | Path | None, overwrite: bool, resume: bool) 
 
 def _scorer(run: Run) -> Scorer:
     return Scorer(run.model, run.encoder.scenario_names, list(run.encoder.schema.labels),
-                  run.config.train.eval_batch_size, run.config.train.precision)
+                  run.config.train.eval_batch_size, run.config.train.precision, levels=run.encoder.spec().levels)
 
 
 def _read_input(path: str | Path, run: Run) -> pa.Table:
