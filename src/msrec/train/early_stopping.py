@@ -17,16 +17,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 SPILL_BYTES = 256 * 2**20  # best weights larger than this go to a file
+RESTORE_CHUNK_BYTES = 64 * 2**20  # read back this much of a spilled tensor at a time
 
 
 def _nbytes(state: dict[str, Any]) -> int:
     """Bytes of the plain tensors (a table sharded by TorchRec, a ShardedTensor, stays in memory: 1/N of it)."""
     return sum(v.numel() * v.element_size() for v in state.values()
                if isinstance(v, Tensor) and not hasattr(v, "local_shards"))
+
+
+def _copy_in_slices(target: Tensor, source: Any) -> None:
+    """target <- a safetensors slice, `RESTORE_CHUNK_BYTES` of rows at a time: restoring a table never holds a
+    second copy of it in memory."""
+    if target.dim() == 0:
+        target.copy_(source[...])
+        return
+    rows = max(1, RESTORE_CHUNK_BYTES // max(1, target[0].numel() * target.element_size()))
+    for start in range(0, target.shape[0], rows):
+        target[start:start + rows].copy_(source[start:start + rows])
 
 
 class EarlyStopping:
@@ -89,7 +102,18 @@ class EarlyStopping:
         return {**load_file(Path(self._folder) / "best.safetensors"), **self.state}
 
     def restore(self, model: nn.Module) -> None:
-        model.load_state_dict(self.weights())
+        if not self.spilled:
+            model.load_state_dict(self.state)
+            return
+        live = model.state_dict()  # the model's own tensors: the file is copied into them a slice at a time
+        with safe_open(Path(self._folder) / "best.safetensors", "pt") as f, torch.no_grad():
+            if set(f.keys()) != {k for k, v in live.items() if isinstance(v, Tensor)}:
+                model.load_state_dict(self.weights())  # a model of another layout: its own error message
+                return
+            for key in f.keys():  # noqa: SIM118 (a safetensors file is not iterable)
+                _copy_in_slices(live[key], f.get_slice(key))
+        if self.state:  # non-tensor entries (extra states)
+            model.load_state_dict({**live, **self.state})
 
     def close(self) -> None:
         """Removes the spill file (the best weights are then only those restored into the model)."""
