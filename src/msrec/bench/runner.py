@@ -19,13 +19,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from msrec.api import prepare_data, train
-from msrec.bench.spec import BenchmarkSpec, Grid, resolve_grid
+from msrec.bench.spec import BenchmarkSpec, Grid, resolve_grid, run_id
 from msrec.bench.store import Failure, RunRecord, RunStore, config_key
 from msrec.config import Config
 from msrec.data.prepare import EncodedData
 from msrec.errors import MsrecError
 from msrec.report.tables import fmt_seconds
 from msrec.report.writers import Summary, write_report
+from msrec.tune.space import full_config
 
 
 @dataclass
@@ -100,6 +101,12 @@ class _GridRun:
     def run(self, rid: str) -> None:
         """Train one run and store it, or store its failure; either way the grid goes on."""
         cfg, label, seed = self.grid.configs[rid], self.label[rid], self.seed[rid]
+        given = next((run_id(x, seed) for x, t in self.grid.tuned.items() if t == label), None)
+        if given and self.store.done(given) and full_config(self.grid.configs[given]) == full_config(cfg):
+            self.store.copy(given, rid, label)  # tuning kept the config as given: the same run
+            self.console.print(f"  {label:<16} seed {seed:<6} = {given} (the best trial was the config as given)",
+                               highlight=False)
+            return
         t0 = time.perf_counter()
         try:
             data = self.data_for(cfg)

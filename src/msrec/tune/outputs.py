@@ -11,6 +11,7 @@ import csv
 import io
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,15 +95,20 @@ def importance_plot(importances: dict[str, float]) -> bytes:
     ax = fig.subplots()
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names], color="#4a78a8")
-    ax.set_xlabel("importance (fANOVA, share of the validation value's variance)")
+    ax.set_xlabel("importance (PED-ANOVA, Optuna's default evaluator; sums to 1)")
     ax.set_title("Parameter importances")
     return _png(fig)
 
 
-def _importances(optuna: Any, study: Any) -> dict[str, float]:
-    """fANOVA importances over the complete trials; empty when there are too few to say."""
+def _importances(optuna: Any, study: Any, complete: int) -> dict[str, float]:
+    """Each parameter's importance for the validation value over the complete trials (Optuna's default evaluator,
+    PED-ANOVA); empty when there are too few trials to say (fewer than 4)."""
+    if complete < 4:
+        return {}
     try:
-        return optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError):
         return {}
 
@@ -136,7 +142,7 @@ def write_outputs(optuna: Any, study: Any, cfg: Config, params: list[Param], out
     _write(out / "trials.csv", buf.getvalue())
     (out / "plots").mkdir(exist_ok=True)
     _write(out / "plots" / "history.png", history_plot(rows, monitor))
-    importances = _importances(optuna, study)
+    importances = _importances(optuna, study, len(complete))
     if importances:
         _write(out / "plots" / "importance.png", importance_plot(importances))
     _write(out / "trials.md", trials_markdown(study.study_name, rows, params, best.number, monitor, importances))

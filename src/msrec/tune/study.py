@@ -88,7 +88,14 @@ def open_study(optuna: Any, storage: str, name: str, fingerprint: str, first: di
     """Create the study with trial 0 (the base config) enqueued, or load it. Only the creator enqueues, and the
     others wait until it has (so trial 0 is the default whoever starts first); a study of another config or
     space under the same name is refused rather than mixed in."""
-    store = _storage(optuna, storage)
+    for attempt in range(5):  # workers starting together on a new SQLite file may race to create its tables
+        try:
+            store = _storage(optuna, storage)
+            break
+        except Exception:  # sqlalchemy's or Optuna's error: retried, then raised
+            if attempt == 4:
+                raise
+            time.sleep(1 + attempt)
     try:
         study = optuna.create_study(storage=store, study_name=name, direction="maximize")
         study.enqueue_trial(first, user_attrs={"default": True})
