@@ -81,21 +81,14 @@ class ScenarioRouting:
         self.traced = exporting()
         self._counts = None if counts is None else [*counts, *[0] * (num_scenarios - len(counts))]
         self._order: Tensor | None = None
-        if self.traced:
-            self.tile = 1
+        self.slot: Tensor | None = None  # each row's place among the tiles' rows (None: no copy, see below)
+        one_scenario = not self.traced and tile is None and sum(n > 0 for n in self.counts) == 1
+        if one_scenario:  # the whole batch is one tile, nothing to move
+            self.tile, self.num_tiles, self.tile_scenario = self.rows, 1, scenario[:1]
+        elif self.traced or (tile or tile_size(self.counts)) == 1:  # every row its own tile
+            self.tile, self.num_tiles, self.tile_scenario = 1, self.rows, scenario
         else:
             self.tile = tile or tile_size(self.counts)
-            present = [s for s, n in enumerate(self.counts) if n]
-            if tile is None and len(present) == 1:
-                self.tile = self.rows  # one scenario: the whole batch is one tile, nothing to move
-        self.slot: Tensor | None = None  # each row's place among the tiles' rows (None: rows are the tiles)
-        if self.tile == 1:
-            self.tile_scenario = scenario
-            self.num_tiles = self.rows
-        elif self.tile == self.rows:
-            self.tile_scenario = scenario[:1]
-            self.num_tiles = 1
-        else:
             self._lay_out()
 
     @classmethod
@@ -133,14 +126,14 @@ class ScenarioRouting:
     def pack(self, x: Tensor) -> Tensor:
         """`[B, ...]` -> `[N, C, ...]` tiles of one scenario each (zero rows pad a scenario's last tile)."""
         if self.slot is None:
-            return x.unsqueeze(1) if self.tile == 1 else x.unsqueeze(0)
+            return x.unsqueeze(1) if self.num_tiles == self.rows else x.unsqueeze(0)
         tiles = x.new_zeros(self.num_tiles * self.tile, *x.shape[1:]).index_copy(0, self.slot, x)
         return tiles.view(self.num_tiles, self.tile, *x.shape[1:])
 
     def unpack(self, tiles: Tensor) -> Tensor:
         """Inverse of `pack`: `[N, C, ...]` -> `[B, ...]` in the batch's row order."""
         if self.slot is None:
-            return tiles.squeeze(1) if self.tile == 1 else tiles.squeeze(0)
+            return tiles.squeeze(1) if self.num_tiles == self.rows else tiles.squeeze(0)
         return tiles.flatten(0, 1).index_select(0, self.slot)
 
     def valid(self) -> Tensor:

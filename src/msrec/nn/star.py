@@ -3,8 +3,10 @@
     layer i of scenario s:  x <- act( x (W_s,i * W_i)^T + (b_s,i + b_i) )      (* = element-wise)
 
 `W_s` starts at ones and `b_s` at zeros, so training starts from the shared network and each scenario
-learns a multiplicative correction of it. Rows are routed: scenario s's weights are formed once per
-batch and applied to its own contiguous slice of rows only.
+learns a multiplicative correction of it. `W_s` is stacked `[S, out, in]`; rows are laid out in tiles of
+one scenario each (nn.routing) and each tile's weights `W_s * W` are formed from its scenario's slice, so
+a batch forms one weight matrix per tile (not per scenario of the model) and a scenario's weights see,
+and get gradient from, its own rows only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msrec.nn.mlp import ACTIVATIONS, MLPOptions
-from msrec.nn.routing import ScenarioRouting
+from msrec.nn.routing import ScenarioRouting, tile_linear
 
 
 class StarLinear(nn.Module):
@@ -34,6 +36,10 @@ class StarLinear(nn.Module):
     def forward(self, x: Tensor, s: int) -> Tensor:
         """The layer of scenario `s` on rows that all belong to `s`."""
         return F.linear(x, self.weight_s[s] * self.weight, self.bias_s[s] + self.bias)
+
+    def tiles(self, h: Tensor, routing: ScenarioRouting) -> Tensor:
+        """The layer on tiles `[N, C, in]`, each with its scenario's weights."""
+        return tile_linear(h, routing.gather(self.weight_s) * self.weight, routing.gather(self.bias_s) + self.bias)
 
 
 class StarFCN(nn.Module):
@@ -57,4 +63,9 @@ class StarFCN(nn.Module):
         return x
 
     def forward(self, x: Tensor, routing: ScenarioRouting) -> Tensor:
-        return routing.apply(self.scenario_forward, x)
+        h = routing.pack(x)
+        for i, layer in enumerate(self.layers):
+            h = layer.tiles(h, routing)
+            if i < len(self.layers) - 1:
+                h = self.dropout(self.act(h))
+        return routing.unpack(h)

@@ -1,0 +1,76 @@
+"""Stacked per-scenario parameters (nn.routing, nn.towers): every tiling gives each row its own scenario's
+layer; per-scenario MLPs equal one MLP per scenario (batch norm and PReLU included), and the weights of a
+run written with one MLP per scenario load into the stacks and score the same."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from msrec.nn.mlp import MLP, MLPOptions
+from msrec.nn.routing import ScenarioRouting, tile_size
+from msrec.nn.towers import ScenarioTowers
+
+
+@pytest.mark.parametrize("tile", [None, 1, 2, 3, 8, 64])
+@pytest.mark.parametrize("scenarios", [[1, 0, 1, 1], [2] * 5, [0, 3, 3, 1, 0, 3, 2, 2, 2, 3, 0, 1, 3]])
+def test_every_tiling_gives_each_row_its_own_scenarios_layer(tile, scenarios):
+    torch.manual_seed(0)
+    scenario = torch.tensor(scenarios)
+    weight, bias, x = torch.randn(4, 5, 3), torch.randn(4, 5), torch.randn(len(scenarios), 3, requires_grad=True)
+    routing = ScenarioRouting(scenario, 4, tile=tile)
+    out = routing.unpack(routing.linear(routing.pack(x), weight, bias))
+    expected = torch.einsum("bi,boi->bo", x, weight[scenario]) + bias[scenario]
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()  # padding rows give the rows no gradient of their own
+    torch.testing.assert_close(x.grad, weight[scenario].sum(1))
+
+
+def test_tile_size_is_whole_segments_for_few_large_scenarios_and_rows_for_singletons():
+    assert tile_size([2400, 1200, 400]) >= 128
+    assert tile_size([1] * 4000) == 1
+
+
+def towers_and_their_mlps(options: MLPOptions, S: int = 4):
+    torch.manual_seed(0)
+    old = torch.nn.ModuleList(MLP.of(6, options, 2) for _ in range(S))
+    for mlp in old:
+        for p in mlp.parameters():
+            torch.nn.init.normal_(p)
+        for name, b in mlp.named_buffers():
+            if b.is_floating_point():
+                b.uniform_(0.5, 2.0)
+
+    class Model(torch.nn.Module):  # a model of before: `towers.towers.<s>.layers.<j>.*`
+        def __init__(self):
+            super().__init__()
+            self.towers = ScenarioTowers(6, options, 2, S)
+
+    model = Model()
+    state = {f"towers.towers.{s}.{k}": v for s, mlp in enumerate(old) for k, v in mlp.state_dict().items()}
+    assert not model.load_state_dict(state, strict=False).unexpected_keys
+    return model.towers, old
+
+
+@pytest.mark.parametrize("options", [MLPOptions(hidden=[8], dropout=0.0),
+                                     MLPOptions(hidden=[8, 4], dropout=0.0, activation="prelu", batch_norm=True)],
+                         ids=["relu", "prelu-batch-norm"])
+def test_stacked_towers_load_one_mlp_per_scenario_and_score_the_same(options):
+    towers, old = towers_and_their_mlps(options)
+    scenario = torch.tensor([0, 0, 0, 1, 2, 2, 3, 3, 3, 3, 0, 2])
+    x = torch.randn(len(scenario), 6)
+    for train in (False, True):  # evaluation: running statistics; training: each scenario's batch statistics
+        towers.train(train)
+        old.train(train)
+        out = towers(x, ScenarioRouting(scenario, 4))
+        expected = torch.zeros_like(out)
+        for s in range(4):
+            rows = (scenario == s).nonzero().squeeze(1)
+            expected[rows] = old[s](x[rows])
+        torch.testing.assert_close(out, expected)
+    if options.batch_norm:  # the running statistics moved as each tower's own BatchNorm moved them
+        for k, layer in ((0, 1), (1, 4)):
+            torch.testing.assert_close(towers.norms[k].running_mean,
+                                       torch.stack([m.layers[layer].running_mean for m in old]))
+            torch.testing.assert_close(towers.norms[k].running_var,
+                                       torch.stack([m.layers[layer].running_var for m in old]))
