@@ -6,8 +6,8 @@ optional: the `track` extra). MLflow is reached through its client, with the URI
 process-wide MLflow state. What is logged, with the epoch as the step:
 
 - `train/loss`, `train/samples_per_second` (training throughput of the epoch);
-- `val/macro_auc`, `val/auc`, `val/logloss` (means over tasks), and `val/auc/<scenario>` per scenario
-  (`val/<task>/auc/<scenario>` with several tasks);
+- `val/macro_auc`, `val/auc`, `val/logloss` (means over tasks), and `val/scenario/<scenario>/auc` per scenario
+  (`val/<task>/scenario/<scenario>/auc` with several tasks; no name is the folder of another, as a file store needs);
 - at the end, the same names under `test/` (or `best_val/`) for the finished run's evaluation blocks;
 - the config as parameters (`train.lr`, `model.mlp.hidden`, ...), and the run directory as an artifact (`run/`).
 """
@@ -54,7 +54,7 @@ def split_metrics(prefix: str, report: dict) -> dict[str, float]:
     for task, block in tasks.items():
         where = (prefix,) if len(tasks) == 1 else (prefix, task)
         for scenario, numbers in block.get("scenarios", {}).items():
-            out[metric_name(*where, "auc", scenario)] = numbers["auc"]
+            out[metric_name(*where, "scenario", scenario, "auc")] = numbers["auc"]
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
