@@ -6,7 +6,7 @@
 - the written run directory loads in one process and scores as rank 0's model did;
 - scoring keeps the ranks in lock-step (a validation shard needing one more batch than the other's: a hang
   without it);
-- a sharded run that cannot be honoured is a clear error before any data is read.
+- a sharded run that cannot be honoured is a clear error (before any data is read where the config says it).
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from torch import nn
 
 import msrec.api
 from msrec.data.datasets import synthetic
 from msrec.errors import MsrecError
 from msrec.models.registry import build_model, parse_options
+from msrec.nn import FeatureEmbedding
 from msrec.train import sharding
 from msrec.train.distributed import DistInfo, Session
 
@@ -122,9 +124,10 @@ def test_sharding_a_dense_table_optimizer_is_a_clear_error():
 
 def test_a_model_with_several_embeddings_is_refused():
     data = msrec.api.prepare_data(msrec.api.as_config({"data": {"dataset": "synthetic", "options": {"rows": 500}}}))
-    model = build_model("separate", data.encoder.spec(), parse_options("separate", {"embed_dim": 4}))
-    with pytest.raises(MsrecError, match="has 3"):
-        sharding._embedding(model)
+    spec = data.encoder.spec()
+    assert sharding._embedding(build_model("separate", spec, parse_options("separate", {}))) is not None
+    with pytest.raises(MsrecError, match="has 2"):
+        sharding._embedding(nn.ModuleList([FeatureEmbedding(spec, 4), FeatureEmbedding(spec, 4)]))
 
 
 def test_missing_torchrec_names_the_install_command(monkeypatch):

@@ -109,12 +109,13 @@ class ShardedLookup(nn.Module):
 
 
 def _embedding(model: nn.Module) -> nn.Module:
-    """The model's one FeatureEmbedding (several, as `separate` has, would be looked up on some ranks only)."""
+    """The model's one FeatureEmbedding: every registry model has one, looked up on every forward. Of several,
+    some could be looked up on some ranks only (e.g. one per scenario), and a sharded lookup is a collective."""
     found = [m for m in model.modules() if type(m).__name__ == EMBEDDING_CLASS]
     if len(found) != 1:
         raise MsrecError(f"train.embedding_sharding: torchrec shards a model's one {EMBEDDING_CLASS} table; this "
-                         f"model has {len(found)} (e.g. `separate`: one per scenario, each looked up only on the "
-                         "rows of its scenario, while a sharded lookup is a collective of every rank); use "
+                         f"model has {len(found)} (a sharded lookup is a collective that every rank must make, and "
+                         "a model with several may look some up on some ranks only); use "
                          "train.embedding_sharding: none for it")
     return found[0]
 
