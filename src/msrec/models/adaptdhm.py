@@ -62,7 +62,7 @@ class AdaptDHM(nn.Module):
         o = options
         self.num_clusters, self.momentum, self.iters, self.temperature = (
             o.clusters, o.momentum, o.routing_iters, o.temperature)
-        self.embedding = FeatureEmbedding(spec, o.embed_dim)
+        self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         dim = self.embedding.flat_dim
         self.register_buffer("centroids", F.normalize(torch.randn(o.clusters, dim), dim=1))
         self.towers = GroupedMLP(dim, o.mlp, o.clusters, out_dim=spec.num_tasks, shared_centre=True)

@@ -89,7 +89,7 @@ class AdaSparse(nn.Module):
         super().__init__()
         o = options
         self.alpha_step, self.alpha_max = o.alpha_step, o.alpha_max
-        self.embedding = FeatureEmbedding(spec, o.embed_dim)
+        self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         self.scenario_fields = list(spec.scenario_fields)
         z_dim = len(self.scenario_fields) * o.embed_dim
         dim = self.embedding.flat_dim

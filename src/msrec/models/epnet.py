@@ -49,7 +49,7 @@ class EPNet(nn.Module):
     def __init__(self, spec: FeatureSpec, options: EPNetOptions):
         super().__init__()
         o = options
-        self.embedding = FeatureEmbedding(spec, o.embed_dim)
+        self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         self.scenario_embedding = SubsetEmbedding(spec, list(spec.scenario_fields), o.gate_embed_dim or o.embed_dim)
         gate_in = self.scenario_embedding.out_dim + self.embedding.flat_dim
         self.gate = ScaleGate(gate_in, self.embedding.num_fields, o.gate, o.gamma)

@@ -75,7 +75,7 @@ class SARNet(nn.Module):
         super().__init__()
         o = options
         self.num_scenarios = spec.num_scenarios
-        self.embedding = FeatureEmbedding(spec, o.embed_dim)
+        self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         dim = self.embedding.flat_dim
         self.gamma = nn.Parameter(torch.ones(spec.num_scenarios, dim))
         self.beta = nn.Parameter(torch.zeros(spec.num_scenarios, dim))
