@@ -30,10 +30,7 @@ def test_early_stopping_keeps_the_best_weights_and_counts_patience(spill_bytes):
     assert torch.equal(model.weight, kept) and stopper.epoch == 2 and stopper.score == 0.6
 
 
-def test_large_best_weights_live_in_a_file_not_in_memory(monkeypatch):
-    from msrec.train import early_stopping
-
-    monkeypatch.setattr(early_stopping, "RESTORE_CHUNK_BYTES", 7 * 16 * 4)  # 7 rows a slice: 143 slices, one short
+def test_large_best_weights_live_in_a_file_not_in_memory():
     model = nn.Embedding(1000, 16)
     stopper = EarlyStopping(patience=1, spill_bytes=16 * 1000 * 4 - 1)  # the table is one byte too large
     stopper.update(1, 0.5, torch.zeros(1, 1), model)

@@ -9,6 +9,7 @@ allocated once on the model's device (no host copy, no deepcopy per epoch).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -17,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 SPILL_BYTES = 256 * 2**20  # best weights larger than this go to a file
-RESTORE_CHUNK_BYTES = 64 * 2**20  # read back this much of a spilled tensor at a time
 
 
 def _nbytes(state: dict[str, Any]) -> int:
@@ -31,15 +30,22 @@ def _nbytes(state: dict[str, Any]) -> int:
                if isinstance(v, Tensor) and not hasattr(v, "local_shards"))
 
 
-def _copy_in_slices(target: Tensor, source: Any) -> None:
-    """target <- a safetensors slice, `RESTORE_CHUNK_BYTES` of rows at a time: restoring a table never holds a
-    second copy of it in memory."""
-    if target.dim() == 0:
-        target.copy_(source[...])
-        return
-    rows = max(1, RESTORE_CHUNK_BYTES // max(1, target[0].numel() * target.element_size()))
-    for start in range(0, target.shape[0], rows):
-        target[start:start + rows].copy_(source[start:start + rows])
+def _read_into(path: Path, live: dict[str, Any]) -> bool:
+    """Reads a safetensors file straight into the model's own tensors (plain reads, no mmap: a mapped file's pages
+    would count as resident memory); False, reading nothing, when the file's layout is not the model's."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = {k: v for k, v in json.loads(f.read(size)).items() if k != "__metadata__"}
+        targets = {k: v for k, v in live.items() if isinstance(v, Tensor)}
+        if set(header) != set(targets) or any(
+                list(targets[k].shape) != info["shape"] or not targets[k].is_contiguous()
+                or targets[k].device.type != "cpu" or info["data_offsets"][1] - info["data_offsets"][0]
+                != targets[k].numel() * targets[k].element_size() for k, info in header.items()):
+            return False
+        for key, info in header.items():
+            f.seek(8 + size + info["data_offsets"][0])
+            f.readinto(memoryview(targets[key].detach().view(-1).view(torch.uint8).numpy()))
+    return True
 
 
 class EarlyStopping:
@@ -105,13 +111,10 @@ class EarlyStopping:
         if not self.spilled:
             model.load_state_dict(self.state)
             return
-        live = model.state_dict()  # the model's own tensors: the file is copied into them a slice at a time
-        with safe_open(Path(self._folder) / "best.safetensors", "pt") as f, torch.no_grad():
-            if set(f.keys()) != {k for k, v in live.items() if isinstance(v, Tensor)}:
-                model.load_state_dict(self.weights())  # a model of another layout: its own error message
-                return
-            for key in f.keys():  # noqa: SIM118 (a safetensors file is not iterable)
-                _copy_in_slices(live[key], f.get_slice(key))
+        live = model.state_dict()  # the model's own tensors, written in place
+        if not _read_into(Path(self._folder) / "best.safetensors", live):
+            model.load_state_dict(self.weights())  # another layout (or device): load_state_dict's own checks
+            return
         if self.state:  # non-tensor entries (extra states)
             model.load_state_dict({**live, **self.state})
 
