@@ -56,11 +56,11 @@ def test_generated_once_per_scenario_per_batch():
 
 @pytest.mark.parametrize("options", VARIANTS)
 def test_per_row_path_matches_grouped_path(options, monkeypatch):
-    """Many groups (e.g. per-user indicator features) switch to gathering weights per row: same result."""
+    """Export's path (every row its own group, weights gathered per row) gives the tiled path's result."""
     model = _model(options).eval()
     batch = make_batch(make_spec(), torch.arange(3).repeat(20))
     grouped = model(batch)
-    monkeypatch.setattr(meta, "GROUP_LOOP_MAX", 0)
+    monkeypatch.setattr(meta, "exporting", lambda: True)
     assert torch.allclose(model(batch), grouped, atol=1e-6)
 
 

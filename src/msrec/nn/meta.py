@@ -7,8 +7,9 @@
   (`W_k = U_k diag(g_k(z)) V_k`, with `U_k`, `V_k` shared and only `g_k(z)` generated).
 - `MetaMLP`: the generated MLP itself (the "meta unit" of M2M, the "dynamic weight" network).
 
-A generated layer is applied to each group's own rows with one matmul per group when there are few
-groups, and with a per-row batched matmul otherwise: whole-batch tensor ops either way.
+A generated layer is applied to each group's own rows over the batch's tiles (nn.routing: rows sorted by
+group, one batched matmul of each tile with its group's generated weights), so its cost grows with the
+batch's rows, not with the number of groups; no Python loop over groups.
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ from msrec.data.table import Batch
 from msrec.errors import MsrecError
 from msrec.nn.embedding import FeatureEmbedding
 from msrec.nn.mlp import ACTIVATIONS, MLP, MLPOptions
-from msrec.nn.routing import ScenarioRouting, exporting
-
-GROUP_LOOP_MAX = 16  # up to this many groups: one matmul per group; beyond: gather weights per row
+from msrec.nn.routing import ScenarioRouting, exporting, tile_linear
 
 
 class ConditionGroups:
@@ -41,8 +40,9 @@ class ConditionGroups:
             self.num_groups = ids.shape[0]
             self._routing = None
             return
-        uniq, inverse = torch.unique(ids, dim=0, return_inverse=True)
+        uniq, inverse, counts = torch.unique(ids, dim=0, return_inverse=True, return_counts=True)
         self.num_groups = uniq.shape[0]
+        self.counts = counts.tolist()
         self.inverse = inverse  # [B] group of each row
         rows = torch.arange(ids.shape[0], device=ids.device)
         first = torch.full((self.num_groups,), ids.shape[0], dtype=torch.long, device=ids.device)
@@ -52,7 +52,7 @@ class ConditionGroups:
     @property
     def routing(self) -> ScenarioRouting:
         if self._routing is None:
-            self._routing = ScenarioRouting(self.inverse, self.num_groups)
+            self._routing = ScenarioRouting(self.inverse, self.num_groups, self.counts)
         return self._routing
 
     def expand(self, per_group: Tensor) -> Tensor:
@@ -61,15 +61,12 @@ class ConditionGroups:
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """`x [B, ..., in] @ weight[group] + bias[group]`, with `weight [U, in, out]`, `bias [U, out]`."""
-        if not self.per_row and self.num_groups == 1:
-            out = x @ weight[0]
-            return out + bias[0] if bias is not None else out
-        if not self.per_row and self.num_groups <= GROUP_LOOP_MAX:
-            def one(g: int, rows: Tensor) -> Tensor:
-                out = rows @ weight[g]
-                return out + bias[g] if bias is not None else out
-
-            return self.routing.apply(one, x)
+        if not self.per_row:
+            routing = self.routing
+            tiles = routing.pack(x)
+            out = tile_linear(tiles, routing.gather(weight).transpose(1, 2),
+                              None if bias is None else routing.gather(bias))
+            return routing.unpack(out)
         out = torch.einsum("b...i,bio->b...o", x, self.expand(weight))
         if bias is not None:
             out = out + self.expand(bias).view(x.shape[0], *([1] * (x.dim() - 2)), -1)
