@@ -60,19 +60,19 @@ def segment_weighted_metrics(labels: np.ndarray, scores: np.ndarray, segment: np
         return out[0], out[1], np.zeros((b, n_segments))
     order = np.lexsort((scores, segment))
     g, s, y = segment[order], scores[order], labels[order].astype(bool)
-    w = weights[:, order].astype(np.float64)
+    w = weights[:, order]  # small integer weights: float32 products and sums are exact; sums in float64
     new_segment = np.r_[True, g[1:] != g[:-1]]
     tie_starts = np.flatnonzero(new_segment | np.r_[True, s[1:] != s[:-1]])
-    w_pos = np.add.reduceat(w * y, tie_starts, axis=1)  # [B, tie groups]
-    w_neg = np.add.reduceat(w * ~y, tie_starts, axis=1)
+    w_pos = np.add.reduceat(w * y, tie_starts, axis=1, dtype=np.float64)  # [B, tie groups]
+    w_neg = np.add.reduceat(w, tie_starts, axis=1, dtype=np.float64) - w_pos
     tie_segment_start = np.flatnonzero(new_segment[tie_starts])  # the first tie group of each segment
     below = np.cumsum(w_neg, axis=1) - w_neg  # negatives before the tie group, over all segments
     first_of = np.repeat(tie_segment_start, np.diff(np.r_[tie_segment_start, len(tie_starts)]))
     below -= below[:, first_of]  # ... within its own segment
     num = np.add.reduceat(w_pos * (below + 0.5 * w_neg), tie_segment_start, axis=1)
     pos, neg = np.add.reduceat(w_pos, tie_segment_start, axis=1), np.add.reduceat(w_neg, tie_segment_start, axis=1)
-    p = np.clip(s.astype(np.float64), LOGLOSS_EPS, 1 - LOGLOSS_EPS)
-    loss = np.add.reduceat(w * -(y * np.log(p) + ~y * np.log(1 - p)), np.flatnonzero(new_segment), axis=1)
+    p = np.clip(s[tie_starts].astype(np.float64), LOGLOSS_EPS, 1 - LOGLOSS_EPS)  # one score per tie group
+    loss = np.add.reduceat(w_pos * -np.log(p) + w_neg * -np.log(1 - p), tie_segment_start, axis=1)
     present = g[new_segment]
     total = pos + neg
     with np.errstate(invalid="ignore", divide="ignore"):

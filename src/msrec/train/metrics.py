@@ -1,7 +1,6 @@
 """AUC, logloss and GAUC on tensors, overall, per scenario and macro over scenarios.
 
-AUC uses the rank-sum (Mann-Whitney) form with tied scores given their average rank, as scikit-learn
-does. A set with a single class has no AUC: NaN, and it is left out of macro averages. Per-scenario (and
+AUC uses the Mann-Whitney form, a tied pair counting one half, as scikit-learn does. A set with a single class has no AUC: NaN, and it is left out of macro averages. Per-scenario (and
 per-level) figures come from one vectorised pass over all rows, whatever the number of scenarios.
 """
 
@@ -9,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -17,32 +17,10 @@ from msrec.schema import ScenarioLevels
 LOGLOSS_EPS = 1e-7
 
 
-def _tie_averaged_ranks(sorted_scores: Tensor, group_start: Tensor | None = None) -> Tensor:
-    """1-based ranks of already-sorted scores, ties sharing their average rank. With `group_start`
-    (True where a new group begins), ties never span two groups."""
-    n = sorted_scores.numel()
-    new_value = torch.ones(n, dtype=torch.bool, device=sorted_scores.device)
-    new_value[1:] = sorted_scores[1:] != sorted_scores[:-1]
-    if group_start is not None:
-        new_value |= group_start
-    tie_id = new_value.cumsum(0) - 1
-    counts = torch.bincount(tie_id).double()
-    first_pos = torch.cumsum(counts, 0) - counts  # 0-based position of each tie group's first element
-    avg_rank = first_pos + (counts + 1) / 2
-    return avg_rank[tie_id]
-
-
 def auc(labels: Tensor, scores: Tensor) -> float:
-    labels = labels.reshape(-1).double()
-    scores = scores.reshape(-1).double()
-    pos = labels.sum()
-    neg = labels.numel() - pos
-    if pos == 0 or neg == 0:
+    if labels.numel() == 0:
         return float("nan")
-    order = torch.argsort(scores)
-    ranks = _tie_averaged_ranks(scores[order])
-    rank_sum = (ranks * labels[order]).sum()
-    return float((rank_sum - pos * (pos + 1) / 2) / (pos * neg))
+    return float(segment_aucs(labels, scores, torch.zeros(labels.numel(), dtype=torch.long))[1][0])
 
 
 def logloss(labels: Tensor, scores: Tensor) -> float:
@@ -53,32 +31,56 @@ def logloss(labels: Tensor, scores: Tensor) -> float:
     return float(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
 
 
+def _group_score_order(g: Tensor, scores: Tensor) -> Tensor:
+    """Row order by group, then by score. Scores of 32 bits or fewer and group ids below 2^31 make one int64
+    key (the group in the high half, the float's bits made order-preserving in the low half), sorted once;
+    otherwise two stable sorts. Rows of equal key are equal in group and score: their order does not matter."""
+    if scores.dtype in (torch.float32, torch.float16, torch.bfloat16) and int(g.min()) >= 0 and int(g.max()) < 2**31:
+        bits = scores.float().contiguous().view(torch.int32).long()
+        bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: larger magnitude sorts lower
+        key = g * 2**32 + (bits + 2**31)
+        if key.device.type == "cpu":
+            return torch.from_numpy(np.argsort(key.numpy()))
+        return torch.argsort(key)
+    order = torch.argsort(scores.double(), stable=True)
+    return order[torch.argsort(g[order], stable=True)]
+
+
 def segment_aucs(labels: Tensor, scores: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Each present group's key, AUC (NaN for a group of one class) and rows, in ascending key order, from two
-    stable sorts for all groups together (by score, then by group): ranks with ties averaged inside each group,
-    then the Mann-Whitney formula per group with `index_add_`. The same numbers as `auc` on each group's rows
-    (rank sums of half-integers are exact in float64, whatever the order they are added in)."""
+    """Each present group's key, AUC (NaN for a group of one class) and rows, in ascending key order, from one
+    sort of all rows by (group, score) (`_group_score_order`). Rows of one group and one score form a tie
+    group; per tie group, its positives and negatives (`bincount`); per group, the Mann-Whitney count
+    `sum over tie groups of positives x (negatives below + negatives tied / 2)` over positives x negatives, the
+    negatives below a tie group being one cumulative sum less its value at the group's start. Counts and
+    half-counts are exact in float64: the same numbers as scikit-learn on each group's rows."""
     y = labels.reshape(-1).double()
-    s = scores.reshape(-1).double()
     g = groups.reshape(-1).long()
     if g.numel() == 0:
         return g, torch.zeros(0, dtype=torch.double), torch.zeros(0, dtype=torch.double)
-    order = torch.argsort(s, stable=True)
-    order = order[torch.argsort(g[order], stable=True)]  # by group, then by score within the group
-    g_sorted, y_sorted = g[order], y[order]
-    group_start = torch.ones_like(g_sorted, dtype=torch.bool)
-    group_start[1:] = g_sorted[1:] != g_sorted[:-1]
-    global_ranks = _tie_averaged_ranks(s[order], group_start)
-    keys, gid = torch.unique_consecutive(g_sorted, return_inverse=True)
-    n_groups = keys.numel()
-    size = torch.bincount(gid, minlength=n_groups).double()
-    first = torch.cumsum(size, 0) - size
-    ranks = global_ranks - first[gid]  # rank within the group
-    pos = torch.zeros(n_groups, dtype=torch.double).index_add_(0, gid, y_sorted)
-    rank_sum = torch.zeros(n_groups, dtype=torch.double).index_add_(0, gid, ranks * y_sorted)
-    neg = size - pos
-    per_group = (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
-    return keys, torch.where((pos > 0) & (neg > 0), per_group, torch.nan), size
+    flat = scores.reshape(-1)
+    order = _group_score_order(g, flat)
+    g_sorted, s_sorted = g[order], flat[order]
+    new_group = torch.ones_like(g_sorted, dtype=torch.bool)
+    new_group[1:] = g_sorted[1:] != g_sorted[:-1]
+    new_tie = new_group.clone()
+    new_tie[1:] |= s_sorted[1:] != s_sorted[:-1]
+    tie_id = torch.cumsum(new_tie, 0) - 1
+    tie_pos = torch.bincount(tie_id, weights=y[order]).double()
+    tie_neg = torch.bincount(tie_id).double() - tie_pos
+    tie_starts_group = new_group[new_tie]  # per tie group: does it open a group?
+    first_tie = torch.nonzero(tie_starts_group).reshape(-1)  # each group's first tie group
+    group_of_tie = torch.cumsum(tie_starts_group, 0) - 1
+    below = torch.cumsum(tie_neg, 0) - tie_neg
+    below = below - below[first_tie][group_of_tie]  # negatives below, within the group
+    n_groups = first_tie.numel()
+
+    def per_group(values: Tensor) -> Tensor:
+        return torch.zeros(n_groups, dtype=torch.double).index_add_(0, group_of_tie, values)
+
+    pos, neg = per_group(tie_pos), per_group(tie_neg)
+    wins = per_group(tie_pos * (below + 0.5 * tie_neg))
+    keys = g_sorted[new_group]
+    return keys, torch.where((pos > 0) & (neg > 0), wins / (pos * neg), torch.nan), pos + neg
 
 
 def group_aucs(labels: Tensor, scores: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
@@ -134,7 +136,9 @@ def _group_blocks(y: Tensor, p: Tensor, group: Tensor, n: int, users: Tensor | N
            "auc": _scatter(*segment_aucs(y, p, g)[:2], n),
            "logloss": torch.bincount(g, weights=loss, minlength=n) / rows}
     if users is not None:
-        _, user = torch.unique(users.reshape(-1), return_inverse=True)
+        user = users.reshape(-1).long()
+        if user.numel() and (int(user.min()) < 0 or (int(user.max()) + 1) * n >= 2**31):
+            user = torch.unique(user, return_inverse=True)[1]  # sparse ids: compacted (the encoder's are dense)
         n_users = int(user.max()) + 1 if user.numel() else 1
         keys, per_user, size = segment_aucs(y, p, g * n_users + user)
         valid = ~torch.isnan(per_user)
