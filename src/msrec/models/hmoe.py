@@ -116,7 +116,7 @@ class HMoE(nn.Module):
         borrowed = self.candidates().index_select(0, scenario)  # [B, k - 1]
         with torch.no_grad():
             pairs = ScenarioRouting(borrowed.flatten(), self.num_scenarios)
-            foreign = self.towers(h.repeat_interleave(self.top_k - 1, 0), pairs).view(len(h), self.top_k - 1, -1)
+            foreign = self.towers(h.repeat_interleave(self.top_k - 1, 0), pairs).unflatten(0, (-1, self.top_k - 1))
         return torch.cat([own, foreign], 1)
 
     def forward(self, batch: Batch) -> Tensor:

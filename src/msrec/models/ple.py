@@ -78,7 +78,7 @@ class ExtractionLevel(nn.Module):
         """New shared stream (None after the last level), new scenario stream, and the scenario gates' weights.
         `copies` routes the rows repeated Ep times to their scenario's Ep expert groups."""
         own = self.specific(h_sc.repeat_interleave(self.specific_experts, 0), copies)
-        experts = torch.cat([self.shared(h_sh), own.view(len(h_sc), self.specific_experts, -1)], 1)  # [B, Es + Ep, d]
+        experts = torch.cat([self.shared(h_sh), own.unflatten(0, (-1, self.specific_experts))], 1)  # [B, Es + Ep, d]
         w = self.gates(h_sc, routing).softmax(-1)
         new_sh = None if self.shared_gate is None else mix(self.shared_gate(h_sh), experts)
         return new_sh, mix(w, experts), w
