@@ -9,7 +9,8 @@ scores on a grid of 1,000 values (ties, as model outputs have). Measured, each s
 (which side runs first alternates), medians over the repeats and the median of the repeats' ratios:
 
 - `auc`: each scenario's AUC. *loop*: msrec's previous `task_report` path, one sort per scenario
-  (`auc(y[rows], p[rows])` over the scenarios' row slices); *one pass*: `segment_aucs`.
+  (`auc(y[rows], p[rows])` over the scenarios' row slices, with the previous `auc`, copied below); *one pass*:
+  `segment_aucs`.
 - `report`: the whole `task_report` of one task (per-scenario AUC, logloss, rows, positives, GAUC over 10,000
   users, macro means). *loop*: the previous code (copied below); *one pass*: `msrec.train.metrics.task_report`.
 - `bootstrap`: `replicate_metrics` (per-scenario bootstrap replicates of AUC and logloss, `--replicates`) on
@@ -30,10 +31,56 @@ import numpy as np
 import torch
 
 from msrec.report.stats import CHUNK, replicate_metrics, weighted_auc, weighted_logloss
-from msrec.train.metrics import _nanmean, auc, gauc, logloss, segment_aucs, task_report
+from msrec.train.metrics import _nanmean, logloss, segment_aucs, task_report
 
 
 # ------------------------------------------------------------------------- the previous code, per scenario
+def _tie_averaged_ranks(sorted_scores: torch.Tensor, group_start: torch.Tensor | None = None) -> torch.Tensor:
+    n = sorted_scores.numel()
+    new_value = torch.ones(n, dtype=torch.bool)
+    new_value[1:] = sorted_scores[1:] != sorted_scores[:-1]
+    if group_start is not None:
+        new_value |= group_start
+    tie_id = new_value.cumsum(0) - 1
+    counts = torch.bincount(tie_id).double()
+    first_pos = torch.cumsum(counts, 0) - counts
+    avg_rank = first_pos + (counts + 1) / 2
+    return avg_rank[tie_id]
+
+
+def auc(labels: torch.Tensor, scores: torch.Tensor) -> float:
+    labels = labels.reshape(-1).double()
+    scores = scores.reshape(-1).double()
+    pos = labels.sum()
+    neg = labels.numel() - pos
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = torch.argsort(scores)
+    ranks = _tie_averaged_ranks(scores[order])
+    rank_sum = (ranks * labels[order]).sum()
+    return float((rank_sum - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def gauc(labels: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor) -> float:
+    y, s, g = labels.reshape(-1).double(), scores.reshape(-1).double(), groups.reshape(-1).long()
+    order = torch.argsort(s, stable=True)
+    order = order[torch.argsort(g[order], stable=True)]
+    g_sorted, y_sorted = g[order], y[order]
+    group_start = torch.ones_like(g_sorted, dtype=torch.bool)
+    group_start[1:] = g_sorted[1:] != g_sorted[:-1]
+    global_ranks = _tie_averaged_ranks(s[order], group_start)
+    _, gid = torch.unique_consecutive(g_sorted, return_inverse=True)
+    n_groups = int(gid.max()) + 1
+    size = torch.bincount(gid, minlength=n_groups).double()
+    ranks = global_ranks - (torch.cumsum(size, 0) - size)[gid]
+    pos = torch.zeros(n_groups, dtype=torch.double).index_add_(0, gid, y_sorted)
+    rank_sum = torch.zeros(n_groups, dtype=torch.double).index_add_(0, gid, ranks * y_sorted)
+    neg = size - pos
+    per_group = torch.where((pos > 0) & (neg > 0), (rank_sum - pos * (pos + 1) / 2) / (pos * neg), torch.nan)
+    valid = ~torch.isnan(per_group)
+    return float((per_group[valid] * size[valid]).sum() / size[valid].sum()) if valid.any() else math.nan
+
+
 def _scenario_rows(scenario: torch.Tensor, names: list[str]) -> list[tuple[str, torch.Tensor]]:
     order = torch.argsort(scenario, stable=True)
     counts = torch.bincount(scenario, minlength=len(names)).tolist()

@@ -76,3 +76,18 @@ def test_per_level_tables_follow_the_combinations_table():
     text = printed(scenario_table({"dnn": report}, "AUC"))
     assert "AUC - per country" in text and "AUC - per placement" in text
     assert "US (" in text and "top (" in text
+
+
+def test_the_metrics_speed_benchmark_runs_at_a_tiny_size():
+    """benchmarks/metrics_speed.py checks the loop and the one pass agree before it times them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "metrics_speed.py"
+    proc = subprocess.run([sys.executable, str(script), "--rows", "3000", "--scenarios", "40", "--repeats", "1",
+                           "--bootstrap-rows", "1000", "--replicates", "10"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for metric in ("auc", "report", "bootstrap"):
+        assert any(line.split()[:1] == [metric] and line.endswith("x") for line in proc.stdout.splitlines())
