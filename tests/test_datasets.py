@@ -227,3 +227,54 @@ def test_synthetic_row_seed_draws_new_rows_from_the_same_world():
     assert len(common) > 100 and all(ua[u] == ub[u] for u in common)
     assert np.array_equal(synthetic.generate(rows=500)["click"].to_numpy(),
                           synthetic.generate(rows=500, row_seed=None)["click"].to_numpy())
+
+
+# ---------------------------------------------------------------- synthetic: many scenarios, levels
+
+
+def scenario_shares(t) -> dict:
+    counts = dict(zip(*[c.to_pylist() for c in pc.value_counts(t["scenario"]).flatten()]))
+    return {k: v / t.num_rows for k, v in counts.items()}
+
+
+@pytest.mark.parametrize(("preset", "S"), [("long_tail_100", 100), ("long_tail_1000", 1000)])
+def test_long_tail_presets_have_zipf_shares(preset, S):
+    options = synthetic.SyntheticOptions(preset=preset, rows=200_000)
+    assert options.scenarios == S
+    assert options.shares[0] / options.shares[9] == pytest.approx(10.0)  # share of scenario k ~ 1 / (k + 1)
+    shares = scenario_shares(synthetic.generate(options))
+    assert shares["s0"] == pytest.approx(options.shares[0], rel=0.05)
+    assert shares["s9"] == pytest.approx(options.shares[9], rel=0.15)
+    assert len(shares) > 0.9 * S if S == 100 else len(shares) > 800  # the tail is there
+
+
+def interaction_contrast(t, levels: list[int]) -> float:
+    """Mean |m[c,p] - m[c,p'] - m[c',p] + m[c',p']| of the mean true logit per (country, placement): zero
+    when the scenario effects are a country part plus a placement part."""
+    p = t["p_click"].to_numpy().astype(np.float64)
+    logit = np.log(p / (1 - p))
+    c = np.array([int(v[1:]) for v in t["country"].to_pylist()])
+    q = np.array([int(v[1:]) for v in t["placement"].to_pylist()])
+    m = np.zeros(levels)
+    for i in range(levels[0]):
+        for j in range(levels[1]):
+            m[i, j] = logit[(c == i) & (q == j)].mean()
+    contrast = m[:, None, :, None] - m[:, None, None, :] - m[None, :, :, None] + m[None, :, None, :]
+    return float(np.abs(contrast).mean())
+
+
+def test_hierarchy_preset_has_a_column_per_level_and_the_combined_scenario():
+    t = synthetic.generate(preset="countries_x_placements", rows=30_000)
+    assert {"country", "placement", "scenario"} <= set(t.column_names)
+    scenario, country, placement = (t[c].to_pylist() for c in ("scenario", "country", "placement"))
+    assert all(s == f"{a}/{b}" for s, a, b in zip(scenario, country, placement, strict=True))
+    assert len(set(country)) == 12 and len(set(placement)) == 5 and len(set(scenario)) == 60
+    defaults = synthetic.defaults(synthetic.SyntheticOptions(preset="countries_x_placements"))
+    assert defaults["scenario"] == "scenario"
+
+
+def test_hierarchy_truth_is_a_part_per_level_plus_the_combinations_own():
+    additive = synthetic.generate(levels=[4, 3], interaction=0.0, rows=120_000, share_zipf=0.3, seed=1)
+    own = synthetic.generate(levels=[4, 3], interaction=3.0, rows=120_000, share_zipf=0.3, seed=1)
+    assert interaction_contrast(additive, [4, 3]) < 0.05
+    assert interaction_contrast(own, [4, 3]) > 0.3
