@@ -18,6 +18,7 @@ from torch.distributed.tensor import Shard, distribute_tensor
 from msrec.config import CheckpointConfig
 from msrec.train.checkpoint import Checkpointer, FitState, load_state, save_state
 from msrec.train.distributed import DistInfo, Session
+from msrec.train.trainer import EarlyStopping
 
 folder = Path(sys.argv[1])
 dist.init_process_group("gloo")
@@ -37,14 +38,12 @@ assert torch.equal(loaded["model"]["dense"], torch.full((3,), 7.0))
 assert loaded["ranks"] == {str(rank): {"seen": 100 + rank, "rng": torch.tensor([rank])}}, loaded["ranks"]
 
 
-class Stub:  # a scheduler / early stopping: anything with a state_dict
-    def state_dict(self):
-        return {"epoch": 1}
-
-
 model = torch.nn.Linear(3, 1)
+optimizer = torch.optim.Adam(model.parameters())
+stopper = EarlyStopping(patience=1)
+stopper.update(1, 0.5, torch.rand(4, 1), model)  # best weights so far
 checkpoints = Checkpointer(folder / "run", CheckpointConfig(every_steps=1), {"config": {}, "data": {}}, session)
-checkpoints.save(1, FitState(epoch_rng=torch.Generator().get_state(), loss_sum=torch.zeros(())), model,
-                 torch.optim.Adam(model.parameters()), Stub(), Stub())
+checkpoints.save(1, FitState(epoch_rng=torch.Generator().get_state(), loss_sum=torch.zeros(())), model, optimizer,
+                 torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), stopper)
 dist.barrier()
 dist.destroy_process_group()

@@ -224,10 +224,11 @@ class Checkpointer:
         """Every rank: write a checkpoint of the training state after `global_step` steps."""
         t0 = time.perf_counter()
         info = self.session.info
+        best = stopper.state_dict()
         payload = {"meta": {"format": FORMAT, "identity": _text(self.identity), "global_step": global_step,
-                            "world_size": info.world_size},
+                            "world_size": info.world_size, "best_weights": best["state"] is not None},
                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scheduler": scheduler.state_dict(), "stopper": stopper.state_dict(),
+                   "scheduler": scheduler.state_dict(), "stopper": best,
                    "ranks": {str(info.rank): {"fit": state.to_dict(), "rng": _rng_state()}}}
         final = self.folder / f"{global_step:012d}{SUFFIX}"
         tmp = self.folder / f".{final.name}.tmp"
@@ -281,10 +282,14 @@ class Checkpointer:
             return None
         if path.is_file():  # format 1
             raise MsrecError(f"{path}: a checkpoint of an earlier msrec (format 1); start over with --overwrite")
-        self._check(path, load_state(path, {}, self.session, ("meta.",))["meta"])
+        meta = load_state(path, {}, self.session, ("meta.",))["meta"]
+        self._check(path, meta)
         rank = str(self.session.info.rank)
-        state = load_state(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict()}, self.session,
-                           tuple(f"{k}." for k in SHARED[1:]) + (f"ranks.{rank}.",))
+        template = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        if meta["best_weights"]:  # laid out as the model's own (a sharded table: its shards)
+            template["stopper"] = {"state": {k: v.clone() if isinstance(v, Tensor) else v
+                                             for k, v in template["model"].items()}}
+        state = load_state(path, template, self.session, tuple(f"{k}." for k in SHARED[1:]) + (f"ranks.{rank}.",))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(_int_keys(state["optimizer"]))
         scheduler.load_state_dict(state["scheduler"])
