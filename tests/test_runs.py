@@ -107,3 +107,24 @@ def test_a_train_result_prints_briefly_and_the_default_folder_is_documented(synt
     assert len(text) < 300 and "tensor(" not in text and "api-run" in text and "dnn" in text
     assert f"test_macro_auc={result.metrics['test']['macro_auc']:.4f}" in text
     assert "runs/<model>-<YYYYmmdd-HHMMSS>" in inspect.getdoc(msrec.train)
+
+
+def test_weights_are_read_into_the_models_own_tensors(tmp_path):
+    """Loading a run reads model.safetensors into the model's storage (no second copy of a large table); a file of
+    another layout is left to load_model, whose checks and loading hooks name the difference."""
+    import torch
+    from safetensors.torch import save_file
+
+    from msrec.data.io import read_tensors_into
+
+    saved = {"table": torch.randn(50, 4), "steps": torch.arange(3)}
+    save_file(saved, tmp_path / "w.safetensors")
+    live = {"table": torch.zeros(50, 4), "steps": torch.zeros(3, dtype=torch.int64)}
+    storage = live["table"].data_ptr()
+    assert read_tensors_into(tmp_path / "w.safetensors", live)
+    assert torch.equal(live["table"], saved["table"]) and torch.equal(live["steps"], saved["steps"])
+    assert live["table"].data_ptr() == storage
+    for other in ({"table": torch.zeros(50, 4)}, {"table": torch.zeros(49, 4), "steps": torch.zeros(3).long()},
+                  {"table": torch.zeros(50, 4), "steps": torch.zeros(3, dtype=torch.int32)}):
+        assert not read_tensors_into(tmp_path / "w.safetensors", other)
+        assert not other["table"].any()  # nothing read

@@ -32,6 +32,7 @@ from torch import nn
 
 from msrec.config import DATA_PATHS, Config, parse_config, yaml_error
 from msrec.data.encode import Encoder
+from msrec.data.io import read_tensors_into
 from msrec.errors import MsrecError
 from msrec.models.registry import build_model
 
@@ -175,7 +176,10 @@ def load_run(path: str | Path) -> Run:
     encoder = Encoder.load(path / "encoder.json")
     model = build_model(config.model.name, encoder.spec(), config.model.options())
     try:
-        missing_keys, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        if read_tensors_into(path / "model.safetensors", model.state_dict()):  # no second copy of a large table
+            missing_keys, unexpected = [], []
+        else:  # another layout (an older run's modules): load_model's checks and the models' loading hooks
+            missing_keys, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     except RuntimeError as err:  # torch: the weights' shapes disagree with the model encoder.json describes
         detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line),
                       str(err).splitlines()[0])

@@ -1,4 +1,5 @@
-"""Reading and writing tables (CSV or Parquet, chosen by suffix) with pyarrow, and errors that name the file."""
+"""Reading and writing tables (CSV or Parquet, chosen by suffix) with pyarrow, and errors that name the file; reading
+saved weights into a model's own tensors."""
 
 from __future__ import annotations
 
@@ -62,3 +63,40 @@ def write_table(table: pa.Table, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def read_tensors_into(path: str | Path, tensors: dict) -> bool:
+    """Reads a safetensors file straight into `tensors` (a module's `state_dict()`: its own storage), with plain
+    reads: no second copy of a 10^7-row table, and no mapped file whose pages would count as resident memory.
+    False, having read nothing, when the file's names, dtypes or shapes are not exactly those of `tensors`
+    (the caller then loads it the usual way, with its checks and any loading hooks)."""
+    import json
+
+    import torch
+
+    targets = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    with open(path, "rb") as f:
+        total = os.fstat(f.fileno()).st_size
+        size = int.from_bytes(f.read(8), "little")
+        if total < 8 or not 0 < size <= total - 8:
+            return False
+        try:
+            header = {k: v for k, v in json.loads(f.read(size)).items() if k != "__metadata__"}
+            end = max((info["data_offsets"][1] for info in header.values()), default=0)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+            return False
+        if 8 + size + end != total or set(header) != set(targets) or any(
+                list(targets[k].shape) != info["shape"] or str(targets[k].dtype) != "torch." + SAFETENSORS_DTYPES.get(
+                    info["dtype"], "?") or not targets[k].is_contiguous() or targets[k].device.type != "cpu"
+                for k, info in header.items()):
+            return False
+        for key, info in header.items():
+            f.seek(8 + size + info["data_offsets"][0])
+            if f.readinto(memoryview(targets[key].detach().view(-1).view(torch.uint8).numpy())) != \
+                    info["data_offsets"][1] - info["data_offsets"][0]:
+                raise OSError(f"{path}: {key} is shorter than its header says")
+    return True

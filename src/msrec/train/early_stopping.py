@@ -9,7 +9,6 @@ allocated once on the model's device (no host copy, no deepcopy per epoch).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -21,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from msrec.data.io import read_tensors_into
+
 SPILL_BYTES = 256 * 2**20  # best weights larger than this go to a file
 
 
@@ -28,24 +29,6 @@ def _nbytes(state: dict[str, Any]) -> int:
     """Bytes of the plain tensors (a table sharded by TorchRec, a ShardedTensor, stays in memory: 1/N of it)."""
     return sum(v.numel() * v.element_size() for v in state.values()
                if isinstance(v, Tensor) and not hasattr(v, "local_shards"))
-
-
-def _read_into(path: Path, live: dict[str, Any]) -> bool:
-    """Reads a safetensors file straight into the model's own tensors (plain reads, no mmap: a mapped file's pages
-    would count as resident memory); False, reading nothing, when the file's layout is not the model's."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = {k: v for k, v in json.loads(f.read(size)).items() if k != "__metadata__"}
-        targets = {k: v for k, v in live.items() if isinstance(v, Tensor)}
-        if set(header) != set(targets) or any(
-                list(targets[k].shape) != info["shape"] or not targets[k].is_contiguous()
-                or targets[k].device.type != "cpu" or info["data_offsets"][1] - info["data_offsets"][0]
-                != targets[k].numel() * targets[k].element_size() for k, info in header.items()):
-            return False
-        for key, info in header.items():
-            f.seek(8 + size + info["data_offsets"][0])
-            f.readinto(memoryview(targets[key].detach().view(-1).view(torch.uint8).numpy()))
-    return True
 
 
 class EarlyStopping:
@@ -112,7 +95,7 @@ class EarlyStopping:
             model.load_state_dict(self.state)
             return
         live = model.state_dict()  # the model's own tensors, written in place
-        if not _read_into(Path(self._folder) / "best.safetensors", live):
+        if not read_tensors_into(Path(self._folder) / "best.safetensors", live):
             model.load_state_dict(self.weights())  # another layout (or device): load_state_dict's own checks
             return
         if self.state:  # non-tensor entries (extra states)
