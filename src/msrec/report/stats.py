@@ -135,25 +135,43 @@ def paired_difference(observed: list[float], replicates: list[np.ndarray], highe
                       seed: int = 0) -> Difference:
     """`observed[k]`: the model's metric minus the reference's on seed k; `replicates[k]`: [B] bootstrap
     differences of seed k (paired rows). Seeds are resampled with replacement in every replicate."""
-    k = len(observed)
-    obs = np.asarray(observed, dtype=np.float64)
-    reps = np.stack(replicates)  # [k, B]
-    b = reps.shape[1]
+    return paired_differences(np.asarray(observed, dtype=np.float64)[:, None], np.stack(replicates)[:, :, None],
+                              higher_is_better, seed)[0]
+
+
+def paired_differences(observed: np.ndarray, replicates: np.ndarray, higher_is_better: bool,
+                       seed: int = 0) -> list[Difference]:
+    """`paired_difference` of many columns (scenarios) at once: `observed` [k seeds, C], `replicates`
+    [k, B, C]. Every column draws the same seeds and replicates (the same generator and seed as one column
+    alone), so a column's figures are the ones `paired_difference` gives it."""
+    k, b, _ = replicates.shape
+    obs = observed.astype(np.float64)
     rng = np.random.default_rng(seed)
     if k == 1:
-        combined = reps[0]
+        combined = replicates[0].astype(np.float64)
     else:
         pick_seed = rng.integers(0, k, (b, k))
         pick_rep = rng.integers(0, b, (b, k))  # a fresh row resample for every draw of a seed
-        combined = reps[pick_seed, pick_rep].mean(1)
-    combined = combined[np.isfinite(combined)]
-    if combined.size == 0 or not np.isfinite(obs).all():
-        return Difference(float(np.nanmean(obs)) if np.isfinite(obs).any() else math.nan,
-                          math.nan, math.nan, math.nan, 0, k)
-    low, high = np.quantile(combined, [0.025, 0.975])
-    p = min(1.0, 2 * min((combined <= 0).mean(), (combined >= 0).mean()))
-    wins = int((obs > 0).sum() if higher_is_better else (obs < 0).sum())
-    return Difference(float(obs.mean()), float(low), float(high), float(p), wins, k)
+        combined = replicates[pick_seed, pick_rep].mean(1)  # [B, C]
+    finite = np.isfinite(combined)
+    count = finite.sum(0)
+    usable = (count > 0) & np.isfinite(obs).all(0)
+    with np.errstate(all="ignore"):
+        low, high = np.nanquantile(np.where(finite, combined, np.nan)[:, usable], [0.025, 0.975], axis=0)
+        below = (finite & (combined <= 0)).sum(0) / count
+        above = (finite & (combined >= 0)).sum(0) / count
+    wins = ((obs > 0) if higher_is_better else (obs < 0)).sum(0)
+    out, j = [], 0
+    for c in range(obs.shape[1]):
+        if not usable[c]:
+            finite_obs = obs[:, c][np.isfinite(obs[:, c])]
+            out.append(Difference(float(finite_obs.mean()) if finite_obs.size else math.nan,
+                                  math.nan, math.nan, math.nan, 0, k))
+            continue
+        out.append(Difference(float(obs[:, c].mean()), float(low[j]), float(high[j]),
+                              float(min(1.0, 2 * min(below[c], above[c]))), int(wins[c]), k))
+        j += 1
+    return out
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

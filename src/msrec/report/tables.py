@@ -17,7 +17,7 @@ from rich.table import Table
 
 from msrec.report.cells import LIMIT, WIDE, Cell, TableData, by_label, columns_of, fmt, fmt_seconds, level_blocks, value
 from msrec.report.many import difference_cell, long_difference_rows, long_scenario_cells
-from msrec.report.stats import Difference, mean_std, paired_difference, replicate_metrics
+from msrec.report.stats import Difference, mean_std, paired_differences, replicate_metrics
 
 if TYPE_CHECKING:  # the report reads the records the benchmark stores; it does not run one
     from msrec.bench.spec import Grid
@@ -126,16 +126,17 @@ def differences(grid: Grid, records: list[RunRecord], task: str, metric: str,
         pairs = [(r, ref_by_seed[r.seed]) for r in model_runs if r.seed in ref_by_seed]
         if label == ref or not pairs:
             continue
-        out[label] = {}
-        for c in [*records[0].scenarios, "overall", "macro", "weighted_macro"]:
-            observed, reps = [], []
-            for r, q in pairs:
-                (y_r, rep_r), (y_q, rep_q) = replicates(r), replicates(q)
-                if not np.array_equal(y_r, y_q):
-                    raise ValueError(f"{r.id} and {q.id} were tested on different rows; cannot pair them")
-                observed.append(value(r.block(task), c, metric) - value(q.block(task), c, metric))
-                reps.append(rep_r[metric][c] - rep_q[metric][c])
-            out[label][c] = paired_difference(observed, reps, metric == "auc", seed=len(pairs))
+        columns = [*records[0].scenarios, "overall", "macro", "weighted_macro"]
+        observed, reps = [], []
+        for r, q in pairs:
+            (y_r, rep_r), (y_q, rep_q) = replicates(r), replicates(q)
+            if not np.array_equal(y_r, y_q):
+                raise ValueError(f"{r.id} and {q.id} were tested on different rows; cannot pair them")
+            observed.append([value(r.block(task), c, metric) - value(q.block(task), c, metric) for c in columns])
+            reps.append(np.stack([rep_r[metric][c] - rep_q[metric][c] for c in columns], 1))
+        found = paired_differences(np.array(observed, dtype=np.float64), np.stack(reps), metric == "auc",
+                                   seed=len(pairs))
+        out[label] = dict(zip(columns, found))
     return out
 
 
