@@ -4,7 +4,8 @@ Replicated DDP keeps the whole embedding table on every rank. Here the model's `
 field's rows end to end, one table) is held once across the ranks instead:
 
 - its lookup (`FeatureEmbedding.table(ids)`, ids of any shape) is replaced by `ShardedLookup`, a TorchRec
-  `EmbeddingCollection` of that one table (its weights copied in), so no model file changes;
+  `EmbeddingCollection` of that one table (each rank's shards start from their rows of its weights), so no
+  model file changes;
 - TorchRec's planner picks how to split it (table-, row- or column-wise; one table of many rows: row-wise, so
   each rank holds 1/N of the rows), and `DistributedModelParallel` shards it and wraps the rest of the model
   (MLPs, gates, towers, small gate tables) in DDP, as a replicated run does;
@@ -87,9 +88,9 @@ class ShardedLookup(nn.Module):
         tr = _torchrec().torchrec
         rows, self.dim = table.weight.shape
         config = tr.EmbeddingConfig(name=TABLE, embedding_dim=self.dim, num_embeddings=rows, feature_names=[FEATURE])
-        self.collection = tr.EmbeddingCollection(tables=[config], device=device)
-        with torch.no_grad():  # DistributedModelParallel copies these weights into the shards
-            self.collection.embeddings[TABLE].weight.copy_(table.weight)
+        # On the meta device: no second copy of the table; the shards take their rows of `initial` once made.
+        self.collection = tr.EmbeddingCollection(tables=[config], device=torch.device("meta"))
+        self.initial: Tensor | None = table.weight.detach()
         self._dtype = table.weight.dtype
         self._jagged = tr.KeyedJaggedTensor
 
@@ -144,12 +145,25 @@ class ShardedModel:
     def unshard(self, device: torch.device) -> None:
         """Gather the table into a plain `nn.Embedding` on every rank (collective), so that the model scores,
         saves and loads as an unsharded one."""
-        lookup = self.embedding.table
-        weight = lookup.collection.state_dict()[f"embeddings.{TABLE}.weight"]
+        weight = _sharded_weight(self.embedding.table)
         full = torch.empty(*weight.shape, dtype=weight.dtype, device=device)
         weight.gather(dst=0, out=full if dist.get_rank() == 0 else None)
         dist.broadcast(full, src=0)
         self.embedding.table = nn.Embedding.from_pretrained(full, freeze=False)
+
+
+def _sharded_weight(lookup: ShardedLookup):
+    """The table as a ShardedTensor: this rank's shards and where every shard lives."""
+    return lookup.collection.state_dict()[f"embeddings.{TABLE}.weight"]
+
+
+def _copy_initial(lookup: ShardedLookup) -> None:
+    """This rank's shards take their rows (and columns) of the unsharded table's weights, which are then freed."""
+    with torch.no_grad():
+        for shard in _sharded_weight(lookup).local_shards():
+            (row, col), (rows, cols) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+            shard.tensor.copy_(lookup.initial[row:row + rows, col:col + cols])
+    lookup.initial = None
 
 
 def _summary(plan, module_path: str, rows: int, dim: int, world_size: int) -> dict[str, Any]:
@@ -197,6 +211,7 @@ def shard(model: nn.Module, cfg: TrainConfig, session: Session) -> ShardedModel:
     dmp = tr.DMP(model, env=tr.ShardingEnv.from_process_group(group), device=session.device, plan=plan,
                     sharders=[sharder],
                     data_parallel_wrapper=tr.Wrapper(static_graph=False, find_unused_parameters=True))
+    _copy_initial(embedding.table)
     replicated = build_optimizer(model, cfg, distributed=True, device=session.device)
     optimizer = CombinedOptimizer({"replicated": replicated, "sharded": dmp.fused_optimizer})
     return ShardedModel(dmp, optimizer, embedding, _summary(plan, collection, rows, dim, session.info.world_size))
