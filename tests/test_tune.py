@@ -196,6 +196,7 @@ def test_without_optuna_tune_is_a_clear_error(monkeypatch, tmp_path):
 
 def test_benchmark_spec_tunes_each_model_and_reports_default_vs_tuned(tmp_path):
     from msrec.bench.runner import run_benchmark
+    from msrec.bench.store import RunStore
 
     spec = {"title": "tiny", "data": TINY["data"], "train": {"epochs": 2, "batch_size": 256, "threads": 1},
             "models": [{"name": "dnn", "options": {"embed_dim": 4, "mlp": {"hidden": [16]}}}, "separate"],
@@ -209,6 +210,11 @@ def test_benchmark_spec_tunes_each_model_and_reports_default_vs_tuned(tmp_path):
     assert "Ranking before and after tuning (macro test AUC)" in titles and "Default vs tuned (test AUC)" in titles
     ranking = next(t for t in result.summary.tables if t.title.startswith("Ranking"))
     assert {row[0].text for row in ranking.rows} == {"dnn", "separate"}
+    study = optuna.load_study(study_name="dnn", storage=f"sqlite:///{tmp_path / 'b' / 'tune' / 'study.db'}")
+    store = RunStore(tmp_path / "b")  # the first seed's runs are the studies' trial 0 and best trial, not retrained
+    assert store.load("dnn--seed2022").metrics["val"]["macro_auc"] == study.trials[0].value
+    assert store.load("dnn-tuned--seed2022").metrics["val"]["macro_auc"] == study.best_value
+    assert result.ran <= 4  # of 8 runs: the second seed's, at most
     again = run_benchmark(spec, out=tmp_path / "b", console=quiet())  # resumed: no trial, no run
     assert again.ran == 0 and again.grid.configs["dnn-tuned--seed2022"] == result.grid.configs["dnn-tuned--seed2022"]
     with pytest.raises(MsrecError, match="resplit"):
@@ -223,7 +229,7 @@ def test_a_tuned_model_whose_best_trial_is_its_default_is_not_trained_twice(tmp_
             "models": [{"name": "dnn", "options": {"embed_dim": 4, "mlp": {"hidden": [16]}}}], "seeds": 1,
             "bootstrap": 100, "tune": {"trials": 1}}  # one trial: the config as given wins
     result = run_benchmark(spec, out=tmp_path / "b", console=quiet())
-    assert result.ran == 1  # dnn trained; dnn-tuned copied from it
+    assert result.ran == 0  # dnn is its trial 0; dnn-tuned is the same run
     store = RunStore(tmp_path / "b")
     default, tuned = store.load("dnn--seed2022"), store.load("dnn-tuned--seed2022")
     assert tuned.label == "dnn-tuned" and (tuned.arrays()["scores"] == default.arrays()["scores"]).all()

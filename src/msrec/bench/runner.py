@@ -18,7 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from msrec.api import prepare_data, train
+from msrec.api import TrainResult, prepare_data, train
 from msrec.bench.spec import BenchmarkSpec, Grid, resolve_grid, run_id
 from msrec.bench.store import Failure, RunRecord, RunStore, config_key
 from msrec.config import Config
@@ -27,6 +27,7 @@ from msrec.errors import MsrecError
 from msrec.report.tables import fmt_seconds
 from msrec.report.writers import Summary, write_report
 from msrec.tune.space import full_config
+from msrec.tune.study import Kept
 
 
 @dataclass
@@ -41,7 +42,10 @@ class BenchmarkResult:
 
 def _train_one(cfg: Config, data: EncodedData) -> tuple[dict, dict[str, np.ndarray], list[str], list[str], str]:
     """Train one grid cell; return its metrics and the evaluated split's scores, labels and scenario ids."""
-    result = train(cfg, save=False, data=data, console=Console(quiet=True))
+    return _outcome(train(cfg, save=False, data=data, console=Console(quiet=True)), data)
+
+
+def _outcome(result: TrainResult, data: EncodedData) -> tuple[dict, dict[str, np.ndarray], list[str], list[str], str]:
     split = data.evaluated
     table = getattr(data, split)
     spec = result.encoder.spec()
@@ -111,15 +115,10 @@ class _GridRun:
         try:
             data = self.data_for(cfg)
             t0, c0 = time.perf_counter(), time.process_time()  # a run's time excludes data preparation
-            metrics, arrays, scenarios, tasks, split = _train_one(cfg, data)
+            outcome = _train_one(cfg, data)
             wall = time.perf_counter() - t0
-            self.store.save(rid, {"label": label, "model": cfg.model.name, "seed": seed, "tasks": tasks,
-                                  "scenarios": scenarios, "split": split, "wall_seconds": wall,
-                                  "cpu_seconds": time.process_time() - c0, "config": config_key(cfg),
-                                  "metrics": metrics}, arrays)
+            self._save(rid, outcome, wall, time.process_time() - c0)
             self.ran += 1
-            self.console.print(f"  {label:<16} seed {seed:<6} {split} macro AUC {metrics[split]['macro_auc']:.4f}  "
-                               f"({fmt_seconds(wall)} s)", highlight=False)
         except Exception as err:  # noqa: BLE001  (one failed run must not cost the rest of the grid)
             wall = time.perf_counter() - t0
             message = f"{type(err).__name__}: {err}".splitlines()[0]
@@ -127,6 +126,23 @@ class _GridRun:
                                           "traceback": traceback.format_exc(), "config": config_key(cfg)})
             self.console.print(f"  [red]{label} seed {seed} failed[/red]: {message}", highlight=False)
         self.seconds.setdefault(label, []).append(wall)
+
+    def _save(self, rid: str, outcome: tuple, wall: float, cpu: float, note: str = "") -> None:
+        cfg, label, seed = self.grid.configs[rid], self.label[rid], self.seed[rid]
+        metrics, arrays, scenarios, tasks, split = outcome
+        self.store.save(rid, {"label": label, "model": cfg.model.name, "seed": seed, "tasks": tasks,
+                              "scenarios": scenarios, "split": split, "wall_seconds": wall, "cpu_seconds": cpu,
+                              "config": config_key(cfg), "metrics": metrics}, arrays)
+        self.console.print(f"  {label:<16} seed {seed:<6} {split} macro AUC {metrics[split]['macro_auc']:.4f}  "
+                           f"({fmt_seconds(wall)} s){note}", highlight=False)
+
+    def reuse(self, rid: str, kept: Kept) -> None:
+        """A tuning trial of the same config, seed and data as grid run `rid`: stored as that run."""
+        cfg = self.grid.configs[rid]
+        if self.store.done(rid) or full_config(kept.config) != full_config(cfg):
+            return
+        self._save(rid, _outcome(kept.result, self.data_for(cfg)), kept.wall_seconds, kept.cpu_seconds,
+                   "  (its tuning trial)")
 
     def run_all(self, todo: list[str]) -> None:
         total = len(self.grid.order)
@@ -163,7 +179,7 @@ def run_benchmark(spec: str | Path | dict | BenchmarkSpec, out: str | Path | Non
 
         console.print(f"[bold]{grid.title}[/bold]: tuning {len(grid.tuned)} models in {out / 'tune'}", highlight=False)
         tune_models(grid, lambda label: out / "tune" / label, f"sqlite:///{(out / 'tune' / 'study.db').resolve()}",
-                    console, runner.data_for)
+                    console, runner.data_for, reuse=runner.reuse)
     todo = _todo(grid, store, overwrite)
     (out / "spec.yaml").write_text(grid.spec.to_yaml())
     console.print(f"[bold]{grid.title}[/bold]: {len(grid.labels)} models x {len(grid.seeds)} seeds = "

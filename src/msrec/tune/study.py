@@ -75,6 +75,18 @@ class TuneResult:
     monitor: str
     finished: int  # trials finished in the study (complete, pruned or failed by an error)
     ran: list[int] = field(default_factory=list)  # numbers of the trials this call ran
+    kept: dict[int, Kept] = field(default_factory=dict, repr=False)  # with `keep`: this call's complete trials
+
+
+@dataclass
+class Kept:
+    """A complete trial's training run (with `tune(keep=True)`): a benchmark stores the runs of trial 0 and of the
+    best trial as its grid runs of the same config and seed instead of training them again."""
+
+    config: Config
+    result: Any  # msrec.api.TrainResult, its model dropped
+    wall_seconds: float
+    cpu_seconds: float
 
 
 def _storage(optuna: Any, url: str) -> Any:
@@ -127,9 +139,10 @@ class Objective:
     """One trial: draw a point, train it (pruned per epoch), return the best epoch's validation monitor."""
 
     def __init__(self, optuna: Any, base: dict, params: list[Param], data: EncodedData, settings: TuneSettings,
-                 console: Console):
+                 console: Console, keep: bool = False):
         self.optuna, self.base, self.params, self.data = optuna, base, params, data
-        self.settings, self.console = settings, console
+        self.settings, self.console, self.keep = settings, console, keep
+        self.kept: dict[int, Kept] = {}
         self.monitor = base["train"].get("monitor", "macro_auc")
         self.ran: list[int] = []  # the trials this worker ran
 
@@ -146,7 +159,7 @@ class Objective:
     def __call__(self, trial: Any) -> float:
         values = suggest(trial, self.params)
         self.ran.append(trial.number)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             cfg = parse_config(apply(self.base, {**values, "train.progress": False}), f"trial {trial.number}")
             result = train_run(cfg, save=False, data=self.data, console=Console(quiet=True),
@@ -166,6 +179,9 @@ class Objective:
                            ("val_auc", val["overall"]["auc"]), ("val_logloss", val["overall"]["logloss"])):
             trial.set_user_attr(key, value)
         value = monitor_value(val, self.monitor)
+        if self.keep:
+            result.model = None
+            self.kept[trial.number] = Kept(cfg, result, time.perf_counter() - t0, time.process_time() - c0)
         self.console.print(f"  trial {trial.number}: val {self.monitor} {value:.4f}  "
                            f"({time.perf_counter() - t0:.0f} s)", highlight=False)
         return value
@@ -173,12 +189,13 @@ class Objective:
 
 def tune(config: Config | dict | str | Path, out: str | Path, trials: int | None = None, storage: str | None = None,
          overrides: list[str] | None = None, settings: TuneSettings | None = None, console: Console | None = None,
-         data: EncodedData | None = None, name: str | None = None) -> TuneResult:
+         data: EncodedData | None = None, name: str | None = None, keep: bool = False) -> TuneResult:
     """Run (or continue) the study of `config` until it holds `trials` finished trials; write its outputs to `out`.
 
     `config`: a run config file (with an optional `tune:` section), a dict or a `Config`; `settings` replaces
     the file's `tune:` section; `storage`: an Optuna RDB URL (default `sqlite:///OUT/study.db`); `data`: the
-    data already prepared from the config; `name`: the study's name when `tune.study` does not give one.
+    data already prepared from the config; `name`: the study's name when `tune.study` does not give one; `keep`:
+    return the training runs of the complete trials this call ran (`TuneResult.kept`).
     """
     from msrec.tune.outputs import write_outputs
 
@@ -218,11 +235,13 @@ def tune(config: Config | dict | str | Path, out: str | Path, trials: int | None
         if objective is None:
             console.print(f"[bold]tune {study_name}[/bold]: {finished} of {trials} trials done in {storage}",
                           highlight=False, soft_wrap=True)
-            objective = Objective(optuna, base, params, data or prepare_data(cfg), settings, console)
+            objective = Objective(optuna, base, params, data or prepare_data(cfg), settings, console, keep)
         # reseeded per trial: a resumed or a single-worker study draws the same points; concurrent workers
         # (trials running elsewhere) mix in their process id so that they do not draw the same point
         trial_seed = seed + 7919 * len(study.get_trials(deepcopy=False)) + (os.getpid() if running else 0)
         study.sampler = optuna.samplers.TPESampler(seed=trial_seed % 2**32, n_startup_trials=startup)
         study.pruner = optuna.pruners.MedianPruner(n_startup_trials=max(2, startup // 2), n_warmup_steps=1)
         study.optimize(objective, n_trials=1, catch=(MsrecError,), gc_after_trial=False)
-    return write_outputs(optuna, study, cfg, params, out, storage, objective.ran if objective else [])
+    result = write_outputs(optuna, study, cfg, params, out, storage, objective.ran if objective else [])
+    result.kept = objective.kept if objective else {}
+    return result
