@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from zoo_batch import bce, learns, make_batch, make_spec
 
 from msrec.models.registry import build_model
-from msrec.nn.grouped import GroupedRows
 
 
 def _model(spec=None, **options):
@@ -50,14 +49,15 @@ def test_each_row_is_scored_by_its_clusters_tower():
     model = _model().eval()
     batch = make_batch(make_spec(), [0, 1, 2, 0, 1, 2, 0])
     with torch.no_grad():
-        model.towers.weight[0].normal_()  # the towers differ (they start as the shared centre)
+        for layer in model.towers.layers:
+            layer.weight_s.normal_(1.0, 0.5)  # the towers differ (they start as the shared centre)
         e = model.embedding.flat(batch)
         clusters = model.clusters(batch, e)
         out = model(batch)
+        assert len(set(clusters.tolist())) > 1
         for k in range(3):
-            only_k = GroupedRows(torch.full_like(clusters, k), 3)
             mine = clusters == k
-            torch.testing.assert_close(out[mine], model.towers(e, only_k).squeeze(1)[mine])
+            torch.testing.assert_close(out[mine], model.towers.scenario_forward(k, e[mine]))
 
 
 def test_a_tower_learns_from_its_rows_only_and_the_centre_from_all():
@@ -66,10 +66,10 @@ def test_a_tower_learns_from_its_rows_only_and_the_centre_from_all():
     _set_centroids_to_rows(model, batch, [0, 1, 1])  # centroids 1 and 2 equal: argmax picks 1, tower 2 gets no row
     assert 2 not in model.clusters(batch).tolist()
     bce(model, batch).backward()
-    for weight in model.towers.weight:
-        assert float(weight.grad[2].abs().sum()) == 0.0
-        assert float(weight.grad[0].abs().sum()) > 0 and float(weight.grad[1].abs().sum()) > 0
-    assert all(float(w.grad.abs().sum()) > 0 for w in model.towers.centre_weight)
+    for layer in model.towers.layers:
+        assert float(layer.weight_s.grad[2].abs().sum()) == 0.0
+        assert float(layer.weight_s.grad[0].abs().sum()) > 0 and float(layer.weight_s.grad[1].abs().sum()) > 0
+        assert float(layer.weight.grad.abs().sum()) > 0
 
 
 def test_multi_task_output_both_tasks_train():
@@ -80,8 +80,8 @@ def test_multi_task_output_both_tasks_train():
     for t in range(2):
         model.zero_grad()
         model(batch)[:, t].sum().backward()
-        grad = model.towers.centre_weight[-1].grad  # the towers' shared output layer [copies, in, T]
-        assert float(grad[..., t].abs().sum()) > 0 and float(grad[..., 1 - t].abs().sum()) == 0
+        grad = model.towers.layers[-1].weight.grad  # the towers' shared output layer [T, in]
+        assert float(grad[t].abs().sum()) > 0 and float(grad[1 - t].abs().sum()) == 0
 
 
 def test_learns_on_synthetic_data():

@@ -16,7 +16,6 @@ from zoo_batch import (
 )
 
 from msrec.models.registry import build_model
-from msrec.nn.grouped import GroupedRows
 
 
 def _model(spec=None, **options):
@@ -59,17 +58,13 @@ def test_a_row_uses_its_own_scenarios_experts():
         x = model.transform(batch)
         experts = model.experts(batch, x)
         for row, s in enumerate(batch.scenario.tolist()):
-            w, b = model.specific.layer(0)
-            h = torch.relu(x[row] @ w[s, 0] + b[s, 0])
-            w, b = model.specific.layer(1)
-            h = torch.relu(h @ w[s, 0] + b[s, 0])
-            torch.testing.assert_close(experts[row, 2], h)
+            torch.testing.assert_close(experts[row, 2], model.specific[0].scenario(s)(x[row:row + 1])[0])
 
 
 def test_a_scenarios_parameters_learn_from_its_rows_only():
     model = _model()
     bce(model, make_batch(make_spec(), [0, 2, 0, 2, 0])).backward()  # no scenario-1 rows
-    for p in model.specific.weight:
+    for p in model.specific[0].weight:
         assert float(p.grad[1].abs().sum()) == 0.0 and float(p.grad[0].abs().sum()) > 0 and float(p.grad[2].abs().sum()) > 0
     assert float(model.gamma.grad[1].abs().sum()) == 0.0 and float(model.gamma.grad[0].abs().sum()) > 0
     assert float(model.beta.grad[1].abs().sum()) == 0.0 and float(model.beta.grad[2].abs().sum()) > 0
@@ -99,17 +94,6 @@ def test_an_expert_at_coefficient_zero_has_no_influence():
         torch.testing.assert_close(model(batch), before)
         model.debias.net.layers[-1].bias[0] = 0.0
         assert float((model(batch) - before).abs().max()) > 1e-4
-
-
-def test_grouped_experts_match_each_rows_own_weights():
-    """The packed path (rows padded into one block per scenario) gives what gathering each row's weights gives."""
-    model = _model().eval()
-    batch = make_batch(make_spec(), [2, 2, 2, 0, 2, 1, 2])
-    x = model.transform(batch)
-    rows = GroupedRows(batch.scenario, 3)
-    packed = model.specific(x, rows)
-    rows.traced = True  # the export path: each row gathers its own scenario's weights
-    torch.testing.assert_close(model.specific(x, rows), packed)
 
 
 def test_multi_task_output_both_tasks_train():

@@ -12,9 +12,10 @@ Rows are routed to towers by where their representation falls, not by their scen
 its own groups of rows (the paper's distributions) instead of trusting a predefined split. The centroids
 are a buffer moved by a moving average of the batch's soft cluster means (the paper's dynamic routing) in
 training only: evaluation reads them and never moves them, so a row's score does not depend on what was
-scored before it. Each tower is a star-topology FCN: the shared centre `W, b` learns from every row,
-cluster k's own `W_k, b_k` (starting at ones and zeros) from its rows only (`nn.grouped`, packed by
-cluster, no loop over clusters).
+scored before it. Each tower is a star-topology FCN (`nn.star.StarFCN`, as `star`'s with clusters in the
+place of scenarios): the shared centre `W, b` learns from every row, cluster k's own `W_k, b_k` (starting
+at ones and zeros) from its rows only (applied over the batch's tiles of one cluster each, no loop over
+clusters).
 
 Choices (where the paper is open):
 - The routing reads the flat input `e` (embeddings and dense values) through a stop-gradient, normalised,
@@ -35,13 +36,13 @@ from torch import Tensor, nn
 
 from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register, without_batch_norm
-from msrec.nn import FeatureEmbedding, MLPOptions
-from msrec.nn.grouped import GroupedMLP, GroupedRows
+from msrec.nn import FeatureEmbedding, MLPOptions, ScenarioRouting
+from msrec.nn.star import StarFCN
 from msrec.schema import FeatureSpec
 
 
 class AdaptDHMOptions(ModelOptions):
-    mlp: Annotated[MLPOptions, without_batch_norm("the cluster towers run packed by cluster")] = part(
+    mlp: Annotated[MLPOptions, without_batch_norm("the towers are star-topology FCNs")] = part(
         [256, 128], dropout=0.2)
     """Each cluster's tower (shared centre times the cluster's own weights)."""
     clusters: int = Field(4, ge=1)
@@ -65,7 +66,7 @@ class AdaptDHM(nn.Module):
         self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         dim = self.embedding.flat_dim
         self.register_buffer("centroids", F.normalize(torch.randn(o.clusters, dim), dim=1))
-        self.towers = GroupedMLP(dim, o.mlp, o.clusters, out_dim=spec.num_tasks, shared_centre=True)
+        self.towers = StarFCN(dim, o.mlp, spec.num_tasks, o.clusters)
 
     def assignment(self, u: Tensor) -> Tensor:
         """`[B, K]` soft assignment of normalised rows `u` to the centroids."""
@@ -87,5 +88,4 @@ class AdaptDHM(nn.Module):
         e = self.embedding.flat(batch)
         if self.training:
             self.update_centroids(F.normalize(e.detach(), dim=1))
-        rows = GroupedRows(self.clusters(batch, e), self.num_clusters)
-        return self.towers(e, rows).squeeze(1)
+        return self.towers(e, ScenarioRouting(self.clusters(batch, e), self.num_clusters))

@@ -9,7 +9,7 @@ Scenarios").
     logit = tower(sum_i w_i * c_i * O_i)                                                              [B, T]
 
 Every row trains the shared experts; scenario s's transformation and experts learn from s's rows only (its
-parameters are stacked `[S, ...]` and applied packed by scenario, `nn.grouped`). The gate reads the
+parameters are stacked `[S, ...]` and applied over the batch's tiles of one scenario each, `nn.towers`). The gate reads the
 transformed input and the scenario-indicator embeddings `z`, so the same row is weighted differently in
 each scenario. The debiasing network reweighs each expert's output by a coefficient in [0, 2] learnt from
 the bias-related fields `b` (the paper's Fairness Coefficient: how much a sample's expert outputs count).
@@ -24,8 +24,9 @@ Choices (the paper's travel platform has what MovieLens lacks, and leaves some d
   such fields, and by default the scenario-indicator fields are used (the spec's "the scenario's fairness
   coefficient"). One coefficient per expert and row; the network's output layer starts at zero, so every
   coefficient starts at 1. It applies in training and evaluation alike.
-- Experts are MLPs ending with their last hidden activation (`expert`, last width d); a tower with T outputs
-  maps the mixture to the logits (multi-task: one head per task).
+- Experts are MLPs ending with their last hidden activation (`expert`, last width d; with `batch_norm`, a
+  scenario's experts normalise by its own statistics); a tower with T outputs maps the mixture to the
+  logits (multi-task: one head per task).
 - With scale 1, shift 0, one expert and coefficients 1, the model is exactly the MLP `tower(expert(e))`.
 """
 
@@ -38,19 +39,18 @@ from pydantic import AfterValidator, Field, model_validator
 from torch import Tensor, nn
 
 from msrec.data.table import Batch
-from msrec.models.registry import ModelOptions, part, register, with_layers, without_batch_norm
-from msrec.nn import MLP, FeatureEmbedding, MLPOptions
+from msrec.models.registry import ModelOptions, part, register, with_layers
+from msrec.nn import MLP, FeatureEmbedding, MLPOptions, ScenarioRouting
 from msrec.nn.gates import ScaleGate
-from msrec.nn.grouped import GroupedMLP, GroupedRows
 from msrec.nn.moe import Experts, mix
+from msrec.nn.towers import ScenarioMLP
 from msrec.schema import FeatureSpec
 
 
 class SARNetOptions(ModelOptions):
     mlp: MLPOptions = part([64], dropout=0.1)
     """The tower over the experts' mixture (T outputs)."""
-    expert: Annotated[MLPOptions, AfterValidator(with_layers),
-                      without_batch_norm("scenario-specific experts run packed by scenario")] = part([128, 64], 0.2)
+    expert: Annotated[MLPOptions, AfterValidator(with_layers)] = part([128, 64], dropout=0.2)
     """Each expert, shared or scenario-specific (its last width is the expert size d)."""
     shared_experts: int = Field(4, ge=0)
     """Experts shared by all scenarios."""
@@ -80,8 +80,8 @@ class SARNet(nn.Module):
         self.gamma = nn.Parameter(torch.ones(spec.num_scenarios, dim))
         self.beta = nn.Parameter(torch.zeros(spec.num_scenarios, dim))
         self.shared = Experts(dim, o.expert, o.shared_experts)
-        self.specific = (GroupedMLP(dim, o.expert, spec.num_scenarios, o.specific_experts)
-                         if o.specific_experts else None)
+        self.specific = nn.ModuleList(ScenarioMLP(dim, o.expert, None, spec.num_scenarios)
+                                      for _ in range(o.specific_experts))
         num = o.shared_experts + o.specific_experts
         self.scenario_fields = list(spec.scenario_fields)
         self.gate = nn.Linear(dim + len(self.scenario_fields) * o.embed_dim, num)
@@ -97,8 +97,10 @@ class SARNet(nn.Module):
     def experts(self, batch: Batch, x: Tensor) -> Tensor:
         """`[B, Es + Ep, d]`: the shared experts, then the row's own scenario's experts."""
         outs = [self.shared(x)] if self.shared.num else []
-        if self.specific is not None:
-            outs.append(self.specific(x, GroupedRows(batch.scenario, self.num_scenarios, batch.scenario_counts)))
+        if len(self.specific):
+            routing = ScenarioRouting.of(batch, self.num_scenarios)
+            tiles = routing.pack(x)
+            outs.append(routing.unpack(torch.stack([expert.tiles(tiles, routing) for expert in self.specific], -2)))
         return torch.cat(outs, 1)
 
     def gate_weights(self, batch: Batch, x: Tensor | None = None) -> Tensor:
