@@ -26,6 +26,7 @@ TorchRec is an optional extra, imported only here and only when sharding is aske
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -206,7 +207,9 @@ def shard(model: nn.Module, cfg: TrainConfig, session: Session) -> ShardedModel:
     collection = f"{path}.table.collection" if path else "table.collection"
     sharder = tr.Sharder(fused_params=_fused_params(cfg, tr))
     group = dist.GroupMember.WORLD
-    topology = tr.Topology(world_size=session.info.world_size, compute_device=session.device.type)
+    world = session.info.world_size  # ranks per machine: torchrun's LOCAL_WORLD_SIZE (several machines)
+    topology = tr.Topology(world_size=world, compute_device=session.device.type,
+                           local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     plan = tr.Planner(topology=topology).collective_plan(model, [sharder], group)
     dmp = tr.DMP(model, env=tr.ShardingEnv.from_process_group(group), device=session.device, plan=plan,
                     sharders=[sharder],
