@@ -28,10 +28,10 @@ def weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) ->
     """AUC of each row of `weights` ([B, n] non-negative row weights); ties count one half, as in the
     rank-sum AUC. NaN where a replicate holds a single class."""
     order = np.argsort(scores, kind="stable")
-    s, y, w = scores[order], labels[order].astype(bool), weights[:, order].astype(np.float64)
+    s, y, w = scores[order], labels[order].astype(bool), np.take(weights, order, axis=1)
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # tie groups are contiguous once sorted
-    w_pos = np.add.reduceat(w * y, starts, axis=1)
-    w_neg = np.add.reduceat(w * ~y, starts, axis=1)
+    w_pos = np.add.reduceat(w * y, starts, axis=1).astype(np.float64)  # integer weights: float32 sums exact
+    w_neg = np.add.reduceat(w, starts, axis=1).astype(np.float64) - w_pos
     below = np.cumsum(w_neg, axis=1) - w_neg
     num = (w_pos * (below + 0.5 * w_neg)).sum(1)
     den = w_pos.sum(1) * w_neg.sum(1)
@@ -60,17 +60,17 @@ def segment_weighted_metrics(labels: np.ndarray, scores: np.ndarray, segment: np
         return out[0], out[1], np.zeros((b, n_segments))
     order = np.lexsort((scores, segment))
     g, s, y = segment[order], scores[order], labels[order].astype(bool)
-    w = weights[:, order]  # small integer weights: float32 products and sums are exact; sums in float64
+    w = np.take(weights, order, axis=1)  # Poisson weights: float32 sums of a tie group are exact integers
     new_segment = np.r_[True, g[1:] != g[:-1]]
     tie_starts = np.flatnonzero(new_segment | np.r_[True, s[1:] != s[:-1]])
-    w_pos = np.add.reduceat(w * y, tie_starts, axis=1, dtype=np.float64)  # [B, tie groups]
-    w_neg = np.add.reduceat(w, tie_starts, axis=1, dtype=np.float64) - w_pos
+    w_pos = np.add.reduceat(w * y, tie_starts, axis=1).astype(np.float64)  # [B, tie groups]
+    w_neg = np.add.reduceat(w, tie_starts, axis=1).astype(np.float64) - w_pos
     tie_segment_start = np.flatnonzero(new_segment[tie_starts])  # the first tie group of each segment
     below = np.cumsum(w_neg, axis=1) - w_neg  # negatives before the tie group, over all segments
-    first_of = np.repeat(tie_segment_start, np.diff(np.r_[tie_segment_start, len(tie_starts)]))
-    below -= below[:, first_of]  # ... within its own segment
-    num = np.add.reduceat(w_pos * (below + 0.5 * w_neg), tie_segment_start, axis=1)
     pos, neg = np.add.reduceat(w_pos, tie_segment_start, axis=1), np.add.reduceat(w_neg, tie_segment_start, axis=1)
+    # within a segment, the negatives below a tie group are `below` less its value at the segment's first tie
+    # group; that constant times the segment's positives comes off the sum (integers and halves: exact)
+    num = np.add.reduceat(w_pos * (below + 0.5 * w_neg), tie_segment_start, axis=1) - below[:, tie_segment_start] * pos
     p = np.clip(s[tie_starts].astype(np.float64), LOGLOSS_EPS, 1 - LOGLOSS_EPS)  # one score per tie group
     loss = np.add.reduceat(w_pos * -np.log(p) + w_neg * -np.log(1 - p), tie_segment_start, axis=1)
     present = g[new_segment]
