@@ -19,12 +19,12 @@ def imported_modules(*args: str) -> list[str]:
     return [line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
 
 
-@pytest.mark.parametrize("args", [["--help"], ["datasets"], ["train", "--help"], ["serve", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["datasets"], ["train", "--help"], ["serve", "--help"], ["tune", "--help"]])
 def test_commands_that_need_no_model_import_no_torch(args):
     modules = imported_modules(*args)
     assert "msrec.cli" in modules  # the parse worked: the command really ran
-    torch = [m for m in modules if m == "torch" or m.startswith("torch.")]
-    assert not torch, f"msrec {' '.join(args)} imports {torch[:5]}"
+    heavy = [m for m in modules if m.split(".")[0] in ("torch", "optuna", "mlflow", "tensorboard")]
+    assert not heavy, f"msrec {' '.join(args)} imports {heavy[:5]}"
 
 
 def test_public_names_load_on_first_use_and_train_stays_the_function():

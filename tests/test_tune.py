@@ -106,7 +106,7 @@ WORKER = textwrap.dedent("""
 
 
 def test_two_workers_on_one_sqlite_storage_never_run_the_same_trial(tmp_path):
-    config = write_config(tmp_path, trials=6)
+    config = write_config(tmp_path, trials=4)
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(config), str(tmp_path / f"w{k}"), storage],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(2)]
@@ -118,7 +118,7 @@ def test_two_workers_on_one_sqlite_storage_never_run_the_same_trial(tmp_path):
     trials = optuna.load_study(study_name="dnn", storage=storage).get_trials()
     assert not set(ran[0]) & set(ran[1]), ran  # no trial run by both
     assert sorted(ran[0] + ran[1]) == [t.number for t in trials]  # every trial run by one of them
-    assert ran[0] and ran[1] and len(trials) >= 6 and sum(t.user_attrs.get("default", False) for t in trials) == 1
+    assert ran[0] and ran[1] and len(trials) >= 4 and sum(t.user_attrs.get("default", False) for t in trials) == 1
     assert all(t.state.name == "COMPLETE" or t.state.name == "PRUNED" for t in trials)
 
 
