@@ -41,3 +41,10 @@ def test_large_model_scores_agree_on_every_path(tmp_path):
         assert re.search(rf"^\| {step} \| [\d.]+ \| [\d,]+ \|$", out, re.MULTILINE), out
     diffs = re.search(r"onnxruntime (\S+), serve /predict (\S+)$", out, re.MULTILINE)
     assert diffs and max(float(diffs[1]), float(diffs[2])) < 1e-5, out
+
+
+def test_scenarios_prints_a_row_per_model_with_a_speed_per_scenario_count():
+    out = _run("scenarios.py", "--rows", "2000", "--batch-size", "512", "--repeats", "1", "--scenarios", "3", "100",
+               "--models", "dnn", "split_merge", "hmoe")
+    for label in ("dnn", "split_merge", "hmoe", r"hmoe\[top_k=4\]"):
+        assert re.search(rf"^{label}\s+[\d,]+\s+[\d,]+\s+\d+\.\d\d\s+[\d.]+M / [\d.]+M$", out, re.MULTILINE), out

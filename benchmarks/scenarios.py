@@ -1,0 +1,141 @@
+"""Training speed against the number of scenarios: samples/s per model at S = 3, 10, 100, 1000.
+
+Every model of the zoo trains one epoch (the trainer's optimizer: row-sparse tables, Adam for the dense
+weights) over pre-built batches of the synthetic generator with S scenarios whose shares are proportional
+to 1 / (k + 1) (`share_zipf: 1`); the rows are the same for every S (same seed: same users, items and
+labels' truth up to the scenario effects), only their scenario ids spread over more scenarios. Runs are
+interleaved (each repeat runs every model at every S, in a rotated order) and the figures are medians over
+repeats; `S=100/S=3` is the median of each repeat's own ratio. `hmoe[top_k=4]` is hmoe's bounded variant.
+
+`--tiles` instead times split_merge's and star's training step at each S with the tile size forced: 1 (every
+row gathers its own scenario's weights), the largest scenario's row count (one padded tile per scenario,
+i.e. sort rows by scenario and one matmul per segment) and the per-batch choice (`nn.routing.tile_size`).
+
+    python benchmarks/scenarios.py [--rows 600000] [--batch-size 4096] [--repeats 3] [--scenarios 3 10 100 1000]
+                                   [--models dnn star ...] [--threads 2] [--tiles]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from msrec.api import prepare_data
+from msrec.config import Config
+from msrec.errors import MsrecError
+from msrec.models import build_model, list_models
+from msrec.nn import routing
+from msrec.train.optim import build_optimizer
+
+VARIANTS = {"hmoe[top_k=4]": ("hmoe", {"top_k": 4})}
+SKIP = {("hmoe", 1000): "S^2 gate weights (128M) and S tower passes per row"}
+
+
+def data_for(rows: int, scenarios: int, batch_size: int):
+    cfg = Config.model_validate({"data": {"dataset": "synthetic", "options": {
+        "rows": rows, "scenarios": scenarios, "share_zipf": 1.0}}, "train": {"batch_size": batch_size}})
+    data = prepare_data(cfg)
+    batches = list(data.train.batches(batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    return cfg, data.encoder.spec(), batches
+
+
+def train_epoch(name: str, options: dict, cfg, spec, batches) -> tuple[float, int]:
+    """Samples/s of one epoch of training steps, and the model's parameter count."""
+    torch.manual_seed(0)
+    model = build_model(name, spec, options).train()
+    opt = build_optimizer(model, cfg.train)
+    t0 = time.perf_counter()
+    n = 0
+    for b in batches:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b), b.labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n += len(b)
+    return n / (time.perf_counter() - t0), sum(p.numel() for p in model.parameters())
+
+
+def models(chosen: list[str] | None) -> dict[str, tuple[str, dict]]:
+    names = {e.name: (e.name, {}) for e in list_models()}
+    names.update(VARIANTS)
+    return {k: v for k, v in names.items() if not chosen or k in chosen or v[0] in chosen}
+
+
+def zoo(args, sets) -> None:
+    todo = models(args.models)
+    speed = {(m, S): [] for m in todo for S in args.scenarios}
+    params: dict = {}
+    failed: dict = {}
+    for r in range(args.repeats):
+        order = list(args.scenarios)[r % len(args.scenarios):] + list(args.scenarios)[:r % len(args.scenarios)]
+        for label, (name, options) in todo.items():
+            for S in order:
+                if (name, S) in SKIP and not options or (label, S) in failed:
+                    continue
+                try:
+                    sps, count = train_epoch(name, options, *sets[S])
+                except (RuntimeError, ValueError, MemoryError, MsrecError) as err:  # cannot run at this S: say why
+                    failed[(label, S)] = f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
+                    continue
+                speed[(label, S)].append(sps)
+                params[(label, S)] = count
+    head = "".join(f"{'S=' + str(S):>10}" for S in args.scenarios)
+    print(f"{'model':<16}{head}{'S=100/S=3':>11}   parameters at S=" + "/".join(map(str, args.scenarios)))
+    for label in todo:
+        cells, counts = "", []
+        for S in args.scenarios:
+            runs = speed[(label, S)]
+            cells += f"{statistics.median(runs):>10,.0f}" if runs else f"{'-':>10}"
+            counts.append(f"{params[(label, S)] / 1e6:.2f}M" if (label, S) in params else "-")
+        pairs = list(zip(speed.get((label, 100), []), speed.get((label, 3), []), strict=False))
+        ratio = f"{statistics.median(a / b for a, b in pairs):>11.2f}" if pairs else f"{'-':>11}"
+        print(f"{label:<16}{cells}{ratio}   {' / '.join(counts)}", flush=True)
+    for (label, S), why in sorted(failed.items()):
+        print(f"  {label} at S={S}: {why}")
+    for (name, S), why in SKIP.items():
+        if name in todo and S in args.scenarios:
+            print(f"  {name} at S={S}: not run ({why})")
+
+
+def tiles(args, sets) -> None:
+    choices = {"row (C=1)": lambda counts, *a: 1, "segment": lambda counts, *a: max(counts),
+               "auto": routing.tile_size}
+    chosen = routing.tile_size
+    speed = {(m, c, S): [] for m in ("split_merge", "star") for c in choices for S in args.scenarios}
+    for _ in range(args.repeats):
+        for m in ("split_merge", "star"):
+            for S in args.scenarios:
+                for c, fn in choices.items():
+                    routing.tile_size = fn
+                    try:
+                        speed[(m, c, S)].append(train_epoch(m, {}, *sets[S])[0])
+                    finally:
+                        routing.tile_size = chosen
+    print(f"{'model':<14}{'tiles':<12}" + "".join(f"{'S=' + str(S):>10}" for S in args.scenarios))
+    for (m, c) in dict.fromkeys((m, c) for m, c, _ in speed):
+        print(f"{m:<14}{c:<12}" + "".join(f"{statistics.median(speed[(m, c, S)]):>10,.0f}" for S in args.scenarios))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=600_000)
+    ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scenarios", type=int, nargs="+", default=[3, 10, 100, 1000])
+    ap.add_argument("--models", nargs="*")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tiles", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    sets = {S: data_for(args.rows, S, args.batch_size) for S in args.scenarios}
+    print(f"{args.rows:,} synthetic rows ({sum(len(b) for b in sets[args.scenarios[0]][2]):,} train), shares "
+          f"~ 1/(k+1), batch {args.batch_size}, {torch.get_num_threads()} threads, one epoch, "
+          f"median of {args.repeats} (interleaved); samples/s")
+    (tiles if args.tiles else zoo)(args, sets)
+
+
+if __name__ == "__main__":
+    main()
