@@ -145,11 +145,20 @@ class ShardedModel:
 
     def unshard(self, device: torch.device) -> None:
         """Gather the table into a plain `nn.Embedding` on every rank (collective), so that the model scores,
-        saves and loads as an unsharded one."""
+        saves and loads as an unsharded one. Each shard is broadcast by its rank straight into its rows of the
+        table: no second whole copy (ShardedTensor.gather holds one)."""
         weight = _sharded_weight(self.embedding.table)
         full = torch.empty(*weight.shape, dtype=weight.dtype, device=device)
-        weight.gather(dst=0, out=full if dist.get_rank() == 0 else None)
-        dist.broadcast(full, src=0)
+        local = {tuple(shard.metadata.shard_offsets): shard.tensor for shard in weight.local_shards()}
+        with torch.no_grad():
+            for meta in weight.metadata().shards_metadata:  # each shard broadcast by its rank into its place
+                (row, col), (rows, cols) = meta.shard_offsets, meta.shard_sizes
+                place = full[row:row + rows, col:col + cols]
+                part = place if place.is_contiguous() else torch.empty_like(place)  # a column shard: a buffer
+                if (row, col) in local:
+                    part.copy_(local[(row, col)])
+                dist.broadcast(part, src=meta.placement.rank())
+                place.copy_(part)
         self.embedding.table = nn.Embedding.from_pretrained(full, freeze=False)
 
 
