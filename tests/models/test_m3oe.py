@@ -77,5 +77,5 @@ def test_another_scenarios_expert_reaches_a_row_only_through_its_balance():
 
 
 def test_learns_two_tasks_on_synthetic_data():
-    before, after = learns("m3oe", {"mlp": {"hidden": [64, 32]}}, tasks=2)
+    before, after = learns("m3oe", {"mlp": {"hidden": [32, 16]}, "experts": 2}, tasks=2)
     assert after > before + 0.05, (before, after)
