@@ -9,9 +9,9 @@ Scenarios").
     logit = tower(sum_i w_i * c_i * O_i)                                                              [B, T]
 
 Every row trains the shared experts; scenario s's transformation and experts learn from s's rows only (its
-parameters are stacked `[S, ...]` and applied over the batch's tiles of one scenario each, `nn.towers`). The gate reads the
-transformed input and the scenario-indicator embeddings `z`, so the same row is weighted differently in
-each scenario. The debiasing network reweighs each expert's output by a coefficient in [0, 2] learnt from
+parameters are stacked `[S, ...]`, the experts applied over the batch's tiles of one scenario each,
+`nn.towers`). The gate reads the transformed input and the scenario-indicator embeddings `z`, so the same
+row is weighted differently in each scenario. The debiasing network reweighs each expert's output by a coefficient in [0, 2] learnt from
 the bias-related fields `b` (the paper's Fairness Coefficient: how much a sample's expert outputs count).
 
 Choices (the paper's travel platform has what MovieLens lacks, and leaves some details open):
