@@ -26,11 +26,12 @@ def test_two_tasks_each_with_its_own_gate_fusion_and_tower():
     model = build(spec)
     batch = make_batch(spec, [0, 1, 2, 2, 1, 0])
     assert model(batch).shape == (6, 2)
-    gate, tower = model.gates.weight[0], model.towers.weight[-1]  # [S, T, in, E], [S * T, 1, in, 1]
+    gate, tower = model.gates.weight[0], model.towers.weight[-1]  # [S, T * E, in], [S * T, 1, in]
     for t in range(2):
         model.zero_grad()
         model(batch)[:, t].sum().backward()
-        assert float(gate.grad[:, t].abs().sum()) > 0 and float(gate.grad[:, 1 - t].abs().sum()) == 0
+        own, other = gate.grad[:, 3 * t:3 * t + 3], gate.grad[:, 3 * (1 - t):3 * (1 - t) + 3]  # E = 3 per task
+        assert float(own.abs().sum()) > 0 and float(other.abs().sum()) == 0
         assert float(tower.grad[t::2].abs().sum()) > 0 and float(tower.grad[1 - t::2].abs().sum()) == 0
         for fusion in (model.scenario_fusion, model.task_fusion):
             assert float(fusion.grad[:, t].abs().sum()) > 0 and float(fusion.grad[:, 1 - t].abs().sum()) == 0

@@ -16,8 +16,9 @@ through `(1 - a_s) / (S - 1)`: with `a_s` at 1 it is the row's own expert alone.
 
 Whole batch: each expert bank is one stacked MLP over every row (nn.stacked; the scenario and task experts
 are needed on every row, by the level-1 balance); the gates and towers of (s, t) are stacked per scenario and
-run on their scenario's rows only (nn.grouped); the balance and fusion weights are gathered by the row's
-scenario. No Python loop over scenarios, tasks or experts.
+run on their scenario's rows only (nn.towers.ScenarioMLP over nn.routing's tiles; a tower per (s, t) routes
+each (row, task) pair); the balance and fusion weights are gathered by the row's scenario. No Python loop over
+scenarios, tasks or experts.
 
 Choices (the paper / its code leaves them open):
 - The experts read the model input `e` (the authors' code puts a STAR layer and an MLP before them; here
@@ -39,10 +40,11 @@ from pydantic import AfterValidator, Field
 from torch import Tensor, nn
 
 from msrec.data.table import Batch
-from msrec.models.registry import ModelOptions, part, register, with_layers, without_batch_norm
+from msrec.models.registry import ModelOptions, part, register, with_layers
 from msrec.nn import FeatureEmbedding, MLPOptions
-from msrec.nn.grouped import GroupedMLP, GroupedRows
+from msrec.nn.routing import ScenarioRouting
 from msrec.nn.stacked import StackedMLP
+from msrec.nn.towers import ScenarioMLP
 from msrec.schema import FeatureSpec
 
 BALANCE_INIT = 1.0  # every balance and fusion logit starts here: sigmoid(1) = 0.73, the authors' default
@@ -53,8 +55,7 @@ class M3oEOptions(ModelOptions):
     """Each expert, shared, scenario or task (its last width is the expert size d)."""
     experts: int = Field(4, ge=1)
     """Number of shared experts E."""
-    tower: Annotated[MLPOptions, without_batch_norm("each tower runs on its scenario's rows only")] = part(
-        [64], dropout=0.1)
+    tower: MLPOptions = part([64], dropout=0.1)
     """The tower of each (scenario, task), on the scenario's rows."""
 
 
@@ -81,8 +82,9 @@ class M3oE(nn.Module):
         self.shared = StackedMLP(dim, o.mlp, o.experts)
         self.scenario_experts = StackedMLP(dim, o.mlp, s)
         self.task_experts = StackedMLP(dim, o.mlp, t)
-        self.gates = GroupedMLP(dim, MLPOptions(hidden=[], dropout=0.0), s, copies=t, out_dim=o.experts)
-        self.towers = GroupedMLP(o.mlp.hidden[-1], o.tower, s * t, out_dim=1)
+        self.num_experts = o.experts
+        self.gates = ScenarioMLP(dim, MLPOptions(hidden=[], dropout=0.0), t * o.experts, s)  # T gates per scenario
+        self.towers = ScenarioMLP(o.mlp.hidden[-1], o.tower, 1, s * t)  # tower s * T + t: (scenario s, task t)
         self.scenario_balance = nn.Parameter(torch.full((s,), BALANCE_INIT))
         self.task_balance = nn.Parameter(torch.full((t,), BALANCE_INIT))
         self.scenario_fusion = nn.Parameter(torch.full((s, t), BALANCE_INIT))
@@ -96,8 +98,8 @@ class M3oE(nn.Module):
         e = self.embedding.flat(batch)
         s = batch.scenario
         x, d, q = self.shared(e), self.scenario_experts(e), self.task_experts(e)
-        rows = GroupedRows(s, self.num_scenarios, batch.scenario_counts)
-        gate = torch.softmax(self.gates(e, rows), -1)  # [B, T, E]: the row's scenario's gate of each task
+        gate = self.gates(e, ScenarioRouting.of(batch, self.num_scenarios)).view(-1, self.num_tasks, self.num_experts)
+        gate = torch.softmax(gate, -1)  # [B, T, E]: the row's scenario's gate of each task
         own = d.gather(1, s.view(-1, 1, 1).expand(-1, 1, d.shape[2])).squeeze(1)
         scenario_view = balance(own, d, torch.sigmoid(self.scenario_balance)[s].unsqueeze(1))
         task_view = balance(q, q, torch.sigmoid(self.task_balance).view(1, -1, 1))
@@ -111,5 +113,4 @@ class M3oE(nn.Module):
         fused = self.views(batch)["fused"]
         b, t = fused.shape[:2]
         tower = (batch.scenario.unsqueeze(1) * t + self.task_ids).flatten()  # (scenario, task) of each row's task
-        rows = GroupedRows(tower, self.num_scenarios * t)
-        return self.towers(fused.flatten(0, 1), rows).view(b, t)
+        return self.towers(fused.flatten(0, 1), ScenarioRouting(tower, self.num_scenarios * t)).view(b, t)
