@@ -1,7 +1,7 @@
 """A bank of independent MLPs that all run on every row, their weights stacked into one tensor per layer
 (M3oE's shared, scenario and task experts): one batched matmul per layer for the whole bank, no Python loop
-over its members, however many (`nn.moe.Experts` loops over its experts; `nn.grouped` runs each group's
-MLP on that group's rows only).
+over its members, however many (`nn.moe.Experts` loops over its experts; `nn.towers.ScenarioMLP` runs each
+scenario's MLP on that scenario's rows only).
 
     layer k:  h[b, n] <- act(h[b, n] @ W_k[n] + b_k[n])      W_k [N, in, out], every row b, every member n
 """
