@@ -101,7 +101,7 @@ def size_plot(grid: Grid, records: list[RunRecord], task: str, diffs: dict[str, 
     rows = np.array([block["scenarios"][n]["rows"] for n in names], dtype=float)
     runs = by_label(grid.labels, records)
     panels = 2 if diffs else 1
-    fig = Figure(figsize=(5.2 * panels + 1.6, 3.8))
+    fig = Figure(figsize=(5.2 * panels + 0.6, 3.8))
     axes = fig.subplots(1, panels, squeeze=False)[0]
     size = max(4.0, 40.0 / np.sqrt(max(1, len(names) / 10)))
     for i, (label, model_runs) in enumerate(runs.items()):
@@ -127,6 +127,6 @@ def size_plot(grid: Grid, records: list[RunRecord], task: str, diffs: dict[str, 
         ax.set_xscale("log")
         ax.set_xlabel("scenario test rows (log scale)")
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    axes[0].legend(fontsize=7, loc="best", frameon=False)  # every model (the right panel lacks the reference)
     fig.suptitle(f"{grid.title}: per-scenario results against scenario size", fontsize=10)
     return _png(fig)
