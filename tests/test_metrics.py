@@ -331,3 +331,21 @@ def test_paired_differences_of_all_columns_at_once_equal_each_columns_own(seed, 
         want = _one_column_difference(list(observed[:, c]), list(reps[:, :, c]), higher, k)
         for a, b in zip((d.delta, d.low, d.high, d.p_value, d.wins), want):
             assert same(float(a), float(b), 1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.lists(st.tuples(st.integers(0, 1), st.sampled_from([-3e38, -3.5, -1e-40, -0.0, 0.0, 1e-40, 2.0, 3e38]),
+                               st.integers(0, 3)), min_size=1, max_size=60), dtype=st.sampled_from(["float32", "float64"]))
+def test_segment_aucs_order_negative_signed_zero_and_extreme_scores_as_sklearn(data, dtype):
+    """Scores of 32 bits are sorted by their bits made order-preserving (negative floats, -0.0 tied with 0.0,
+    denormals, the largest floats); float64 scores by two stable sorts: both as scikit-learn on each group's rows."""
+    from msrec.train.metrics import segment_aucs
+
+    y = np.array([r[0] for r in data], dtype=np.float64)
+    p = np.array([r[1] for r in data], dtype=dtype)
+    g = np.array([r[2] for r in data])
+    keys, aucs, sizes = segment_aucs(torch.from_numpy(y), torch.from_numpy(p), torch.from_numpy(g))
+    assert keys.tolist() == sorted(set(g.tolist()))
+    for k, a, n in zip(keys.tolist(), aucs.tolist(), sizes.tolist()):
+        m = g == k
+        assert n == m.sum() and same(a, sk_auc(y[m], p[m].astype(np.float64)))
