@@ -54,7 +54,7 @@ def _stream_config(folder: Path, **train) -> dict:
                      "train": str(folder / "train"), "val": str(folder / "val.parquet"),
                      "test": str(folder / "test.parquet"), "streaming": True, "shuffle_buffer": 2_500},
             "model": {"name": "dnn", "embed_dim": 8, "hidden": [32]},
-            "train": {"epochs": 2, "batch_size": 250, "progress": False, "seed": 5, **train}}
+            "train": {"epochs": 3, "batch_size": 250, "progress": False, "seed": 5, **train}}
 
 
 def _strip_timings(metrics: dict) -> dict:
@@ -157,14 +157,14 @@ def _interrupt_and_resume(config: Path, out: Path, nproc: int = 1) -> None:
     rng = random.Random(os.getpid())
     # 1. during a checkpoint write: the temp folder is there, not yet renamed
     proc = _launch(config, out, 0.5, nproc)
-    assert _wait(proc, lambda: _steps(out) and any(folder.glob(".*.tmp")))
+    assert _wait(proc, lambda: _steps(out) and any(folder.glob(".*.tmp"))), proc.communicate()[1].decode()[-3000:]
     _kill(proc)
     assert any(folder.glob(".*.tmp")), "the kill should have landed inside a write"
     _complete(out, nproc)
     before = _steps(out)
     # 2. during validation: right after the epoch's last step was checkpointed
     proc = _launch(config, out, 0.02, nproc)
-    assert _wait(proc, lambda: _steps(out) and max(_steps(out)) >= STEPS)
+    assert _wait(proc, lambda: _steps(out) and max(_steps(out)) >= STEPS), proc.communicate()[1].decode()[-3000:]
     _kill(proc, rank=rng.randrange(nproc) if nproc > 1 else None)
     assert max(_steps(out)) >= max(before)
     assert not (out / "metrics.json").exists()
@@ -172,7 +172,7 @@ def _interrupt_and_resume(config: Path, out: Path, nproc: int = 1) -> None:
     # 3. mid-epoch, at a random moment after a new checkpoint
     proc = _launch(config, out, 0.02, nproc)
     done = max(_steps(out))
-    assert _wait(proc, lambda: _steps(out) and max(_steps(out)) > done)
+    assert _wait(proc, lambda: _steps(out) and max(_steps(out)) > done), proc.communicate()[1].decode()[-3000:]
     time.sleep(rng.uniform(0, 0.05))
     _kill(proc, rank=rng.randrange(nproc) if nproc > 1 else None)
     assert 0 < len(checkpoint_files(out)) <= 2  # pruned to `keep`
@@ -205,7 +205,7 @@ def test_sigkilled_streaming_run_resumes(tmp_path):
 
 def test_sigkilled_two_rank_run_resumes(synthetic_config, tmp_path):
     """torchrun with 2 ranks (gloo): each kill takes the whole job, or one rank (torchrun then stops the other)."""
-    cfg = _config(synthetic_config, epochs=2)
+    cfg = _config(synthetic_config)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     ref = subprocess.Popen([sys.executable, "-m", "msrec", "train", str(config), "--out", str(tmp_path / "ref"),

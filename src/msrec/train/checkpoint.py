@@ -167,6 +167,14 @@ def _int_keys(optimizer_state: dict[str, Any]) -> dict[str, Any]:
     return {k: _int_keys(v) if isinstance(v, dict) else v for k, v in optimizer_state.items()}
 
 
+def _remove(path: Path) -> None:
+    """Delete a checkpoint (or the folder of them): renamed out of sight first, so that a kill while its files are
+    deleted leaves no listed, half-deleted checkpoint (only a `.tmp` folder, deleted at the next start)."""
+    hidden = path.with_name(f".{path.name.lstrip('.')}.{os.getpid()}.tmp")
+    os.replace(path, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -200,8 +208,8 @@ class Checkpointer:
         return sorted(p for p in self.folder.iterdir() if p.name.endswith(SUFFIX) and not p.name.startswith("."))
 
     def clear(self) -> None:
-        if self.session.writes_run:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        if self.session.writes_run and self.folder.is_dir():
+            _remove(self.folder)
 
     def _remove_temporaries(self) -> None:
         """Left by a write that was killed (rank 0, when no rank is writing)."""
@@ -239,7 +247,7 @@ class Checkpointer:
             os.replace(tmp, final)
             _fsync_dir(self.folder)
             for p in self.files()[:-self.cfg.keep]:  # pruned once the new one is in place
-                shutil.rmtree(p, ignore_errors=True)
+                _remove(p)
         self.last_write = time.monotonic()
         self.seconds.append(time.perf_counter() - t0)
         return final
