@@ -3,7 +3,8 @@
 For every registered model, in one process:
 - trainer: `Trainer.fit` for one epoch (shuffled batches gathered from the table, loss, progress bar,
   validation excluded from the timing: samples/s comes from the trainer's own step timing);
-- bare: the same model architecture and optimizer stepping over pre-built, pre-batched tensors, nothing else;
+- bare: the same model architecture and optimizer (`build_optimizer` of the same config: row-sparse tables with
+  the default `train.embedding_optimizer`) stepping over pre-built, pre-batched tensors, nothing else;
 - the same for scoring: `Trainer.predict` vs a bare `no_grad` forward over pre-sliced batches.
 Each figure is the median of `--repeats` runs; a ratio trainer/bare is the median over repeats of the
 ratio of that repeat's paired runs (trainer and bare alternate which runs first).
@@ -22,11 +23,12 @@ import torch
 from msrec.api import prepare_data
 from msrec.config import Config
 from msrec.models import build_model, list_models
+from msrec.train.optim import build_optimizer
 from msrec.train.trainer import Trainer
 
 
-def bare_train(model, batches, lr: float) -> float:
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+def bare_train(model, batches, train_cfg) -> float:
+    opt = build_optimizer(model, train_cfg)
     model.train()
     t0 = time.perf_counter()
     n = 0
@@ -80,7 +82,7 @@ def main() -> None:
                 torch.manual_seed(r)
                 model = build_model(name, spec, {})
                 if kind == "bare":
-                    figures["bare_train"].append(bare_train(model, pre_batched, cfg.train.lr))
+                    figures["bare_train"].append(bare_train(model, pre_batched, cfg.train))
                     figures["bare_score"].append(bare_score(model, score_batches))
                     continue
                 trainer = Trainer(model, cfg.train.model_copy(update={"progress": False}), spec.scenarios, spec.tasks)

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from msrec.models import list_models
-
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -21,10 +19,11 @@ def _run(script: str, *args: str) -> str:
 
 
 def test_throughput_prints_a_row_of_ratios_per_model():
-    out = _run("throughput.py", "--rows", "3000", "--batch-size", "512", "--repeats", "2")
-    for entry in list_models():
-        row = rf"^{entry.name}\s+[\d,]+\s+[\d,]+\s+\d+\.\d\d\s+[\d,]+\s+[\d,]+\s+\d+\.\d\d$"
-        assert re.search(row, out, re.MULTILINE), f"{entry.name} missing:\n{out}"
+    models = ["dnn", "star", "split_merge"]  # (the whole zoo: minutes; the script runs every model by default)
+    out = _run("throughput.py", "--rows", "3000", "--batch-size", "512", "--repeats", "2", "--models", *models)
+    for name in models:
+        row = rf"^{name}\s+[\d,]+\s+[\d,]+\s+\d+\.\d\d\s+[\d,]+\s+[\d,]+\s+\d+\.\d\d$"
+        assert re.search(row, out, re.MULTILINE), f"{name} missing:\n{out}"
 
 
 def test_ingest_prints_rows_per_second_for_both_formats():
