@@ -146,6 +146,18 @@ def train_once(path: Path, ids: int, checkpoint: dict, out: Path) -> dict:
             "write_s": statistics.mean(seconds) if seconds else None}
 
 
+def due_cost(calls: int = 200_000) -> float:
+    """Seconds per call of the check the default period makes after every step (one clock read)."""
+    from msrec.config import CheckpointConfig
+    from msrec.train.checkpoint import Checkpointer
+
+    checkpoints = Checkpointer("/nonexistent", CheckpointConfig(), {})
+    t0 = time.perf_counter()
+    for step in range(calls):
+        checkpoints.due(step)
+    return (time.perf_counter() - t0) / calls
+
+
 def child(*args: str) -> dict:
     proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
     if proc.returncode:
@@ -186,6 +198,7 @@ def main() -> None:
                   f"{m['torch_save_s']:>12.2f} {m['ratio']:>6.2f} {m['restore_s']:>9.2f}   saves "
                   + ", ".join(f"{s:.2f}" for s in m["saves_s"]), flush=True)
     if args.part in ("throughput", "both"):
+        print(f"the default's cost per training step (Checkpointer.due, not due): {due_cost() * 1e6:.2f} us")
         data_file(args.ids, args.rows, args.out)
         settings = {**SETTINGS, "short": {"every_steps": args.every, "every_minutes": None}}
         rounds = [{name: child("--_train", json.dumps([name, checkpoint]), "--ids", str(args.ids), "--rows",
