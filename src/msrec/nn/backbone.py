@@ -26,6 +26,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
+from msrec.nn.grow import grow_rows
+
 ONLY = {"layers": "dcn_v2", "rank": "dcn_v2", "per_scenario": "fm"}
 
 
@@ -100,6 +102,10 @@ class PairInteraction(nn.Module):
         if per_scenario:
             self.shared = nn.Parameter(torch.eye(dim))
             self.specific = nn.Parameter(torch.zeros(num_scenarios, dim, dim))
+
+    def grow_scenarios(self, source: Tensor) -> None:
+        if self.per_scenario:
+            grow_rows(self, source, "specific")
 
     def forward(self, fields: Tensor, scenario: Tensor) -> Tensor:
         if not self.per_scenario:

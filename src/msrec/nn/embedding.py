@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from msrec.data.table import Batch
 from msrec.nn.backbone import BackboneOptions, build_backbone
+from msrec.nn.grow import field_sizes, grow_table
 from msrec.schema import FeatureSpec
 
 
@@ -48,6 +49,15 @@ class FeatureEmbedding(nn.Module):
         self.backbone = build_backbone(backbone, num_input, dim, self.dense_dim, spec.num_scenarios)
         if self.backbone is not None:
             self.flat_dim = self.backbone.out_dim
+
+    def grow_vocab(self, sizes: list[int], source: list[Tensor]) -> None:
+        """Grows each field's rows to `sizes` (sparse fields, then lists), new ids copying the field's rows
+        `source[f]`; old ids keep their vectors, the later fields' offsets move (msrec.nn.grow)."""
+        old = field_sizes(self.offsets, self.table.weight.shape[0])
+        grown = grow_table(self.table.weight, old, sizes, source)
+        self.table.weight = nn.Parameter(grown, requires_grad=self.table.weight.requires_grad)
+        self.table.num_embeddings = grown.shape[0]
+        self.offsets = table_offsets(sizes).to(self.offsets.device)
 
     @property
     def num_fields(self) -> int:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from msrec.nn.embedding import table_offsets
+from msrec.nn.grow import field_sizes, grow_table
 from msrec.nn.mlp import MLP, MLPOptions
 from msrec.schema import FeatureSpec
 
@@ -71,6 +72,14 @@ class SubsetEmbedding(nn.Module):
         self.table = nn.Embedding(max(1, sum(sizes)), dim)
         nn.init.normal_(self.table.weight, std=init_std)
         self.out_dim = len(self.fields) * dim
+
+    def grow_vocab(self, sizes: list[int], source: list[Tensor]) -> None:
+        """As `FeatureEmbedding.grow_vocab`, `sizes` / `source` given for every sparse field of the spec."""
+        old = field_sizes(self.offsets, self.table.weight.shape[0])
+        grown = grow_table(self.table.weight, old, [sizes[f] for f in self.fields], [source[f] for f in self.fields])
+        self.table.weight = nn.Parameter(grown, requires_grad=self.table.weight.requires_grad)
+        self.table.num_embeddings = grown.shape[0]
+        self.offsets = table_offsets([sizes[f] for f in self.fields]).to(self.offsets.device)
 
     def forward(self, sparse: Tensor) -> Tensor:
         return self.table(sparse[:, self.fields].long() + self.offsets).flatten(1)

@@ -33,6 +33,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from msrec.nn.grow import grow_rows
+
 MIN_ROWS = 16  # a scenario with fewer rows in a training batch is normalised with its running statistics
 
 
@@ -50,6 +52,12 @@ class PartitionedNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(num_scenarios, dim))
         # Updates so far of each scenario's running mean (row 0) and variance (row 1).
         self.register_buffer("updates", torch.zeros(2, num_scenarios), persistent=False)
+
+    def grow_scenarios(self, source: Tensor) -> None:
+        """New scenarios start with their source scenarios' scales and running statistics (msrec.nn.grow)."""
+        grow_rows(self, source, "gamma_s", "beta_s", "running_mean", "running_var")
+        self.updates = self.updates.new_zeros(2, self.gamma_s.shape[0])
+        self.num_scenarios = self.gamma_s.shape[0]
 
     def batch_stats(self, x: Tensor, scenario: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-scenario mean and biased variance `[S, D]` of the batch, and the row count per scenario."""

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from msrec.nn.grow import grow_rows
 from msrec.nn.mlp import ACTIVATIONS, MLPOptions
 from msrec.nn.routing import ScenarioRouting, tile_linear
 
@@ -32,6 +33,10 @@ class StarLinear(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
         self.weight_s = nn.Parameter(torch.ones(num_scenarios, out_dim, in_dim))
         self.bias_s = nn.Parameter(torch.zeros(num_scenarios, out_dim))
+
+    def grow_scenarios(self, source: Tensor) -> None:
+        """New scenarios' `W_s`, `b_s` copied from their source scenarios' (msrec.nn.grow)."""
+        grow_rows(self, source, "weight_s", "bias_s")
 
     def forward(self, x: Tensor, s: int) -> Tensor:
         """The layer of scenario `s` on rows that all belong to `s`."""

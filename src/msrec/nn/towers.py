@@ -20,6 +20,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
+from msrec.nn.grow import grow_rows
 from msrec.nn.mlp import ACTIVATIONS, MLP, MLPOptions
 from msrec.nn.routing import ScenarioRouting
 
@@ -44,6 +45,9 @@ class ScenarioBatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_scenarios, dim))
         self.register_buffer("running_mean", torch.zeros(num_scenarios, dim))
         self.register_buffer("running_var", torch.ones(num_scenarios, dim))
+
+    def grow_scenarios(self, source: Tensor) -> None:
+        grow_rows(self, source, "weight", "bias", "running_mean", "running_var")
 
     def forward(self, h: Tensor, routing: ScenarioRouting) -> Tensor:
         mean, var = self.running_mean, self.running_var
@@ -88,6 +92,13 @@ class ScenarioMLP(nn.Module):
         self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
         self.num_hidden = hidden
         self.out_dim = dims[-1]
+
+    def grow_scenarios(self, source: Tensor) -> None:
+        """New scenarios' MLPs copied from their source scenarios' (the norms grow themselves; msrec.nn.grow)."""
+        layers = range(len(self.weight))
+        grow_rows(self, source, *(f"weight.{l}" for l in layers), *(f"bias.{l}" for l in layers),
+                  *(f"prelu.{l}" for l in range(len(self.prelu or []))))
+        self.num_scenarios += len(source)
 
     def activate(self, h: Tensor, l: int, slope: Callable[[Tensor], Tensor]) -> Tensor:
         if self.prelu is None:
@@ -181,6 +192,10 @@ class ScenarioLinear(nn.Module):
         super().__init__()
         self.weight, self.bias = linear_init(num_scenarios, out_dim, in_dim)
         self.num_scenarios, self.legacy = num_scenarios, legacy
+
+    def grow_scenarios(self, source: Tensor) -> None:
+        grow_rows(self, source, "weight", "bias")
+        self.num_scenarios += len(source)
 
     def forward(self, x: Tensor, routing: ScenarioRouting) -> Tensor:
         return routing.unpack(routing.linear(routing.pack(x), self.weight, self.bias))
