@@ -1,5 +1,5 @@
-"""Mixture-of-experts parts (MMoE, PLE): a bank of expert MLPs, softmax gates over experts, and a helper to
-run per-scenario code on several row-aligned tensors at once.
+"""Mixture-of-experts parts (MMoE, PLE): a bank of expert MLPs and softmax gates over experts (the
+per-scenario gates are stacked, nn.towers.ScenarioLinear).
 
     X      = [expert_1(x); ...; expert_E(x)]          [B, E, d]
     w(x)   = softmax(W x + b)                         [B, E], one weight per expert, summing to 1
@@ -8,14 +8,10 @@ run per-scenario code on several row-aligned tensors at once.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
 from msrec.nn.mlp import MLP, MLPOptions
-from msrec.nn.routing import ScenarioRouting
 
 
 class Experts(nn.Module):
@@ -45,20 +41,3 @@ class ExpertGate(nn.Module):
 def mix(weights: Tensor, experts: Tensor) -> Tensor:
     """`[B, E] x [B, E, d] -> [B, d]`: each row's weighted sum of its own expert outputs."""
     return (weights.unsqueeze(-1) * experts).sum(1)
-
-
-def route_many(routing: ScenarioRouting, fn: Callable[..., Tensor], *xs: Tensor) -> Tensor:
-    """`fn(s, *rows_of_s)` for each scenario present, merged back in row order, where the inputs are several
-    row-aligned tensors of any shape (e.g. the gate input `[B, D]` and the expert outputs `[B, E, d]`).
-
-    The tensors are packed side by side into one `[B, sum]` matrix for `ScenarioRouting.apply` (one split,
-    one merge) and unpacked to their own shapes inside; `fn` must return a 2-D tensor.
-    """
-    shapes = [x.shape[1:] for x in xs]
-    widths = [math.prod(shape) for shape in shapes]
-
-    def unpacked(s: int, rows: Tensor) -> Tensor:
-        parts = rows.split(widths, 1)
-        return fn(s, *(p.reshape(-1, *shape) for p, shape in zip(parts, shapes, strict=True)))
-
-    return routing.apply(unpacked, torch.cat([x.flatten(1) for x in xs], 1))

@@ -20,14 +20,11 @@ One scenario in the batch: a single tile of the whole batch, no copy.
 A scenario's parameters see, and get gradient from, its own rows only (padding rows are dropped before the
 loss). Export (TorchScript / ONNX tracing): the tiling depends on the data and would be baked into the
 graph, so there every row is its own tile (`C = 1`): the same results, for any batch.
-
-`split` / `merge` / `apply` (a Python function per scenario on its own slice) remain for code that has not
-moved to stacked parameters; they loop over the scenarios present.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -150,33 +147,3 @@ class ScenarioRouting:
     def linear(self, tiles: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """`tiles [N, C, ..., in] @ weight[s]^T + bias[s]` per tile, with `weight [S, out, in]`, `bias [S, out]`."""
         return tile_linear(tiles, self.gather(weight), None if bias is None else self.gather(bias))
-
-    # ---- the per-scenario loop API (code that has not moved to stacked parameters) ----
-
-    def split(self, x: Tensor) -> tuple[Tensor, ...]:
-        """Rows of `x` grouped by scenario: element s holds scenario s's rows (possibly none)."""
-        if self.traced:
-            return tuple(x.index_select(0, (self.scenario == s).nonzero().squeeze(1))
-                         for s in range(self.num_scenarios))
-        return x.index_select(0, self.order).split(self.counts)
-
-    def merge(self, parts: Sequence[Tensor]) -> Tensor:
-        """Inverse of `split`: per-scenario outputs back in the batch's row order."""
-        grouped = torch.cat(list(parts), 0)
-        if self.traced:
-            order = torch.cat([(self.scenario == s).nonzero().squeeze(1) for s in range(self.num_scenarios)])
-            return torch.zeros_like(grouped).index_copy(0, order, grouped)
-        out = torch.empty_like(grouped)
-        out[self.order] = grouped
-        return out
-
-    def apply(self, fn: Callable[[int, Tensor], Tensor], x: Tensor) -> Tensor:
-        """`fn(s, rows_of_s)` for each scenario present in the batch, merged back in row order."""
-        parts = self.split(x)
-        if self.traced:
-            return self.merge([fn(s, rows) for s, rows in enumerate(parts)])
-        present = [s for s, n in enumerate(self.counts) if n > 0]
-        outs = {s: fn(s, parts[s]) for s in present}
-        template = next(iter(outs.values()))
-        return self.merge([outs[s] if s in outs else template.new_zeros(0, *template.shape[1:])
-                           for s in range(self.num_scenarios)])
