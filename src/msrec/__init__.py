@@ -17,11 +17,11 @@ _LAZY = {  # public name -> "module:attribute"
     "Config": "msrec.config:Config", "load_config": "msrec.config:load_config",
     "MsrecError": "msrec.errors:MsrecError",
     "evaluate": "msrec.api:evaluate", "load_run": "msrec.runs:load_run", "predict": "msrec.api:predict",
-    "prepare_data": "msrec.api:prepare_data", "train": "msrec.api:train",
+    "prepare_data": "msrec.api:prepare_data", "train": "msrec.api:train", "extend": "msrec.extend:extend",
     "benchmark": "msrec.bench.runner:run_benchmark", "InputEncoder": "msrec.serve.inputs:InputEncoder",
 }
 
-__all__ = ["Config", "InputEncoder", "MsrecError", "benchmark", "evaluate", "load_config", "load_run", "predict", "prepare_data",
+__all__ = ["Config", "InputEncoder", "MsrecError", "benchmark", "evaluate", "extend", "load_config", "load_run", "predict", "prepare_data",
            "train"]
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from msrec.bench.runner import run_benchmark as benchmark
     from msrec.config import Config, load_config
     from msrec.errors import MsrecError
+    from msrec.extend import extend
     from msrec.runs import load_run
     from msrec.serve.inputs import InputEncoder
 

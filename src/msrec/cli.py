@@ -81,6 +81,24 @@ def predict(run_dir: Path, input_path: Path, output_path: Path,
 
 
 @app.command()
+def extend(run_dir: Path, data: Annotated[Path, typer.Option(help="CSV/Parquet rows of the new scenarios")],
+           out_dir: Annotated[Path, typer.Option("--out", help="Run directory to write (RUN is never modified)")],
+           set_: Annotated[list[str] | None, typer.Option("--set", help="train.* for the extension, or extend.all=true "
+                                                          "/ extend.scratch=false / extend.replicates=N")] = None):
+    """Add the scenarios of DATA unseen in RUN_DIR's training (docs/scenarios.md, "Onboarding a new scenario")."""
+    from msrec.extend import extend as run_extend
+
+    metrics = run_extend(run_dir, data, out_dir, set_ or [])
+    for task, block in metrics["extend"]["comparison"].items():
+        for name, entry in block.items():
+            diffs = "; ".join(f"{k}: {v['delta']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]"
+                              for k, v in entry.items() if k.startswith("vs_"))
+            aucs = ", ".join(f"{k[:-4]} {v:.4f}" for k, v in entry.items() if k.endswith("_auc"))
+            out.print(f"{task} {name}: AUC {aucs}; extend minus {diffs}", highlight=False)
+    out.print(f"run written to {out_dir}")
+
+
+@app.command()
 def export(run_dir: Path, out_file: Annotated[Path, typer.Option("--out", help="File to write: .pt (TorchScript) "
                                                                   "or .onnx (ONNX)")],
            fmt: Annotated[str | None, typer.Option("--format", help="torchscript or onnx (default: from the --out "

@@ -52,7 +52,7 @@ from msrec.data.checks import (
     split_lists,
     user_groups,
 )
-from msrec.data.scenarios import Scenario, ScenarioColumn, ScenarioCounter, scenario_from_dict
+from msrec.data.scenarios import Scenario, ScenarioColumn, ScenarioCounter, grown, scenario_from_dict, unseen
 from msrec.data.table import TensorTable
 from msrec.data.vocab import Moments, ValueCounts, hashed, lookup
 from msrec.errors import MsrecError
@@ -236,6 +236,19 @@ class Encoder:
         out = np.zeros((len(lengths), info.max_len), dtype=np.int64)
         out[rows[keep], pos[keep]] = idx[keep]
         return torch.from_numpy(out)
+
+    def grown(self, table: pa.Table, source: str = "data") -> Encoder:
+        """A copy that also knows `table`'s scenarios unseen in training and the unseen values of the
+        scenario-indicator features, appended: every old id is unchanged (msrec extend)."""
+        enc = Encoder.from_dict(self.to_dict(), source)
+        enc.scenario = grown(self.scenario, table, self.schema, source)
+        for name in self.schema.scenario_features:
+            info = self.sparse[name]
+            if not info.buckets:  # a hashed column has no vocabulary to grow
+                col = as_kind(ids(column(table, name, source), name, source, self.missing_ids), info.kind, name, source)
+                new = unseen(col, info.value_set, keep_null=self.missing_ids == "category")
+                enc.sparse[name] = SparseColumn(info.kind, info.vocab + new)
+        return enc
 
     # -------------------------------------------------------------- models
     def spec(self) -> FeatureSpec:

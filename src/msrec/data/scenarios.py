@@ -234,3 +234,35 @@ class ScenarioCounter:
             combinations.add(ids if rows >= self.min_rows else (ids[0],) + (0,) * (len(ids) - 1))
         levels = [ScenarioLevel(c, k, v) for c, k, v in zip(self.columns, kinds, values)]
         return ScenarioHierarchy(levels, [list(c) for c in sorted(combinations)], self.min_rows)
+
+
+def unseen(values: pa.ChunkedArray | pa.Array, value_set: pa.Array, keep_null: bool = False) -> list:
+    """The distinct values not in `value_set`, sorted (null last, and only with `keep_null`)."""
+    distinct = pc.unique(values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values)
+    new = distinct.filter(pa.array(lookup(distinct, value_set) == 0))
+    new = new.filter(pc.invert(pc.is_null(new))) if not keep_null else new
+    return pc.take(new, pc.sort_indices(new)).to_pylist()
+
+
+def grown(scenario: Scenario, table: pa.Table, schema: Schema, source: str) -> Scenario:
+    """`scenario` that also knows the values (combinations) of `table` unseen in training, their ids appended
+    so that every old id stays (msrec extend). A new combination rarer than `min_rows` falls back to its
+    parent level, which gets an id of its own where it has none."""
+    def values(name: str, kind: Kind) -> pa.ChunkedArray:
+        col = column(table, name, source)
+        check_no_missing(col, name, source, "scenario")
+        return as_kind(col, kind, name, source)
+
+    if isinstance(scenario, ScenarioColumn):
+        new = unseen(values(schema.scenario, scenario.kind), scenario.value_set)
+        return ScenarioColumn(scenario.kind, scenario.values + new, scenario.names + [str(v) for v in new])
+    levels = [ScenarioLevel(lv.column, lv.kind, lv.values + unseen(values(lv.column, lv.kind), lv.value_set))
+              for lv in scenario.levels_]
+    out = ScenarioHierarchy(levels, [list(c) for c in scenario.combinations], scenario.min_rows)
+    level_ids = np.stack([lookup(values(lv.column, lv.kind), lv.value_set) for lv in levels], 1)
+    keys, rows = np.unique(level_ids @ out._radix, return_counts=True)
+    combos = keys[:, None] // out._radix % np.array([len(lv.values) + 1 for lv in levels])
+    combos[rows < scenario.min_rows, 1:] = 0  # too rare: the parent level
+    known = {tuple(c) for c in out.combinations}
+    new = sorted({tuple(int(i) for i in c) for c in combos} - known)
+    return ScenarioHierarchy(levels, out.combinations + [list(c) for c in new], scenario.min_rows)

@@ -1,0 +1,281 @@
+"""`msrec extend RUN --data NEW.csv --out RUN2`: a trained run learns scenarios it has never seen, without a
+full retrain and without changing how it scores the old ones (docs/scenarios.md, "Onboarding a new scenario").
+
+1. The encoder grows (`Encoder.grown`): new scenarios and new values of the scenario-indicator features get
+   ids appended after the old ones, so every old row encodes as before.
+2. The model grows (msrec.nn.grow): every part with per-scenario stacked tensors appends rows for the new
+   scenarios copied from a source scenario (the parent level's in a hierarchy, else the old scenario whose
+   parameters score the new rows best); new indicator ids copy their field's unknown row. The grown,
+   untrained model is therefore exactly the old model scoring the new rows as unknown, routed to the source.
+3. Only the new rows train (gradient hooks on the grown tensors, everything else frozen); afterwards every
+   old value is put back bit for bit (frozen batch norms' running statistics move in training mode).
+   `--set extend.all=true` trains everything.
+4. metrics.json's `extend` block compares the new scenarios against the old model scoring them as unknown
+   (the grown model before training) and a model trained from scratch on the old training rows plus the new
+   ones, with paired bootstrap intervals (msrec.report.stats).
+
+RUN is only read; RUN2 is written atomically as any run (msrec.runs.write_run).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from rich.console import Console
+
+from msrec.api import as_config
+from msrec.config import Config
+from msrec.data.checks import check_table
+from msrec.data.encode import Encoder
+from msrec.data.io import read_table
+from msrec.data.prepare import EncodedData, _encoder, load_splits, split_rows
+from msrec.data.table import TensorTable
+from msrec.errors import MsrecError
+from msrec.models.registry import build_model
+from msrec.nn.grow import field_sizes
+from msrec.report.stats import paired_differences, replicate_metrics
+from msrec.runs import Run, check_run_dir_free, load_run, write_run
+from msrec.train.predict import Scorer
+from msrec.train.trainer import Trainer
+
+OPTIONS = {"extend.all": False, "extend.scratch": True, "extend.replicates": 1000}
+SIMILARITY_ROWS = 4096  # new rows scored under each old scenario to pick the most similar one
+
+
+def _options(overrides: list[str]) -> tuple[dict, list[str]]:
+    """`extend.*` items (this command's own) and the rest (`train.*` etc., applied to the run's config)."""
+    opts, rest = {k.split(".", 1)[1]: v for k, v in OPTIONS.items()}, []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.startswith("model."):
+            raise MsrecError(f"--set {item}: extend keeps the run's model; only train.* and extend.* can be set")
+        if not key.startswith("extend."):
+            rest.append(item)
+        elif key not in OPTIONS:
+            raise MsrecError(f"--set {item}: unknown extend key (known: {', '.join(OPTIONS)})")
+        else:
+            default = OPTIONS[key]
+            try:
+                opts[key.split(".", 1)[1]] = (value.lower() in ("1", "true", "yes") if isinstance(default, bool)
+                                              else type(default)(value))
+            except ValueError:
+                raise MsrecError(f"--set {item}: expected a {type(default).__name__}") from None
+    return opts, rest
+
+
+def _read_new(path: str | Path, run: Run, cfg: Config) -> dict[str, pa.Table]:
+    """NEW's rows, checked against the run's schema, in the run's seeded train / val / test split."""
+    schema = run.encoder.schema
+    table = read_table(path, string_columns=schema.text_columns())
+    check_table(table, schema, str(path), missing_ids=run.encoder.missing_ids)
+    seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
+    parts = split_rows(table.num_rows, cfg.data.split, seed)
+    splits = {name: table.take(pa.array(rows)) for name, rows in zip(("train", "val", "test"), parts) if len(rows)}
+    if "train" not in splits or "val" not in splits:
+        raise MsrecError(f"{path}: too few rows to hold a training and a validation split")
+    return {"all": table, **splits}
+
+
+def _sources(run: Run, grown: Encoder, train: TensorTable, old_s: int) -> list[int]:
+    """The old scenario each new one starts from: its parent level's where the scenario is hierarchical and the
+    parent has an id of its own, else the old scenario whose parameters give the new rows the lowest log loss
+    (the old model, indicators unknown, every row routed to that scenario)."""
+    levels = grown.spec().levels
+    ids = [tuple(c) for c in levels.ids] if levels else []
+    old = {c: s for s, c in enumerate(ids[:old_s])}
+    scorer = Scorer(run.model, run.encoder.scenario_names, list(grown.schema.labels), run.config.train.eval_batch_size)
+    unknown = _as_unknown(train, run.encoder)
+    out = []
+    for s in range(old_s, len(grown.scenario_names)):
+        parent = old.get((ids[s][0], *[0] * (len(ids[s]) - 1))) if ids else None
+        if parent is not None:
+            out.append(parent)
+            continue
+        rows = (train.scenario == s).nonzero().squeeze(1)[:SIMILARITY_ROWS]
+        if not len(rows):
+            raise MsrecError(f"scenario {grown.scenario_names[s]}: no training rows in the new data to learn from")
+        part = unknown.subset(rows)
+        y = part.labels.double()
+        losses = []
+        for candidate in range(old_s):  # one scoring pass per old scenario, on a few thousand rows
+            part.scenario = torch.full_like(part.scenario, candidate)
+            p = scorer.predict(part).double().clamp(1e-7, 1 - 1e-7)
+            losses.append(float(-(y * p.log() + (1 - y) * (1 - p).log()).mean()))
+        out.append(int(np.argmin(losses)))
+    return out
+
+
+def _as_unknown(table: TensorTable, old: Encoder) -> TensorTable:
+    """Rows encoded by the grown encoder as the old encoder sees them: new indicator ids unknown (0)."""
+    part = table.subset(torch.arange(len(table)))
+    for f, name in zip(old.spec().scenario_fields, old.schema.scenario_features, strict=True):
+        column = part.sparse[:, f]
+        column[column >= old.sparse[name].size] = 0
+    return part
+
+
+def grow_model(run: Run, grown: Encoder, source: list[int]) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The run's model with rows for the new scenarios and indicator ids, built for the grown encoder, and a
+    mask of the new entries of every grown tensor (state-dict name -> bool mask broadcastable to it)."""
+    model, name, spec = run.model, run.config.model.name, grown.spec()
+    before = {k: v.shape for k, v in model.state_dict().items()}
+    sizes = [*spec.sparse_vocab, *spec.list_vocab]
+    index = torch.tensor(source, dtype=torch.long)
+    tables = {}
+    for prefix, part in model.named_modules():
+        if hasattr(part, "grow_scenarios"):
+            part.grow_scenarios(index)
+        if hasattr(part, "grow_vocab"):  # new ids start as their field's unknown row 0
+            old = field_sizes(part.offsets, part.table.weight.shape[0])
+            part.grow_vocab(sizes, [torch.zeros(size, dtype=torch.long) for size in sizes])
+            new = field_sizes(part.offsets, part.table.weight.shape[0])
+            mask = torch.cat([torch.arange(b) >= a for a, b in zip(old, new, strict=True)]
+                             + [torch.zeros(part.table.weight.shape[0] - sum(new), dtype=torch.bool)])
+            tables[f"{prefix}.table.weight".lstrip(".")] = mask.unsqueeze(1)
+    state = model.state_dict()
+    fresh = build_model(name, spec, run.config.model.options())
+    for key, tensor in fresh.state_dict().items():
+        if key not in state or state[key].shape != tensor.shape:
+            raise MsrecError(f"model {name}: `{key}` cannot grow by new scenarios (shape "
+                             f"{tuple(state[key].shape) if key in state else None}, the grown model needs "
+                             f"{tuple(tensor.shape)}); msrec extend supports models whose per-scenario parts "
+                             "define grow_scenarios (docs/scenarios.md)")
+    fresh.load_state_dict(state, strict=True)
+    masks = dict(tables)
+    for key, shape in before.items():
+        if key not in masks and state[key].shape != shape:
+            mask = torch.zeros(state[key].shape[0], dtype=torch.bool)
+            mask[shape[0]:] = True
+            masks[key] = mask.view(-1, *[1] * (len(shape) - 1))
+    return fresh, masks
+
+
+def _freeze(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Only the masked (new) entries get a gradient: other parameters are frozen, grown ones hooked."""
+    for key, param in model.named_parameters():
+        if key not in masks:
+            param.requires_grad_(False)
+            continue
+        keep = masks[key].to(param.device)
+
+        def hook(grad: torch.Tensor, keep: torch.Tensor = keep) -> torch.Tensor:
+            if grad.is_sparse:  # a row-sparse table's gradient: drop the old rows
+                g = grad.coalesce()
+                rows = keep.flatten()[g.indices()[0]]
+                return torch.sparse_coo_tensor(g.indices()[:, rows], g.values()[rows], g.shape, is_coalesced=True)
+            return grad * keep
+
+        param.register_hook(hook)
+
+
+@torch.no_grad()
+def _restore(model: torch.nn.Module, before: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:
+    """Every entry that is not new back to its value before training (bit for bit)."""
+    for key, tensor in model.state_dict().items():
+        keep = masks.get(key)
+        old = before[key].to(tensor.device)
+        tensor.copy_(old if keep is None else torch.where(keep.to(tensor.device), tensor, old))
+
+
+def _scratch(run: Run, cfg: Config, new: dict[str, pa.Table], test: pa.Table, console: Console | None) -> np.ndarray:
+    """Baseline (b): the run's model trained from scratch on its own training rows plus NEW's, scored on NEW's
+    test rows. Its encoder is fitted on the combined training rows, as `msrec train` would."""
+    old = load_splits(run.config.data, run.config.train.seed)
+
+    def joined(split: str) -> pa.Table:
+        base = old.tables[split]
+        try:
+            extra = new[split].select(base.column_names).cast(base.schema)
+        except (pa.ArrowInvalid, KeyError, ValueError) as err:
+            raise MsrecError(f"NEW data's columns do not match the run's training data ({err})") from None
+        return pa.concat_tables([base, extra])
+
+    encoder = _encoder(run.config.data, old.schema).fit(joined("train"), "old + new training rows")
+    data = EncodedData(encoder, encoder.transform(joined("train")), encoder.transform(joined("val")))
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model.name, encoder.spec(), cfg.model.options())
+    trainer = Trainer(model, cfg.train, encoder.scenario_names, list(encoder.schema.labels), console)
+    trainer.fit(data.train, data.val)
+    return trainer.scorer.predict(encoder.transform(test, "new test rows")).numpy()
+
+
+def _compare(table: TensorTable, new_ids: list[int], names: list[str], tasks: list[str],
+             scores: dict[str, np.ndarray], replicates: int, seed: int) -> dict:
+    """Per task and new scenario (and all new rows): each model's AUC and extend minus each baseline with its
+    paired bootstrap interval (the same resampled rows for every model)."""
+    rows = torch.isin(table.scenario, torch.tensor(new_ids)).numpy()
+    local = np.searchsorted(np.array(new_ids), table.scenario.numpy()[rows])
+    columns = [names[s] for s in new_ids]
+    out = {}
+    for j, task in enumerate(tasks):
+        y = table.labels[:, j].numpy()[rows]
+        reps = {m: replicate_metrics(y, s[rows, j], local, columns, replicates, seed)["auc"] for m, s in scores.items()}
+        block = {}
+        for col in [*columns, "overall"]:
+            entry = {f"{m}_auc": float(np.nanmean(reps[m][col])) for m in scores}
+            for base in (m for m in scores if m != "extend"):
+                diff = reps["extend"][col] - reps[base][col]
+                d = paired_differences(np.array([[np.nanmean(diff)]]), diff[None, :, None], True, seed)[0]
+                entry[f"vs_{base}"] = {"delta": d.delta, "low": d.low, "high": d.high, "p_value": d.p_value}
+            block[col] = entry
+        out[task] = block
+    return out
+
+
+def extend(run_dir: str | Path, data: str | Path, out: str | Path, overrides: list[str] | None = None,
+           console: Console | None = None) -> dict:
+    """Extend the run in `run_dir` by the scenarios of `data` unseen in its training; write the run `out`
+    (see the module's doc). `overrides`: `train.*` items for the extension's training, and `extend.all=true`
+    (train every parameter), `extend.scratch=false` (no from-scratch baseline), `extend.replicates=N`.
+    Returns RUN2's metrics (its `extend` block holds the comparison)."""
+    opts, rest = _options(overrides or [])
+    out = Path(out)
+    if out.resolve() == Path(run_dir).resolve():
+        raise MsrecError(f"{out}: extend never modifies its run; choose another --out")
+    check_run_dir_free(out, overwrite=False)
+    run = load_run(run_dir)
+    cfg = as_config(run.config, rest)
+    new = _read_new(data, run, cfg)
+    old_s = len(run.encoder.scenario_names)
+    grown = run.encoder.grown(new["all"], str(data))
+    names = grown.scenario_names
+    new_ids = list(range(old_s, len(names)))
+    if not new_ids:
+        raise MsrecError(f"{data}: no scenario unseen in the training of {run_dir} (its scenarios: "
+                         f"{', '.join(names[:20])}); extend adds new scenarios, `msrec train` retrains old ones")
+    tables = {k: grown.transform(t, f"{data} ({k} split)") for k, t in new.items() if k != "all"}
+    source = _sources(run, grown, tables["train"], old_s)
+    model, masks = grow_model(run, grown, source)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    test = tables.get("test", tables["val"])
+    scores = {"unknown": Scorer(model, names, list(grown.schema.labels)).predict(test).numpy()}
+    if not opts["all"]:
+        _freeze(model, masks)
+    torch.manual_seed(cfg.train.seed)
+    trainer = Trainer(model, cfg.train, names, list(grown.schema.labels), console)
+    fit_metrics, _ = trainer.fit_and_score(EncodedData(grown, tables["train"], tables["val"], tables.get("test")))
+    if not opts["all"]:
+        _restore(model, before, masks)
+    metrics = {split: trainer.scorer.evaluate(t) for split, t in (("val", tables["val"]), ("test", tables.get("test")))
+               if t is not None}
+    scores["extend"] = trainer.scorer.predict(test).numpy()
+    if opts["scratch"]:
+        scores["scratch"] = _scratch(run, cfg, new, new.get("test", new["val"]), console)
+    model.cpu()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    metrics.update(train=fit_metrics["train"], model=cfg.model.name, extend={
+        "from": str(Path(run_dir).resolve()), "all": opts["all"], "new_scenarios": [names[s] for s in new_ids],
+        "source": {names[s]: names[src] for s, src in zip(new_ids, source, strict=True)},
+        "trained_parameters": sum(int(m.expand_as(before[k]).sum()) for k, m in masks.items())
+        if not opts["all"] else sum(p.numel() for p in model.parameters()),
+        "comparison": _compare(test, new_ids, names, list(grown.schema.labels), scores, opts["replicates"],
+                               cfg.train.seed)})
+    data_cfg = cfg.data.model_copy(update={"dataset": None, "path": None, "options": {}, "val": None, "test": None,
+                                           "train": os.path.abspath(data), **grown.schema.to_dict()})
+    write_run(out, cfg.model_copy(update={"data": data_cfg}), grown, model, metrics)
+    return metrics

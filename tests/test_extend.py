@@ -1,0 +1,109 @@
+"""`msrec extend`: a run learns a scenario held back from its training; its old scenarios score bit for bit as
+before, only the new rows change, the old run is never modified, and the new run is an ordinary run."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pytest
+import torch
+
+from msrec.api import predict, train
+from msrec.errors import MsrecError
+from msrec.extend import extend
+from msrec.runs import load_run
+
+HELD = "s2"  # the smallest synthetic scenario
+
+
+@pytest.fixture(scope="module")
+def files(synthetic_csv, tmp_path_factory):
+    table = pacsv.read_csv(synthetic_csv)
+    folder = tmp_path_factory.mktemp("extend")
+    held = pc.equal(table["scenario"], HELD)
+    pacsv.write_csv(table.filter(pc.invert(held)), folder / "old.csv")
+    pacsv.write_csv(table.filter(held), folder / "new.csv")
+    return folder
+
+
+def _run(files, synthetic_config, name: str, model: dict):
+    config = synthetic_config(data={"train": str(files / "old.csv"), "scenario_features": ["scenario"]},
+                              model=model, train={"epochs": 2})
+    return train(config, out=files / name).run_dir
+
+
+@pytest.fixture(scope="module")
+def star_run(files, synthetic_config):
+    return _run(files, synthetic_config, "star", {"name": "star", "embed_dim": 4, "hidden": [8]})
+
+
+def _digest(folder) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_extend_adds_the_held_scenario_and_keeps_the_old_ones(files, star_run, tmp_path):
+    before = _digest(star_run)
+    old = load_run(star_run)
+    metrics = extend(star_run, files / "new.csv", tmp_path / "run2", ["train.epochs=2"])
+    assert _digest(star_run) == before  # RUN untouched
+    assert metrics["extend"]["new_scenarios"] == [HELD]
+    new = load_run(tmp_path / "run2")
+    assert new.encoder.scenario_names == [*old.encoder.scenario_names, HELD]
+    # old scenarios' rows score bit for bit as with the old run
+    old_scores = predict(star_run, files / "old.csv", keep_columns=False)
+    new_scores = predict(tmp_path / "run2", files / "old.csv", keep_columns=False)
+    assert old_scores.equals(new_scores)
+    # only the new rows changed: every old entry of every tensor is the old one
+    grown, base = new.model.state_dict(), old.model.state_dict()
+    s_old = len(old.encoder.scenario_names)
+    changed = 0
+    for key, tensor in base.items():
+        if "table" in key:
+            continue  # the fused table's old rows move down by the inserted ones, checked below
+        if grown[key].shape == tensor.shape:
+            assert torch.equal(grown[key], tensor), key
+        else:
+            assert torch.equal(grown[key][:s_old], tensor), key
+            changed += not torch.equal(grown[key][s_old:], tensor[[0]].expand_as(grown[key][s_old:]))
+    assert changed  # the new scenario's rows trained
+    scenario_field = new.encoder.schema.sparse.index("scenario")
+    old_table, new_table = base["embedding.table.weight"], grown["embedding.table.weight"]
+    sizes_old, sizes_new = old.encoder.spec().sparse_vocab, new.encoder.spec().sparse_vocab
+    assert sizes_new[scenario_field] == sizes_old[scenario_field] + 1
+    start = sum(sizes_old[:scenario_field])
+    assert torch.equal(new_table[: start + sizes_old[scenario_field]], old_table[: start + sizes_old[scenario_field]])
+    assert torch.equal(new_table[start + sizes_new[scenario_field]:], old_table[start + sizes_old[scenario_field]:])
+    # RUN2 scores its new scenario and reports the comparison with both baselines
+    scored = predict(tmp_path / "run2", files / "new.csv", keep_columns=False)
+    assert scored.num_rows == pacsv.read_csv(files / "new.csv").num_rows
+    entry = metrics["extend"]["comparison"]["click"][HELD]
+    assert {"extend_auc", "unknown_auc", "scratch_auc", "vs_unknown", "vs_scratch"} <= set(entry)
+    assert entry["vs_unknown"]["low"] <= entry["vs_unknown"]["delta"] <= entry["vs_unknown"]["high"]
+
+
+def test_extend_all_trains_the_old_parameters_too(files, star_run, tmp_path):
+    extend(star_run, files / "new.csv", tmp_path / "run2", ["extend.all=true", "extend.scratch=false"])
+    old, new = load_run(star_run).model.state_dict(), load_run(tmp_path / "run2").model.state_dict()
+    assert not torch.equal(old["fcn.layers.0.weight"], new["fcn.layers.0.weight"])
+
+
+def test_extend_errors(files, star_run, synthetic_config, tmp_path):
+    before = _digest(star_run)
+    with pytest.raises(MsrecError, match="no scenario unseen"):
+        extend(star_run, files / "old.csv", tmp_path / "a")
+    table = pacsv.read_csv(files / "new.csv")
+    pacsv.write_csv(table.drop_columns(["item_price"]), tmp_path / "missing.csv")
+    with pytest.raises(MsrecError, match="item_price"):
+        extend(star_run, tmp_path / "missing.csv", tmp_path / "b")
+    with pytest.raises(MsrecError, match="never modifies"):
+        extend(star_run, files / "new.csv", star_run)
+    assert _digest(star_run) == before
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_model_whose_parts_cannot_grow_is_named(files, synthetic_config, tmp_path):
+    run = _run(files, synthetic_config, "sar_net", {"name": "sar_net", "embed_dim": 4})
+    with pytest.raises(MsrecError, match="model sar_net"):
+        extend(run, files / "new.csv", tmp_path / "run2", ["extend.scratch=false"])
