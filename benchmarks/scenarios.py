@@ -7,9 +7,10 @@ labels' truth up to the scenario effects), only their scenario ids spread over m
 interleaved (each repeat runs every model at every S, in a rotated order) and the figures are medians over
 repeats; `S=100/S=3` is the median of each repeat's own ratio. `hmoe[top_k=4]` is hmoe's bounded variant.
 
-`--tiles` instead times split_merge's and star's training step at each S with the tile size forced: 1 (every
-row gathers its own scenario's weights), the largest scenario's row count (one padded tile per scenario,
-i.e. sort rows by scenario and one matmul per segment) and the per-batch choice (`nn.routing.tile_size`).
+`--tiles` instead times one per-scenario tower (forward and backward, one batch) at each S with the tile
+size forced: 1 (every row gathers its own scenario's weights), 4 ... 256, the largest scenario's row count
+(one padded tile per scenario: sort rows by scenario, one matmul per segment) and the per-batch choice
+(`nn.routing.tile_size`).
 
     python benchmarks/scenarios.py [--rows 600000] [--batch-size 4096] [--repeats 3] [--scenarios 3 10 100 1000]
                                    [--models dnn star ...] [--threads 2] [--tiles]
@@ -109,23 +110,34 @@ def zoo(args, sets) -> None:
             print(f"  {name} at S={S}: not run ({why})")
 
 
-def tiles(args, sets) -> None:
-    choices = {"row (C=1)": lambda counts, *a: 1, "segment": lambda counts, *a: max(counts),
-               "auto": routing.tile_size}
-    chosen = routing.tile_size
-    speed = {(m, c, S): [] for m in ("split_merge", "star") for c in choices for S in args.scenarios}
-    for _ in range(args.repeats):
-        for m in ("split_merge", "star"):
-            for S in args.scenarios:
-                for c, fn in choices.items():
-                    routing.tile_size = fn
-                    try:
-                        speed[(m, c, S)].append(train_epoch(m, {}, *sets[S])[0])
-                    finally:
-                        routing.tile_size = chosen
-    print(f"{'model':<14}{'tiles':<12}" + "".join(f"{'S=' + str(S):>10}" for S in args.scenarios))
-    for (m, c) in dict.fromkeys((m, c) for m, c, _ in speed):
-        print(f"{m:<14}{c:<12}" + "".join(f"{statistics.median(speed[(m, c, S)]):>10,.0f}" for S in args.scenarios))
+def tiles(args) -> None:
+    """One per-scenario tower (128 -> 64 -> 1, split_merge's default) forward and backward on a batch of
+    `--batch-size` rows with Zipf scenario shares, at fixed tile sizes and at `tile_size`'s choice."""
+    torch.manual_seed(0)
+    sizes = {"1 (per row)": 1, "4": 4, "16": 16, "64": 64, "256": 256, "segment": None, "auto": 0}
+    print(f"{'tile size':<14}" + "".join(f"{'S=' + str(S):>12}" for S in args.scenarios) + "   (ms per step)")
+    times = {(k, S): [] for k in sizes for S in args.scenarios}
+    chosen = {}
+    for S in args.scenarios:
+        shares = torch.tensor([1 / (k + 1) for k in range(S)])
+        scenario = torch.multinomial(shares, args.batch_size, replacement=True)
+        w1, b1 = torch.randn(S, 64, 128, requires_grad=True), torch.zeros(S, 64, requires_grad=True)
+        w2, b2 = torch.randn(S, 1, 64, requires_grad=True), torch.zeros(S, 1, requires_grad=True)
+        x = torch.randn(args.batch_size, 128, requires_grad=True)
+        counts = torch.bincount(scenario, minlength=S).tolist()
+        for _ in range(args.repeats * 2):
+            for k, size in sizes.items():
+                tile = max(counts) if size is None else size or None
+                t0 = time.perf_counter()
+                r = routing.ScenarioRouting(scenario, S, counts, tile=tile)
+                h = torch.relu(r.linear(r.pack(x), w1, b1))
+                r.unpack(r.linear(h, w2, b2)).sum().backward()
+                times[(k, S)].append(1000 * (time.perf_counter() - t0))
+                if size == 0:
+                    chosen[S] = r.tile
+    for k in sizes:
+        print(f"{k:<14}" + "".join(f"{statistics.median(times[(k, S)]):>12.1f}" for S in args.scenarios))
+    print("auto chose " + ", ".join(f"C={c} at S={S}" for S, c in chosen.items()))
 
 
 def main() -> None:
@@ -139,11 +151,13 @@ def main() -> None:
     ap.add_argument("--tiles", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.tiles:
+        return tiles(args)
     sets = {S: data_for(args.rows, S, args.batch_size) for S in args.scenarios}
     print(f"{args.rows:,} synthetic rows ({sum(len(b) for b in sets[args.scenarios[0]][2]):,} train), shares "
           f"~ 1/(k+1), batch {args.batch_size}, {torch.get_num_threads()} threads, one epoch, "
           f"median of {args.repeats} (interleaved); samples/s")
-    (tiles if args.tiles else zoo)(args, sets)
+    zoo(args, sets)
 
 
 if __name__ == "__main__":
