@@ -10,9 +10,9 @@ import pyarrow.csv as pacsv
 import pytest
 import torch
 
-from msrec.api import predict, train
+from msrec.api import evaluate, predict, train
 from msrec.errors import MsrecError
-from msrec.extend import extend
+from msrec.extend import _freeze, _read_new, _sources, extend, grow_model
 from msrec.runs import load_run
 
 HELD = "s2"  # the smallest synthetic scenario
@@ -31,6 +31,8 @@ def files(synthetic_csv, tmp_path_factory):
 def _run(files, synthetic_config, name: str, model: dict):
     config = synthetic_config(data={"train": str(files / "old.csv"), "scenario_features": ["scenario"]},
                               model=model, train={"epochs": 2})
+    if "mlp" in model:
+        del config["model"]["hidden"]
     return train(config, out=files / name).run_dir
 
 
@@ -78,6 +80,7 @@ def test_extend_adds_the_held_scenario_and_keeps_the_old_ones(files, star_run, t
     # RUN2 scores its new scenario and reports the comparison with both baselines
     scored = predict(tmp_path / "run2", files / "new.csv", keep_columns=False)
     assert scored.num_rows == pacsv.read_csv(files / "new.csv").num_rows
+    assert evaluate(tmp_path / "run2")["tasks"]["click"]["scenarios"][HELD]["auc"] > 0
     entry = metrics["extend"]["comparison"]["click"][HELD]
     assert {"extend_auc", "unknown_auc", "scratch_auc", "vs_unknown", "vs_scratch"} <= set(entry)
     assert entry["vs_unknown"]["low"] <= entry["vs_unknown"]["delta"] <= entry["vs_unknown"]["high"]
@@ -105,5 +108,35 @@ def test_extend_errors(files, star_run, synthetic_config, tmp_path):
 
 def test_a_model_whose_parts_cannot_grow_is_named(files, synthetic_config, tmp_path):
     run = _run(files, synthetic_config, "sar_net", {"name": "sar_net", "embed_dim": 4})
-    with pytest.raises(MsrecError, match="model sar_net"):
+    before = _digest(run)
+    with pytest.raises(MsrecError, match="model sar_net"):  # fails midway: the encoder has grown, the model not
         extend(run, files / "new.csv", tmp_path / "run2", ["extend.scratch=false"])
+    assert _digest(run) == before and not (tmp_path / "run2").exists()
+
+
+def test_batch_norm_statistics_of_frozen_parts_are_put_back(files, synthetic_config, tmp_path):
+    """A shared batch norm's running statistics move in training mode whatever is frozen: extend puts every
+    old value back, so the old scenarios still score bit for bit."""
+    run = _run(files, synthetic_config, "split_merge",
+               {"name": "split_merge", "embed_dim": 4, "mlp": {"hidden": [8], "batch_norm": True}})
+    extend(run, files / "new.csv", tmp_path / "run2", ["extend.scratch=false"])
+    assert predict(run, files / "old.csv", keep_columns=False).equals(
+        predict(tmp_path / "run2", files / "old.csv", keep_columns=False))
+
+
+def test_only_the_new_rows_get_a_gradient(files, star_run):
+    run = load_run(star_run)
+    new = _read_new(files / "new.csv", run, run.config)
+    grown = run.encoder.grown(new["all"])
+    table = grown.transform(new["train"])
+    model, masks = grow_model(run, grown, _sources(run, grown, table, len(run.encoder.scenario_names)))
+    assert masks["fcn.layers.0.weight_s"].flatten().tolist() == [False, False, True]
+    _freeze(model, masks)
+    model.train()
+    model(table.batch(slice(0, 64))).sum().backward()
+    for key, param in model.named_parameters():
+        if key not in masks:
+            assert param.grad is None, key
+        else:
+            assert not param.grad[~masks[key].expand_as(param.grad)].any(), key
+    assert model.fcn.layers[0].weight_s.grad[2].abs().sum() > 0

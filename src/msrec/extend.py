@@ -166,7 +166,8 @@ def _freeze(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None:
             if grad.is_sparse:  # a row-sparse table's gradient: drop the old rows
                 g = grad.coalesce()
                 rows = keep.flatten()[g.indices()[0]]
-                return torch.sparse_coo_tensor(g.indices()[:, rows], g.values()[rows], g.shape, is_coalesced=True)
+                return torch.sparse_coo_tensor(g.indices()[:, rows], g.values()[rows], g.shape, is_coalesced=True,
+                                               check_invariants=False)
             return grad * keep
 
         param.register_hook(hook)
