@@ -25,10 +25,14 @@ from msrec.data.io import read_tensors_into
 SPILL_BYTES = 256 * 2**20  # best weights larger than this go to a file
 
 
+def _plain(value: Any) -> bool:
+    """A tensor that goes to the spill file; a table sharded by TorchRec (a ShardedTensor: 1/N of it on this
+    rank) stays in memory."""
+    return isinstance(value, Tensor) and not hasattr(value, "local_shards")
+
+
 def _nbytes(state: dict[str, Any]) -> int:
-    """Bytes of the plain tensors (a table sharded by TorchRec, a ShardedTensor, stays in memory: 1/N of it)."""
-    return sum(v.numel() * v.element_size() for v in state.values()
-               if isinstance(v, Tensor) and not hasattr(v, "local_shards"))
+    return sum(v.numel() * v.element_size() for v in state.values() if _plain(v))
 
 
 class EarlyStopping:
@@ -78,11 +82,11 @@ class EarlyStopping:
     def _spill(self, state: dict[str, Any]) -> None:
         if self._folder is None:
             self._folder = tempfile.mkdtemp(prefix="msrec-best-weights-")
-        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items() if isinstance(v, Tensor)}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items() if _plain(v)}
         part = Path(self._folder) / "best.safetensors.part"
         save_file(tensors, part)
         os.replace(part, Path(self._folder) / "best.safetensors")  # a kill mid-write keeps the previous best
-        self.state = {k: v for k, v in state.items() if not isinstance(v, Tensor)}
+        self.state = {k: v.clone() if isinstance(v, Tensor) else v for k, v in state.items() if not _plain(v)}
 
     def weights(self) -> dict[str, Any] | None:
         """The best weights as a state dict (read back from the file when spilled)."""
@@ -95,10 +99,10 @@ class EarlyStopping:
             model.load_state_dict(self.state)
             return
         live = model.state_dict()  # the model's own tensors, written in place
-        if not read_tensors_into(Path(self._folder) / "best.safetensors", live):
+        if not read_tensors_into(Path(self._folder) / "best.safetensors", {k: v for k, v in live.items() if _plain(v)}):
             model.load_state_dict(self.weights())  # another layout (or device): load_state_dict's own checks
             return
-        if self.state:  # non-tensor entries (extra states)
+        if self.state:  # sharded tables and non-tensor entries (extra states), kept in memory
             model.load_state_dict({**live, **self.state})
 
     def close(self) -> None:
