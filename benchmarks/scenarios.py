@@ -91,6 +91,7 @@ def zoo(args, sets) -> None:
                     continue
                 speed[(label, S)].append(sps)
                 params[(label, S)] = count
+                print(f"{label} S={S}: {sps:,.0f} samples/s, {count / 1e6:.2f}M parameters", file=sys.stderr, flush=True)
         print(f"repeat {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     head = "".join(f"{'S=' + str(S):>10}" for S in args.scenarios)
     print(f"{'model':<16}{head}{'S=100/S=3':>11}   parameters at S=" + "/".join(map(str, args.scenarios)))
