@@ -1,7 +1,7 @@
 """`msrec extend` on a scenario held back from training, against the old model scoring it as unknown and a
 model trained from scratch on every row (docs/scenarios.md, "Onboarding a new scenario").
 
-    python benchmarks/extend.py synthetic --out runs/extend-synthetic
+    python benchmarks/extend.py synthetic --out runs/extend-synthetic [--reuse] [--set train.batch_size=128 ...]
     MSREC_DATA=/work/data python benchmarks/extend.py movielens --out runs/extend-ml100k
 
 synthetic: 20,000 rows of the synthetic preset, its smallest scenario held back. movielens: MovieLens 100K with
@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("data", choices=["synthetic", "movielens"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="for the extension, e.g. train.batch_size=128 or extend.all=true")
+    parser.add_argument("--reuse", action="store_true", help="extend the run already in --out (no training)")
     args = parser.parse_args()
     old, new, schema, held = tables(args.data)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -56,8 +59,10 @@ def main() -> None:
     config = {"data": {"train": str(args.out / "old.parquet"), **schema},
               "model": {"name": "star", "embed_dim": 16, "mlp": {"hidden": [64, 32], "dropout": 0.2}},
               "train": {"epochs": args.epochs, "batch_size": 1024, "patience": 2, "progress": False, "seed": 1}}
-    train(config, out=args.out / "run", overwrite=True)
-    metrics = extend(args.out / "run", args.out / "new.parquet", args.out / "run2")
+    if not args.reuse:
+        train(config, out=args.out / "run", overwrite=True)
+    run2 = args.out / f"run2-{len(list(args.out.glob('run2*')))}"
+    metrics = extend(args.out / "run", args.out / "new.parquet", run2, args.overrides)
     print(json.dumps({"held_back": held, "old_rows": old.num_rows, "new_rows": new.num_rows,
                       "source": metrics["extend"]["source"], "comparison": metrics["extend"]["comparison"]}, indent=1))
 

@@ -147,6 +147,9 @@ def grow_model(run: Run, grown: Encoder, source: list[int]) -> tuple[torch.nn.Mo
     fresh.load_state_dict(state, strict=True)
     masks = dict(tables)
     for key, shape in before.items():
+        if key not in masks and state[key].shape != shape and shape[0] != len(run.encoder.scenario_names):
+            raise MsrecError(f"model {name}: `{key}` grew as if per scenario but holds {shape[0]} rows for "
+                             f"{len(run.encoder.scenario_names)} scenarios (a part reused for another axis)")
         if key not in masks and state[key].shape != shape:
             mask = torch.zeros(state[key].shape[0], dtype=torch.bool)
             mask[shape[0]:] = True
