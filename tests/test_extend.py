@@ -140,3 +140,21 @@ def test_only_the_new_rows_get_a_gradient(files, star_run):
         else:
             assert not param.grad[~masks[key].expand_as(param.grad)].any(), key
     assert model.fcn.layers[0].weight_s.grad[2].abs().sum() > 0
+
+
+def test_a_grown_hierarchy_keeps_its_ids_and_appends_new_combinations():
+    import pyarrow as pa
+
+    from msrec.data.scenarios import ScenarioCounter, grown
+    from msrec.schema import Schema
+
+    schema = Schema(sparse=["item"], dense=[], lists={}, scenario=["country", "place"], scenario_features=[],
+                    labels=["y"])
+    old_rows = pa.table({"country": ["US", "US", "DE"], "place": ["feed", "top", "feed"]})
+    counter = ScenarioCounter(schema)
+    counter.add(old_rows, "train", 0)
+    old = counter.result()
+    new = grown(old, pa.table({"country": ["US", "FR"], "place": ["kids", "feed"]}), schema, "new")
+    assert new.names[: len(old.names)] == old.names
+    assert sorted(new.names[len(old.names):]) == ["FR/feed", "US/kids"]
+    assert list(new.ids(old_rows, None, "old")) == list(old.ids(old_rows, None, "old"))
