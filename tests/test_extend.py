@@ -158,3 +158,15 @@ def test_a_grown_hierarchy_keeps_its_ids_and_appends_new_combinations():
     assert new.names[: len(old.names)] == old.names
     assert sorted(new.names[len(old.names):]) == ["FR/feed", "US/kids"]
     assert list(new.ids(old_rows, None, "old")) == list(old.ids(old_rows, None, "old"))
+
+
+def test_extend_vocab_all_grows_every_sparse_field(files, star_run, tmp_path):
+    """`extend.vocab=all`: new users / items get ids of their own (appended, so known ids keep theirs)."""
+    old = load_run(star_run).encoder
+    new_csv = pacsv.read_csv(files / "new.csv")
+    extend(star_run, files / "new.csv", tmp_path / "run2", ["extend.vocab=all", "extend.scratch=false"])
+    grown = load_run(tmp_path / "run2").encoder
+    for name in ("user_id", "item_id"):
+        assert grown.sparse[name].vocab[: len(old.sparse[name].vocab)] == old.sparse[name].vocab
+        unseen = set(new_csv[name].to_pylist()) - set(old.sparse[name].vocab)
+        assert set(grown.sparse[name].vocab[len(old.sparse[name].vocab):]) == unseen

@@ -42,7 +42,7 @@ from msrec.runs import Run, check_run_dir_free, load_run, write_run
 from msrec.train.predict import Scorer
 from msrec.train.trainer import Trainer
 
-OPTIONS = {"extend.all": False, "extend.scratch": True, "extend.replicates": 1000}
+OPTIONS = {"extend.all": False, "extend.scratch": True, "extend.replicates": 1000, "extend.vocab": "indicators"}
 SIMILARITY_ROWS = 4096  # new rows scored under each old scenario to pick the most similar one
 
 
@@ -245,7 +245,10 @@ def extend(run_dir: str | Path, data: str | Path, out: str | Path, overrides: li
     cfg = as_config(run.config, rest)
     new = _read_new(data, run, cfg)
     old_s = len(run.encoder.scenario_names)
-    grown = run.encoder.grown(new["all"], str(data))
+    if opts["vocab"] not in ("indicators", "all"):
+        raise MsrecError(f"--set extend.vocab={opts['vocab']}: expected indicators or all")
+    grown = run.encoder.grown(new["all"], str(data), None if opts["vocab"] == "indicators" else
+                              list(run.encoder.schema.sparse))
     names = grown.scenario_names
     new_ids = list(range(old_s, len(names)))
     if not new_ids:

@@ -237,12 +237,12 @@ class Encoder:
         out[rows[keep], pos[keep]] = idx[keep]
         return torch.from_numpy(out)
 
-    def grown(self, table: pa.Table, source: str = "data") -> Encoder:
-        """A copy that also knows `table`'s scenarios unseen in training and the unseen values of the
-        scenario-indicator features, appended: every old id is unchanged (msrec extend)."""
+    def grown(self, table: pa.Table, source: str = "data", fields: list[str] | None = None) -> Encoder:
+        """A copy that also knows `table`'s scenarios unseen in training and the unseen values of the sparse
+        `fields` (default: the scenario-indicator features), appended: every old id is unchanged (msrec extend)."""
         enc = Encoder.from_dict(self.to_dict(), source)
         enc.scenario = grown(self.scenario, table, self.schema, source)
-        for name in self.schema.scenario_features:
+        for name in self.schema.scenario_features if fields is None else fields:
             info = self.sparse[name]
             if not info.buckets:  # a hashed column has no vocabulary to grow
                 col = as_kind(ids(column(table, name, source), name, source, self.missing_ids), info.kind, name, source)
