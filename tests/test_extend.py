@@ -170,3 +170,12 @@ def test_extend_vocab_all_grows_every_sparse_field(files, star_run, tmp_path):
         assert grown.sparse[name].vocab[: len(old.sparse[name].vocab)] == old.sparse[name].vocab
         unseen = set(new_csv[name].to_pylist()) - set(old.sparse[name].vocab)
         assert set(grown.sparse[name].vocab[len(old.sparse[name].vocab):]) == unseen
+
+
+def test_the_command_prints_the_comparison_and_names_its_errors(files, star_run, cli, tmp_path):
+    result = cli("extend", star_run, "--data", files / "new.csv", "--out", tmp_path / "run2",
+                 "--set", "extend.scratch=false", "--set", "extend.replicates=50")
+    assert result.code == 0, result.stderr
+    assert f"click {HELD}: AUC unknown" in result.stdout and "extend minus vs_unknown" in result.stdout
+    result = cli("extend", star_run, "--data", files / "old.csv", "--out", tmp_path / "run3")
+    assert result.code == 1 and "no scenario unseen" in result.stderr
