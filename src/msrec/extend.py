@@ -110,11 +110,10 @@ def _sources(run: Run, grown: Encoder, train: TensorTable, old_s: int) -> list[i
 
 
 def _as_unknown(table: TensorTable, old: Encoder) -> TensorTable:
-    """Rows encoded by the grown encoder as the old encoder sees them: new indicator ids unknown (0)."""
+    """Rows encoded by the grown encoder as the old encoder sees them: every new id unknown (0)."""
     part = table.subset(torch.arange(len(table)))
-    for f, name in zip(old.spec().scenario_fields, old.schema.scenario_features, strict=True):
-        column = part.sparse[:, f]
-        column[column >= old.sparse[name].size] = 0
+    sizes = torch.tensor(old.spec().sparse_vocab, dtype=part.sparse.dtype)
+    part.sparse[part.sparse >= sizes] = 0
     return part
 
 
