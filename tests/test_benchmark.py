@@ -306,7 +306,7 @@ def test_demo_models_train_to_early_stopping(tmp_path):
 
 def test_unknown_spec_key_lists_the_allowed_keys():
     with pytest.raises(MsrecError, match=r"unknown key `dataset` \(allowed: title, config, data, train, models, "
-                                         r"seeds, resplit, reference, bootstrap\)"):
+                                         r"seeds, resplit, reference, bootstrap, tune\)"):
         resolve_grid({**SPEC, "dataset": "my.yaml"})
     with pytest.raises(MsrecError, match=r"unknown key `models.1.lable` \(allowed: name, label, options, train\)"):
         resolve_grid({**SPEC, "models": ["dnn", {"name": "separate", "lable": "x"}]})
