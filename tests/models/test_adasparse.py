@@ -1,12 +1,16 @@
 """adasparse: the sharpness alpha moves in training only (evaluation twice gives identical outputs and leaves
 every buffer unchanged); factors lie in {0} u [eps, beta] and depend on the scenario; a neuron pruned for one
-scenario has no influence on that scenario's rows but still on another's."""
+scenario has no influence on that scenario's rows but still on another's; the sparsity regulariser (through
+the trainer's aux_loss hook) moves each layer's share of cut factors to its target."""
 
 import pytest
 import torch
 from zoo_batch import assert_one_head_per_task, bce, learns, make_batch, make_spec, strong_condition
 
+from msrec.config import TrainConfig
+from msrec.data.table import TensorTable
 from msrec.models.registry import build_model
+from msrec.train.trainer import Trainer
 
 
 def _model(spec=None, **options):
@@ -105,3 +109,35 @@ def test_multi_task_output_both_tasks_train():
 def test_learns_on_synthetic_data():
     before, after = learns("adasparse")
     assert after > before + 0.08 and after > 0.6, (before, after)
+
+
+def _cut_share_after_training(weight: float) -> list[float]:
+    """Each pruned layer's share of cut factors on fresh rows after 40 trainer steps (lr 0.01, eps 0.3)."""
+    spec = make_spec()
+    model = _model(eps=0.3, sparsity_target=0.5, sparsity_tolerance=0.05, sparsity_weight=weight)
+    rows = make_batch(spec, torch.arange(800) % 3)
+    table = TensorTable(sparse=rows.sparse, dense=rows.dense, scenario=rows.scenario, labels=rows.labels)
+    Trainer(model, TrainConfig(epochs=1, batch_size=20, lr=0.01, progress=False), spec.scenarios,
+            spec.tasks).fit(table, table)
+    with torch.no_grad():
+        factors = model.factors(make_batch(spec, torch.arange(300) % 3, seed=1))
+    return [float((f == 0).float().mean()) for f in factors]
+
+
+def test_the_sparsity_regulariser_moves_each_layers_cut_share_to_its_target():
+    """Without the regulariser almost no factor falls under eps in 40 steps; with it (target 0.5), every
+    layer's share of cut factors comes near the target, and not past it far (it pulls back above the band)."""
+    without, with_it = _cut_share_after_training(0.0), _cut_share_after_training(1.0)
+    assert max(without) < 0.05, without
+    assert all(0.35 < share < 0.7 for share in with_it), with_it
+
+
+def test_the_regulariser_is_a_training_term_only():
+    model = _model(sparsity_weight=1.0)
+    batch = make_batch(make_spec(), [0, 1, 2])
+    model.eval()(batch)
+    assert model.aux_loss() is None  # evaluation leaves no term
+    model.train()(batch)
+    term = model.aux_loss()
+    assert term is not None and term.requires_grad
+    assert model.aux_loss() is None  # taken once per step: no graph kept past it

@@ -27,8 +27,20 @@ Choices (the paper leaves these open or ties them to its platform):
 - Factors scale the layer's activations (after the activation, before dropout); the input pruner scales
   every unit of `e` (embedding units and dense values).
 - Default mode `fusion`, beta 2, eps 0.05 (a factor under 2.5% of its largest value is cut), alpha from 1
-  by 0.01 per step up to 5. The paper's flexible sparsity regulariser (for the binarization mode's target
-  sparsity) is not built: msrec's trainer has one loss, BCE on the logits.
+  by 0.01 per step up to 5.
+- The paper's flexible sparsity regulariser, added to the loss through the trainer's `aux_loss()` hook:
+
+      R = weight * sum_l sign_l * mean(f_l)       f_l: layer l's factors before the cut, this training batch
+      sign_l = +1 if r_l < target - tolerance     r_l: the fraction of layer l's factors cut (0) in the batch
+               -1 if r_l > target + tolerance
+                0 otherwise
+
+  an L1 pull on the factors whose direction follows the measured sparsity, so each layer's share of cut
+  neurons moves into the band around the target and stays there. It acts on the factors before the cut
+  (a cut factor has no gradient through the cut, so a layer that is too sparse could not come back) and
+  in every mode. Defaults: target 0.2, tolerance 0.05, weight 0.01 (the paper's values are tied to its
+  platform; these were measured to keep MovieLens 100K at its AUC, docs/models/adasparse.md);
+  `sparsity_weight: 0` turns it off.
 - Multi-task: one MLP with T outputs.
 """
 
@@ -63,6 +75,12 @@ class AdaSparseOptions(ModelOptions):
     """Growth of alpha per training step (training forward pass); evaluation never moves it."""
     alpha_max: float = Field(5.0, gt=0)
     """Largest alpha."""
+    sparsity_target: float = Field(0.2, ge=0, lt=1)
+    """Target share of cut factors per layer (the sparsity regulariser's)."""
+    sparsity_tolerance: float = Field(0.05, ge=0)
+    """Half-width of the band around the target in which the regulariser is silent."""
+    sparsity_weight: float = Field(0.01, ge=0)
+    """Weight of the sparsity regulariser in the loss (0: off)."""
 
 
 class Pruner(nn.Module):
@@ -73,13 +91,14 @@ class Pruner(nn.Module):
         self.net = MLP.of(in_dim, o.pruner, out_dim)
         self.mode, self.beta, self.eps = o.mode, o.beta, o.eps
 
-    def forward(self, z: Tensor, h: Tensor, alpha: Tensor) -> Tensor:
+    def forward(self, z: Tensor, h: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        """The factors after the cut, and before it (what the sparsity regulariser pulls on)."""
         v = self.net(torch.cat([z, h], 1))
         if self.mode == "binarization":
             factor = torch.sigmoid(alpha * v)
         else:
             factor = self.beta * torch.sigmoid(v if self.mode == "scaling" else alpha * v)
-        return factor * (factor >= self.eps)
+        return factor * (factor >= self.eps), factor
 
 
 @register("adasparse", AdaSparseOptions,
@@ -89,6 +108,9 @@ class AdaSparse(nn.Module):
         super().__init__()
         o = options
         self.alpha_step, self.alpha_max = o.alpha_step, o.alpha_max
+        self.sparsity = (o.sparsity_target - o.sparsity_tolerance, o.sparsity_target + o.sparsity_tolerance)
+        self.sparsity_weight = o.sparsity_weight
+        self._step_factors: list[tuple[Tensor, Tensor]] = []  # the last training forward's, for aux_loss
         self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         self.scenario_fields = list(spec.scenario_fields)
         z_dim = len(self.scenario_fields) * o.embed_dim
@@ -106,22 +128,37 @@ class AdaSparse(nn.Module):
 
     def factors(self, batch: Batch) -> list[Tensor]:
         """The weighting factors of every pruned layer (input first), `[B, width]` each, at the current alpha."""
-        return self._run(batch, self.alpha.clone())[1]
+        return [cut for cut, _ in self._run(batch, self.alpha.clone())[1]]
 
-    def _run(self, batch: Batch, alpha: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def _run(self, batch: Batch, alpha: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         z = self.embedding.select(batch, self.scenario_fields)
         h = self.embedding.flat(batch)
-        pi = self.input_pruner(z, h, alpha)
-        h, factors = pi * h, [pi]
+        pi, raw = self.input_pruner(z, h, alpha)
+        h, factors = pi * h, [(pi, raw)]
         for layer, pruner in zip(self.layers, self.pruners, strict=True):
-            pi = pruner(z, h, alpha)
+            pi, raw = pruner(z, h, alpha)
             h = self.dropout(pi * layer(h))
-            factors.append(pi)
+            factors.append((pi, raw))
         return self.out(h), factors
 
     def forward(self, batch: Batch) -> Tensor:
-        logits = self._run(batch, self.alpha.clone())[0]  # a copy: the update below must not touch the graph
+        logits, factors = self._run(batch, self.alpha.clone())  # a copy: the update below must not touch the graph
         if self.training:  # the training state moves in training only, after the step that used it
+            self._step_factors = factors if self.sparsity_weight > 0 else []
             with torch.no_grad():
                 self.alpha.add_(self.alpha_step).clamp_(max=self.alpha_max)
         return logits
+
+    def aux_loss(self) -> Tensor | None:
+        """The sparsity regulariser of the last training forward pass (the trainer adds it to the loss), once:
+        the factors are released so that they hold no graph after the step."""
+        factors, self._step_factors = self._step_factors, []
+        if not factors:
+            return None
+        low, high = self.sparsity
+        total = 0
+        for cut, raw in factors:
+            ratio = (cut == 0).float().mean().detach()  # a tensor: no host sync in the step
+            sign = (ratio < low).float() - (ratio > high).float()
+            total = total + sign * raw.mean()
+        return self.sparsity_weight * total

@@ -1,6 +1,7 @@
 """Fit any registry model: the epoch loop, validation and early stopping. Nothing model-specific lives here.
 
-- loss: binary cross-entropy per task on the logits `[B, T]`, summed with per-task weights;
+- loss: binary cross-entropy per task on the logits `[B, T]`, summed with per-task weights, plus the model's
+  auxiliary loss for the step when it defines one (`aux_loss()`, see `Trainer.aux_loss`);
 - Adam or AdamW, the embedding tables row-sparse (msrec.train.optim), optional cosine or step schedule
   with linear warm-up;
 - early stopping on a validation metric (default: mean of the per-scenario AUCs); the best weights are
@@ -105,6 +106,14 @@ class Trainer:
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         per_task = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(0)
         return (per_task * self.task_weights).sum()
+
+    def aux_loss(self) -> Tensor | None:
+        """A model may define `aux_loss() -> Tensor | None`: a term of its own for the training step just run
+        (e.g. a regulariser over quantities of that forward pass), called once after each training forward
+        and added to the task loss; `None` adds nothing. Read from the unwrapped model (DDP or TorchRec wrap
+        it while it trains; the term's graph is part of the wrapped forward's all the same)."""
+        hook = getattr(self.model, "aux_loss", None)
+        return hook() if callable(hook) else None
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """train.optimizer for the dense parameters, train.embedding_optimizer for the tables (msrec.train.optim).
@@ -217,6 +226,9 @@ class Trainer:
             with autocast(self.device, self.cfg.precision):
                 logits = model(batch)
             loss = self.loss(logits.float(), batch.labels)
+            aux = self.aux_loss()
+            if aux is not None:
+                loss = loss + aux.float()
             if batch.loss_scale is not None:
                 loss = loss * batch.loss_scale
             optimizer.zero_grad(set_to_none=True)
