@@ -26,6 +26,10 @@ tens of scenarios. `top_k: k` bounds it: gate A mixes k towers only, its own and
 largest other scenarios (rows counted over training, a buffer saved with the model: the best-trained
 towers, the ones a small scenario gains from borrowing), so a row costs k tower passes and the gates
 S * k * T * width parameters, whatever S (docs/scenarios.md).
+
+A hierarchical scenario (`level_sharing`): the towers are a shared base plus per-level and own deltas
+(nn.towers); the gates stay per combination (gate A's output b weighs tower b: a quantity of the pair of
+combinations, which no level part of A alone can hold).
 """
 
 from __future__ import annotations
@@ -40,11 +44,12 @@ from torch import Tensor, nn
 from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register, without_batch_norm
 from msrec.nn import MLP, FeatureEmbedding, MLPOptions, ScenarioRouting
+from msrec.nn.levels import LevelSharingOptions, shared_levels
 from msrec.nn.towers import ScenarioLinear, ScenarioTowers
 from msrec.schema import FeatureSpec
 
 
-class HMoEOptions(ModelOptions):
+class HMoEOptions(LevelSharingOptions, ModelOptions):
     legacy = ModelOptions.legacy | {"tower_hidden": ("tower.hidden",), "tower_dropout": ("tower.dropout",),
                                     "activation": ("mlp.activation", "tower.activation")}
     search_space = ModelOptions.search_space | {"model.tower.hidden": {"choices": [[32], [64], [128]]},
@@ -71,7 +76,8 @@ class HMoE(nn.Module):
         self.scenario_fields = list(spec.scenario_fields) if options.gate_indicators else []
         self.embedding = FeatureEmbedding(spec, options.embed_dim, options.backbone)
         self.bottom = MLP.of(self.embedding.flat_dim, options.mlp)
-        self.towers = ScenarioTowers(self.bottom.out_dim, options.tower, spec.num_tasks, spec.num_scenarios)
+        self.towers = ScenarioTowers(self.bottom.out_dim, options.tower, spec.num_tasks, spec.num_scenarios,
+                                     shared_levels(spec, options), options.combination_part)
         gate_dim = self.bottom.out_dim + len(self.scenario_fields) * options.embed_dim
         S = spec.num_scenarios
         self.top_k = min(options.top_k, S) if options.top_k is not None else None

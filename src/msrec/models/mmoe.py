@@ -15,6 +15,8 @@ Choices (the paper is multi-task, not multi-scenario):
   scenarios, which is where this structure is compared in the multi-scenario literature.
 - The gate reads the model input `e` (as in the paper); it is a single linear layer and a softmax.
 - Experts are MLPs over `e` ending with their last hidden activation (`mlp`; the last width is d).
+- A hierarchical scenario (`level_sharing`): gates and towers are a shared base plus per-level and own
+  deltas (nn.towers).
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from torch import Tensor, nn
 from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register, with_layers
 from msrec.nn import FeatureEmbedding, MLPOptions, ScenarioRouting
+from msrec.nn.levels import LevelSharingOptions, shared_levels
 from msrec.nn.moe import Experts, mix
 from msrec.nn.towers import ScenarioLinear, ScenarioTowers
 from msrec.schema import FeatureSpec
 
 
-class MMoEOptions(ModelOptions):
+class MMoEOptions(LevelSharingOptions, ModelOptions):
     legacy = ModelOptions.legacy | {"tower_hidden": ("tower.hidden",), "tower_dropout": ("tower.dropout",),
                                     "activation": ("mlp.activation", "tower.activation")}
     search_space = ModelOptions.search_space | {"model.experts": {"choices": [2, 4, 8]}, "model.tower.hidden": {"choices": [[32], [64], [128]]}}  # tuning's (docs/tuning.md)
@@ -52,9 +55,12 @@ class MMoE(nn.Module):
         self.num_scenarios = spec.num_scenarios
         self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         self.experts = Experts(self.embedding.flat_dim, o.mlp, o.experts)
+        levels = shared_levels(spec, o)
         self.gates = ScenarioLinear(self.embedding.flat_dim, o.experts, spec.num_scenarios,
-                                    legacy=lambda prefix, s: f"{prefix}{s}.linear.")  # runs with a gate per scenario
-        self.towers = ScenarioTowers(self.experts.out_dim, o.tower, spec.num_tasks, spec.num_scenarios)
+                                    legacy=lambda prefix, s: f"{prefix}{s}.linear.",  # runs with a gate per scenario
+                                    levels=levels, own=o.combination_part)
+        self.towers = ScenarioTowers(self.experts.out_dim, o.tower, spec.num_tasks, spec.num_scenarios, levels,
+                                     o.combination_part)
 
     def gate_weights(self, batch: Batch, routing: ScenarioRouting | None = None) -> Tensor:
         """`[B, E]`: each row's weights over the experts, from its own scenario's gate."""

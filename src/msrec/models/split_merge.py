@@ -10,7 +10,8 @@ tower pass, whatever the number of scenarios. One BCE loss covers the merged
 batch. Multi-task: each tower has one output per task (one head per task on a per-scenario tower).
 
 Choices: `mlp` is the bottom MLP, `tower` each scenario's tower; the bottom ends with its last hidden
-activation (no output layer), towers end with a linear layer of width T.
+activation (no output layer), towers end with a linear layer of width T. A hierarchical scenario
+(`level_sharing`): each combination's tower is a shared base plus its levels' deltas and its own (nn.towers).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from torch import Tensor, nn
 from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register
 from msrec.nn import MLP, FeatureEmbedding, MLPOptions, ScenarioRouting
+from msrec.nn.levels import LevelSharingOptions, shared_levels
 from msrec.nn.towers import ScenarioTowers
 from msrec.schema import FeatureSpec
 
 
-class SplitMergeOptions(ModelOptions):
+class SplitMergeOptions(LevelSharingOptions, ModelOptions):
     legacy = ModelOptions.legacy | {"tower_hidden": ("tower.hidden",), "tower_dropout": ("tower.dropout",),
                                     "activation": ("mlp.activation", "tower.activation")}
     search_space = ModelOptions.search_space | {"model.tower.hidden": {"choices": [[32], [64], [128]]}}  # tuning's (docs/tuning.md)
@@ -42,7 +44,8 @@ class SplitMerge(nn.Module):
         self.num_scenarios = spec.num_scenarios
         self.embedding = FeatureEmbedding(spec, options.embed_dim, options.backbone)
         self.bottom = MLP.of(self.embedding.flat_dim, options.mlp)
-        self.towers = ScenarioTowers(self.bottom.out_dim, options.tower, spec.num_tasks, spec.num_scenarios)
+        self.towers = ScenarioTowers(self.bottom.out_dim, options.tower, spec.num_tasks, spec.num_scenarios,
+                                     shared_levels(spec, options), options.combination_part)
 
     def forward(self, batch: Batch) -> Tensor:
         h = self.bottom(self.embedding.flat(batch))

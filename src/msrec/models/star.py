@@ -19,6 +19,10 @@ Choices (as in the paper unless said): PN is applied once, to the FCN input `e` 
 is a star layer too; the auxiliary network reads the indicator embeddings from the shared embedding
 table (the paper feeds the domain indicator "and other features"; `aux_fields` adds named sparse
 fields); the two logits are summed before the sigmoid. Multi-task: both parts output T logits.
+
+A hierarchical scenario (`data.scenario: [country, placement]`, `level_sharing`): the FCN's
+`W_s = W_own[s] * W_country[c] * W_placement[p]` and `b_s` the sum of the same parts (nn.levels, nn.star);
+partitioned normalization stays per combination.
 """
 
 from __future__ import annotations
@@ -31,12 +35,13 @@ from torch import Tensor, nn
 from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register, without_batch_norm
 from msrec.nn import MLP, FeatureEmbedding, MLPOptions, ScenarioRouting
+from msrec.nn.levels import LevelSharingOptions, shared_levels
 from msrec.nn.norm import PartitionedNorm
 from msrec.nn.star import StarFCN
 from msrec.schema import FeatureSpec
 
 
-class StarOptions(ModelOptions):
+class StarOptions(LevelSharingOptions, ModelOptions):
     # 0.1 accepted `batch_norm` and ignored it: its configs still load, the nested key is refused.
     legacy = ModelOptions.legacy | {"aux_hidden": ("aux.hidden",), "activation": ("mlp.activation", "aux.activation"),
                                     "batch_norm": ()}
@@ -65,7 +70,8 @@ class Star(nn.Module):
         dim = self.embedding.flat_dim
         self.norm = (PartitionedNorm(dim, spec.num_scenarios, momentum=options.norm_momentum)
                      if options.partitioned_norm else None)
-        self.fcn = StarFCN(dim, options.mlp, spec.num_tasks, spec.num_scenarios)
+        self.fcn = StarFCN(dim, options.mlp, spec.num_tasks, spec.num_scenarios, shared_levels(spec, options),
+                           options.combination_part)
         self.aux_fields = list(dict.fromkeys([*spec.scenario_fields, *(spec.sparse_index(f) for f in options.aux_fields)]))
         self.aux = MLP.of(len(self.aux_fields) * options.embed_dim, options.aux, spec.num_tasks)
 

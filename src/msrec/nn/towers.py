@@ -9,6 +9,13 @@ zero gradient (docs/scenarios.md).
 
 Run directories written before the weights were stacked (one `MLP` per scenario, `towers.<s>.layers.<j>.*`)
 load into the stacked tensors (`legacy`), and score the same.
+
+A hierarchical scenario (`levels`, nn.levels): layer l of combination s = (c, p) is
+`W_l = base_l + own_l[s] + D_l,country[c] + D_l,placement[p]` (biases alike): a shared base drawn as
+`nn.Linear` draws one, plus additive deltas that start at zero, so every combination starts as the shared
+tower and a combination with few rows is its levels' tower plus a small correction of its own (`own=False`:
+none). The own deltas keep the flat names (`weight.l`, `bias.l`), the base and level deltas are `shared.*`.
+Batch norms and PReLU slopes stay per combination (statistics are the combination's rows').
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from msrec.nn.grow import grow_rows
+from msrec.nn.levels import LevelParts
 from msrec.nn.mlp import ACTIVATIONS, MLP, MLPOptions
-from msrec.nn.routing import ScenarioRouting
+from msrec.nn.routing import ScenarioRouting, tile_linear
+from msrec.schema import ScenarioLevels
 
 MOMENTUM, EPS = 0.1, 1e-5  # BatchNorm1d's defaults, as the per-tower norms had
 
@@ -32,6 +41,35 @@ def linear_init(num: int, out_dim: int, in_dim: int) -> tuple[nn.Parameter, nn.P
     bound = 1 / math.sqrt(in_dim)
     return (nn.Parameter(torch.empty(num, out_dim, in_dim).uniform_(-bound, bound)),
             nn.Parameter(torch.empty(num, out_dim).uniform_(-bound, bound)))
+
+
+class SharedLinear(nn.Module):
+    """A stacked linear layer's level-shared parts (see the module's docstring): a base drawn as `nn.Linear`
+    draws one and additive level deltas, composed with the caller's own deltas `[S, ...]` (or None)."""
+
+    def __init__(self, in_dim: int, out_dim: int, levels: ScenarioLevels):
+        super().__init__()
+        weight, bias = linear_init(1, out_dim, in_dim)
+        self.weight = LevelParts(levels, (out_dim, in_dim), "add", base=weight[0])
+        self.bias = LevelParts(levels, (out_dim,), "add", base=bias[0])
+
+    def tiles(self, routing: ScenarioRouting, own_weight: Tensor | None,
+              own_bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self.weight.tiles(routing, own_weight), self.bias.tiles(routing, own_bias)
+
+    def every(self, own_weight: Tensor | None, own_bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        return self.weight.every(own_weight), self.bias.every(own_bias)
+
+
+def stacked_linear(num: int, out_dim: int, in_dim: int, levels: ScenarioLevels | None,
+                   own: bool) -> tuple[nn.Parameter | None, nn.Parameter | None]:
+    """A stacked layer's own slices: the whole layer of each scenario when flat (drawn as `nn.Linear`), the
+    combinations' own deltas (zeros) with level sharing, none without a combination part."""
+    if levels is None:
+        return linear_init(num, out_dim, in_dim)
+    if not own:
+        return None, None
+    return nn.Parameter(torch.zeros(num, out_dim, in_dim)), nn.Parameter(torch.zeros(num, out_dim))
 
 
 class ScenarioBatchNorm(nn.Module):
@@ -74,15 +112,19 @@ class ScenarioMLP(nn.Module):
     through every scenario's MLP (`[B, S, out]`, HMoE's cross scores; no batch normalization there)."""
 
     def __init__(self, in_dim: int, options: MLPOptions, out_dim: int | None, num_scenarios: int,
-                 legacy: Callable[[str, int], str] | None = None):
+                 legacy: Callable[[str, int], str] | None = None, levels: ScenarioLevels | None = None,
+                 own: bool = True):
         super().__init__()
         self.options, self.num_scenarios, self.legacy = options, num_scenarios, legacy
         dims = [in_dim, *options.hidden, *([out_dim] if out_dim is not None else [])]
-        self.weight, self.bias = nn.ParameterList(), nn.ParameterList()
+        self.weight, self.bias = nn.ParameterList(), nn.ParameterList()  # own slices (flat: the layers)
         for a, b in pairwise(dims):
-            w, bias = linear_init(num_scenarios, b, a)
-            self.weight.append(w)
-            self.bias.append(bias)
+            w, bias = stacked_linear(num_scenarios, b, a, levels, own)
+            if w is not None:
+                self.weight.append(w)
+                self.bias.append(bias)
+        self.shared = None if levels is None else nn.ModuleList(SharedLinear(a, b, levels) for a, b in pairwise(dims))
+        self.num_layers = len(dims) - 1
         hidden = len(options.hidden)
         self.norms = nn.ModuleList(ScenarioBatchNorm(w, num_scenarios) for w in options.hidden) \
             if options.batch_norm else None
@@ -95,7 +137,7 @@ class ScenarioMLP(nn.Module):
 
     def grow_scenarios(self, source: Tensor) -> None:
         """New scenarios' MLPs copied from their source scenarios' (the norms grow themselves; msrec.nn.grow)."""
-        layers = range(len(self.weight))
+        layers = range(len(self.weight))  # level deltas do not grow with scenarios (nn.levels)
         grow_rows(self, source, *(f"weight.{l}" for l in layers), *(f"bias.{l}" for l in layers),
                   *(f"prelu.{l}" for l in range(len(self.prelu or []))))
         self.num_scenarios += len(source)
@@ -105,10 +147,20 @@ class ScenarioMLP(nn.Module):
             return self.act(h)
         return torch.where(h >= 0, h, slope(self.prelu[l]) * h)
 
+    def own(self, l: int) -> tuple[Tensor | None, Tensor | None]:
+        return (self.weight[l], self.bias[l]) if len(self.weight) else (None, None)
+
+    def layer(self, l: int) -> tuple[Tensor, Tensor]:
+        """Layer l of every scenario, `[S, out, in]` and `[S, out]` (composed by level where shared)."""
+        return self.own(l) if self.shared is None else self.shared[l].every(*self.own(l))
+
     def tiles(self, h: Tensor, routing: ScenarioRouting) -> Tensor:
         """The MLPs on tiles `[N, C, in]` (`routing.pack(x)`), giving tiles `[N, C, out]`."""
-        for l in range(len(self.weight)):
-            h = routing.linear(h, self.weight[l], self.bias[l])
+        for l in range(self.num_layers):
+            if self.shared is None:
+                h = routing.linear(h, self.weight[l], self.bias[l])
+            else:  # each tile's layer composed from its combination's parts
+                h = tile_linear(h, *self.shared[l].tiles(routing, *self.own(l)))
             if l < self.num_hidden:
                 if self.norms is not None:
                     h = self.norms[l](h, routing)
@@ -121,16 +173,17 @@ class ScenarioMLP(nn.Module):
     def every(self, x: Tensor) -> Tensor:
         """Every scenario's MLP on every row: `[B, in]` -> `[B, S, out]`."""
         h = x.unsqueeze(1).expand(-1, self.num_scenarios, -1)
-        for l in range(len(self.weight)):
-            h = torch.einsum("bsi,soi->bso", h, self.weight[l]) + self.bias[l]
+        for l in range(self.num_layers):
+            weight, bias = self.layer(l)
+            h = torch.einsum("bsi,soi->bso", h, weight) + bias
             if l < self.num_hidden:
                 h = self.dropout(self.activate(h, l, lambda p: p.view(1, -1, 1)))
         return h
 
     def scenario(self, s: int) -> MLP:
         """Scenario s's network as an ordinary `MLP` (a copy, in evaluation mode; for inspection and tests)."""
-        in_dim = self.weight[0].shape[2]
-        out_dim = self.out_dim if len(self.weight) > self.num_hidden else None
+        in_dim = self.layer(0)[0].shape[2]
+        out_dim = self.out_dim if self.num_layers > self.num_hidden else None
         mlp = MLP.of(in_dim, self.options, out_dim).eval()
         mlp.load_state_dict(self._legacy_tensors(lambda t: t[s]), strict=True)
         return mlp
@@ -138,9 +191,13 @@ class ScenarioMLP(nn.Module):
     def _legacy_tensors(self, pick: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
         """One scenario's tensors under `MLP`'s names (`layers.<j>.weight`, ...), `pick` choosing it."""
         out: dict[str, Tensor] = {}
+        layers = [self.layer(l) for l in range(self.num_layers)]
         for name, tensor in self._legacy_names().items():
             if tensor is None:  # BatchNorm's `num_batches_tracked` (unused: the momentum is set)
                 out[name] = torch.tensor(0)
+            elif tensor.startswith(("weight.", "bias.")):
+                kind, l = tensor.split(".")
+                out[name] = pick(layers[int(l)][kind == "bias"])
             else:
                 out[name] = pick(self.get_buffer(tensor) if "running" in tensor else self.get_parameter(tensor))
         return out
@@ -149,7 +206,7 @@ class ScenarioMLP(nn.Module):
         """`MLP` state-dict names of one scenario's network -> this module's stacked tensor names."""
         names: dict[str, str | None] = {}
         j = 0
-        for l in range(len(self.weight)):
+        for l in range(self.num_layers):
             names[f"layers.{j}.weight"], names[f"layers.{j}.bias"] = f"weight.{l}", f"bias.{l}"
             j += 1
             if l >= self.num_hidden:
@@ -166,7 +223,7 @@ class ScenarioMLP(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Stacks the weights of a run written with one `MLP` per scenario (their names given by `legacy`)."""
-        if self.legacy is not None and f"{self.legacy(prefix, 0)}layers.0.weight" in state_dict:
+        if self.legacy is not None and self.shared is None and f"{self.legacy(prefix, 0)}layers.0.weight" in state_dict:
             for name, stacked in self._legacy_names().items():
                 parts = [state_dict.pop(f"{self.legacy(prefix, s)}{name}") for s in range(self.num_scenarios)]
                 if stacked is not None:
@@ -178,8 +235,10 @@ class ScenarioTowers(ScenarioMLP):
     """One tower per scenario ending in a linear layer of width `out_dim` (split_merge, mmoe, ple, hmoe).
     Runs written with one `MLP` per scenario (`towers.<s>.layers.<j>.*`) load into the stacked weights."""
 
-    def __init__(self, in_dim: int, options: MLPOptions, out_dim: int, num_scenarios: int):
-        super().__init__(in_dim, options, out_dim, num_scenarios, legacy=lambda prefix, s: f"{prefix}towers.{s}.")
+    def __init__(self, in_dim: int, options: MLPOptions, out_dim: int, num_scenarios: int,
+                 levels: ScenarioLevels | None = None, own: bool = True):
+        super().__init__(in_dim, options, out_dim, num_scenarios, legacy=lambda prefix, s: f"{prefix}towers.{s}.",
+                         levels=levels, own=own)
 
 
 class ScenarioLinear(nn.Module):
@@ -188,26 +247,32 @@ class ScenarioLinear(nn.Module):
     layer's prefix)."""
 
     def __init__(self, in_dim: int, out_dim: int, num_scenarios: int,
-                 legacy: Callable[[str, int], str] | None = None):
+                 legacy: Callable[[str, int], str] | None = None, levels: ScenarioLevels | None = None,
+                 own: bool = True):
         super().__init__()
-        self.weight, self.bias = linear_init(num_scenarios, out_dim, in_dim)
+        self.weight, self.bias = stacked_linear(num_scenarios, out_dim, in_dim, levels, own)  # own slices
+        self.shared = None if levels is None else SharedLinear(in_dim, out_dim, levels)
         self.num_scenarios, self.legacy = num_scenarios, legacy
 
     def grow_scenarios(self, source: Tensor) -> None:
-        grow_rows(self, source, "weight", "bias")
+        if self.weight is not None:
+            grow_rows(self, source, "weight", "bias")
         self.num_scenarios += len(source)
 
     def forward(self, x: Tensor, routing: ScenarioRouting) -> Tensor:
-        return routing.unpack(routing.linear(routing.pack(x), self.weight, self.bias))
+        if self.shared is None:
+            return routing.unpack(routing.linear(routing.pack(x), self.weight, self.bias))
+        return routing.unpack(tile_linear(routing.pack(x), *self.shared.tiles(routing, self.weight, self.bias)))
 
     def scenario(self, s: int) -> nn.Linear:
         """Scenario s's layer as an ordinary `nn.Linear` (a copy; for inspection and tests)."""
-        layer = nn.Linear(self.weight.shape[2], self.weight.shape[1])
-        layer.load_state_dict({"weight": self.weight[s], "bias": self.bias[s]})
+        weight, bias = (self.weight, self.bias) if self.shared is None else self.shared.every(self.weight, self.bias)
+        layer = nn.Linear(weight.shape[2], weight.shape[1])
+        layer.load_state_dict({"weight": weight[s], "bias": bias[s]})
         return layer
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if self.legacy is not None and f"{self.legacy(prefix, 0)}weight" in state_dict:
+        if self.legacy is not None and self.shared is None and f"{self.legacy(prefix, 0)}weight" in state_dict:
             for name in ("weight", "bias"):
                 state_dict[prefix + name] = torch.stack(
                     [state_dict.pop(f"{self.legacy(prefix, s)}{name}") for s in range(self.num_scenarios)])

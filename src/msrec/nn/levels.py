@@ -1,0 +1,99 @@
+"""Per-scenario parameters shared by level, for a scenario of several columns (`data.scenario: [country,
+placement]`, docs/scenarios.md "Hierarchical scenarios: parameters shared by level").
+
+A flat model holds one independent slice per scenario of each stacked tensor `[S, ...]`, so a combination
+with a few hundred rows trains its slice from those rows alone. Here combination s = (c, p) composes its
+slice from one part per level value, which every combination holding that value trains, and optionally a
+part of its own:
+
+    multiplicative (STAR's W_s):  T_s = own[s] * P_country[c] * P_placement[p]          parts start at ones
+    additive (biases, towers):    T_s = base + own[s] + P_country[c] + P_placement[p]   parts start at zeros
+
+Each level's parts are one table `[sizes[l], ...]` indexed by the level ids of `ScenarioLevels.tensor()`;
+level id 0 (the combination fell back from that level, `US/*`) is the identity (ones / zeros), whatever
+row 0 holds (it gets no gradient). The own part stays with the caller under its flat name (`weight_s`,
+`weight.0`), so that a flat model keeps its parameter names.
+
+Applied to tiles (nn.routing), each tile gathers its scenario's level ids, then each level's part through
+`ScenarioRouting.gather` (as every per-scenario tensor is gathered), and composes them: the cost is per
+tile, not per scenario of the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import operator
+from collections.abc import Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from msrec.nn.routing import ScenarioRouting
+from msrec.schema import FeatureSpec, ScenarioLevels
+
+
+class LevelSharingOptions(BaseModel):
+    """The options of a model whose per-scenario parameters can be shared by level (mixed into its options)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    level_sharing: bool = True
+    """A scenario of several columns: each combination's per-scenario parameters are composed from one part per
+    level value (and its own, `combination_part`), so that combinations holding a value share its part
+    (docs/scenarios.md). false: independent parameters per combination. No effect on a single scenario column."""
+    combination_part: bool = True
+    """With level sharing, each combination also keeps a part of its own (false: only its levels' parts)."""
+
+
+def shared_levels(spec: FeatureSpec, options: LevelSharingOptions) -> ScenarioLevels | None:
+    """The levels a model shares its per-scenario parameters by: the scenario's, when it has several columns and
+    `level_sharing` is on; None (flat, independent parameters per scenario) otherwise."""
+    return spec.levels if options.level_sharing and spec.levels is not None else None
+
+
+def _gather_rows(routing: ScenarioRouting, table: Tensor, index: Tensor) -> Tensor:
+    """`table[index]` (one index per tile) through `routing.gather`, so that a level table is gathered, and gets
+    its gradient, exactly as a per-scenario tensor does."""
+    view = copy.copy(routing)
+    view.tile_scenario, view.num_scenarios = index, table.shape[0]
+    return view.gather(table)
+
+
+class LevelParts(nn.Module):
+    """One part per level value of a stacked per-scenario tensor `[S, *shape]`, composed by `op` (`"mul"`:
+    product, parts start at ones; `"add"`: sum, parts start at zeros) with an optional shared `base` (added,
+    `"add"` only) and the caller's own slices `own [S, *shape]` (or None)."""
+
+    def __init__(self, levels: ScenarioLevels, shape: Sequence[int], op: str, base: Tensor | None = None):
+        super().__init__()
+        if op not in ("mul", "add") or (base is not None and op != "add"):
+            raise ValueError(f"level parts: op {op!r} (mul, or add with an optional base)")
+        self.op, self.identity = op, 1.0 if op == "mul" else 0.0
+        self.parts = nn.ParameterList(nn.Parameter(torch.full((size, *shape), self.identity))
+                                      for size in levels.sizes)
+        self.base = None if base is None else nn.Parameter(base.detach().clone())
+        # Each scenario's level ids [S, L]: from the feature spec, not saved (a run's encoder holds them).
+        self.register_buffer("ids", levels.tensor(), persistent=False)
+
+    def _compose(self, ids: Tensor, picked: list[Tensor], own: Tensor | None) -> Tensor:
+        """`picked[l] [K, *shape]` (level l's parts of K scenarios or tiles, their ids `ids [K, L]`), the
+        identity where a level id is 0, composed with `own` and the base."""
+        parts = [torch.where((ids[:, l] > 0).view(-1, *[1] * (p.dim() - 1)), p, self.identity)
+                 for l, p in enumerate(picked)]
+        if own is not None:
+            parts.append(own)
+        combine = operator.mul if self.op == "mul" else operator.add
+        out = functools.reduce(combine, parts)
+        return out if self.base is None else out + self.base
+
+    def tiles(self, routing: ScenarioRouting, own: Tensor | None = None) -> Tensor:
+        """`[N, *shape]`: each tile's scenario's tensor (`own`: the stacked own slices `[S, *shape]`)."""
+        ids = routing.gather(self.ids)  # [N, L]
+        picked = [_gather_rows(routing, part, ids[:, l]) for l, part in enumerate(self.parts)]
+        return self._compose(ids, picked, None if own is None else routing.gather(own))
+
+    def every(self, own: Tensor | None = None) -> Tensor:
+        """`[S, *shape]`: every scenario's tensor (HMoE's cross scores, inspection)."""
+        picked = [part.index_select(0, self.ids[:, l]) for l, part in enumerate(self.parts)]
+        return self._compose(self.ids, picked, own)
