@@ -51,6 +51,8 @@ def _outcome(result: TrainResult, data: EncodedData) -> tuple[dict, dict[str, np
     spec = result.encoder.spec()
     arrays = {"scores": result.scores[split].numpy().astype(np.float32),
               "labels": table.labels.numpy().astype(np.int8), "scenario": table.scenario.numpy().astype(np.int32)}
+    if spec.levels is not None:  # each combination's level ids [S, L]: the report's per-level intervals
+        arrays["levels"] = spec.levels.tensor().numpy().astype(np.int32)
     return result.metrics, arrays, list(spec.scenarios), list(spec.tasks), split
 
 
