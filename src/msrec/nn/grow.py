@@ -24,7 +24,9 @@ def grow_rows(module: nn.Module, source: Tensor, *names: str) -> None:
         old = getattr(owner, leaf)
         grown = torch.cat([old, old.index_select(0, source.to(old.device))])
         if isinstance(old, nn.Parameter):
-            setattr(owner, leaf, nn.Parameter(grown, requires_grad=old.requires_grad))
+            param = nn.Parameter(grown, requires_grad=old.requires_grad)
+            param.__dict__.update(old.__dict__)  # its marks (nn.routing.stacked)
+            setattr(owner, leaf, param)
         else:
             owner.register_buffer(leaf, grown, persistent=leaf not in owner._non_persistent_buffers_set)
 

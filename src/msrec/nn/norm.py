@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from msrec.nn.grow import grow_rows
+from msrec.nn.routing import stacked
 
 MIN_ROWS = 16  # a scenario with fewer rows in a training batch is normalised with its running statistics
 
@@ -46,8 +47,8 @@ class PartitionedNorm(nn.Module):
         self.min_rows = max(2, min_rows)
         self.gamma = nn.Parameter(torch.ones(dim))
         self.beta = nn.Parameter(torch.zeros(dim))
-        self.gamma_s = nn.Parameter(torch.ones(num_scenarios, dim))
-        self.beta_s = nn.Parameter(torch.zeros(num_scenarios, dim))
+        self.gamma_s = stacked(nn.Parameter(torch.ones(num_scenarios, dim)))
+        self.beta_s = stacked(nn.Parameter(torch.zeros(num_scenarios, dim)))
         self.register_buffer("running_mean", torch.zeros(num_scenarios, dim))
         self.register_buffer("running_var", torch.ones(num_scenarios, dim))
         # Updates so far of each scenario's running mean (row 0) and variance (row 1).

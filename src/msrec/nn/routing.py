@@ -18,7 +18,10 @@ the size that minimises padded rows + `TILE_COST` x tiles (docs/scenarios.md has
 One scenario in the batch: a single tile of the whole batch, no copy.
 
 A scenario's parameters see, and get gradient from, its own rows only (padding rows are dropped before the
-loss). Export (TorchScript / ONNX tracing): the tiling depends on the data and would be baked into the
+loss). A part declares its stacked parameters with `stacked` (explicitly: a width that happens to equal S is
+not a scenario axis); when the trainer's optimizer updates them row-sparsely (`train.scenario_updates`,
+msrec.train.optim) `gather` gives them a row-sparse gradient, the slices of the scenarios present only, so a
+step's backward and update cost follows the scenarios in the batch, not S. Export (TorchScript / ONNX tracing): the tiling depends on the data and would be baked into the
 graph, so there every row is its own tile (`C = 1`): the same results, for any batch.
 """
 
@@ -28,9 +31,35 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 TILE_COST = 16  # one tile's gathered weights cost about as much as this many rows' matmul (docs/scenarios.md)
+
+
+def stacked(param: nn.Parameter) -> nn.Parameter:
+    """Declares `param` stacked by scenario: `[S, ...]`, slice s that of scenario s (or of routing group s).
+    The trainer's row-sparse optimizer (msrec.train.optim) takes the parameters so declared; nothing else is
+    one (never guessed from a shape). Returns `param`."""
+    param.scenario_stacked = True
+    return param
+
+
+class RowSparseGather(torch.autograd.Function):
+    """`weight.index_select(0, index)` whose gradient is row-sparse: a coalesced sparse COO tensor holding the
+    summed gradient of the rows `index` names (its unique values), nothing for the other rows."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.shape = weight.shape
+        return weight.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (index,) = ctx.saved_tensors
+        rows, inverse = torch.unique(index, return_inverse=True)
+        values = grad.new_zeros(len(rows), *grad.shape[1:]).index_add_(0, inverse, grad)
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), values, ctx.shape, is_coalesced=True), None
 
 
 def exporting() -> bool:
@@ -141,7 +170,12 @@ class ScenarioRouting:
         return flat.index_fill(0, self.slot, 1.0).view(self.num_tiles, self.tile)
 
     def gather(self, per_scenario: Tensor) -> Tensor:
-        """`[S, ...]` -> `[N, ...]`: each tile's scenario's slice."""
+        """`[S, ...]` -> `[N, ...]`: each tile's scenario's slice. A parameter switched to row-sparse gradients
+        (`row_sparse_grad`, set by msrec.train.optim for `stacked` parameters) gets one: the present
+        scenarios' slices only."""
+        if (getattr(per_scenario, "row_sparse_grad", False) and per_scenario.requires_grad
+                and torch.is_grad_enabled() and not self.traced):
+            return RowSparseGather.apply(per_scenario, self.tile_scenario)
         return per_scenario.index_select(0, self.tile_scenario)
 
     def linear(self, tiles: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

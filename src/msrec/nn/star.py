@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from msrec.nn.grow import grow_rows
 from msrec.nn.levels import LevelParts
 from msrec.nn.mlp import ACTIVATIONS, MLPOptions
-from msrec.nn.routing import ScenarioRouting, tile_linear
+from msrec.nn.routing import ScenarioRouting, stacked, tile_linear
 from msrec.schema import ScenarioLevels
 
 
@@ -40,8 +40,8 @@ class StarLinear(nn.Module):
         bound = 1 / math.sqrt(in_dim)
         nn.init.uniform_(self.bias, -bound, bound)
         if levels is None or own:  # a combination's own W_s, b_s (all a flat scenario has)
-            self.weight_s = nn.Parameter(torch.ones(num_scenarios, out_dim, in_dim))
-            self.bias_s = nn.Parameter(torch.zeros(num_scenarios, out_dim))
+            self.weight_s = stacked(nn.Parameter(torch.ones(num_scenarios, out_dim, in_dim)))
+            self.bias_s = stacked(nn.Parameter(torch.zeros(num_scenarios, out_dim)))
         else:
             self.weight_s = self.bias_s = None
         self.weight_levels = None if levels is None else LevelParts(levels, (out_dim, in_dim), "mul")

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from msrec.nn.grow import grow_rows
 from msrec.nn.levels import LevelParts
 from msrec.nn.mlp import ACTIVATIONS, MLP, MLPOptions
-from msrec.nn.routing import ScenarioRouting, tile_linear
+from msrec.nn.routing import ScenarioRouting, stacked, tile_linear
 from msrec.schema import ScenarioLevels
 
 MOMENTUM, EPS = 0.1, 1e-5  # BatchNorm1d's defaults, as the per-tower norms had
@@ -39,8 +39,8 @@ MOMENTUM, EPS = 0.1, 1e-5  # BatchNorm1d's defaults, as the per-tower norms had
 def linear_init(num: int, out_dim: int, in_dim: int) -> tuple[nn.Parameter, nn.Parameter]:
     """`num` stacked layers drawn as `nn.Linear` draws one (uniform within 1 / sqrt(in_dim))."""
     bound = 1 / math.sqrt(in_dim)
-    return (nn.Parameter(torch.empty(num, out_dim, in_dim).uniform_(-bound, bound)),
-            nn.Parameter(torch.empty(num, out_dim).uniform_(-bound, bound)))
+    return (stacked(nn.Parameter(torch.empty(num, out_dim, in_dim).uniform_(-bound, bound))),
+            stacked(nn.Parameter(torch.empty(num, out_dim).uniform_(-bound, bound))))
 
 
 class SharedLinear(nn.Module):
@@ -69,7 +69,7 @@ def stacked_linear(num: int, out_dim: int, in_dim: int, levels: ScenarioLevels |
         return linear_init(num, out_dim, in_dim)
     if not own:
         return None, None
-    return nn.Parameter(torch.zeros(num, out_dim, in_dim)), nn.Parameter(torch.zeros(num, out_dim))
+    return stacked(nn.Parameter(torch.zeros(num, out_dim, in_dim))), stacked(nn.Parameter(torch.zeros(num, out_dim)))
 
 
 class ScenarioBatchNorm(nn.Module):
@@ -79,8 +79,8 @@ class ScenarioBatchNorm(nn.Module):
 
     def __init__(self, dim: int, num_scenarios: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_scenarios, dim))
-        self.bias = nn.Parameter(torch.zeros(num_scenarios, dim))
+        self.weight = stacked(nn.Parameter(torch.ones(num_scenarios, dim)))
+        self.bias = stacked(nn.Parameter(torch.zeros(num_scenarios, dim)))
         self.register_buffer("running_mean", torch.zeros(num_scenarios, dim))
         self.register_buffer("running_var", torch.ones(num_scenarios, dim))
 
@@ -128,7 +128,7 @@ class ScenarioMLP(nn.Module):
         hidden = len(options.hidden)
         self.norms = nn.ModuleList(ScenarioBatchNorm(w, num_scenarios) for w in options.hidden) \
             if options.batch_norm else None
-        self.prelu = nn.ParameterList(nn.Parameter(torch.full((num_scenarios, 1), 0.25)) for _ in range(hidden)) \
+        self.prelu = nn.ParameterList(stacked(nn.Parameter(torch.full((num_scenarios, 1), 0.25))) for _ in range(hidden)) \
             if options.activation == "prelu" else None
         self.act = ACTIVATIONS[options.activation]() if options.activation != "prelu" else None
         self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
