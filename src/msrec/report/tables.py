@@ -91,16 +91,78 @@ def metric_table(grid: Grid, records: list[RunRecord], task: str, metric: str, m
 
 def level_tables(grid: Grid, records: list[RunRecord], task: str, multi_task: bool) -> list[TableData]:
     """A hierarchical scenario's test AUC per level value (a level value's figures are those of its rows),
-    mean ± std over seeds; none for a flat scenario."""
+    mean ± std over seeds, each followed by the differences from the reference with their intervals; none for
+    a flat scenario."""
     levels = level_blocks(records[0].block(task))
     out = []
-    for column in levels:
+    for j, column in enumerate(levels):
         runs = {label: [level_blocks(r.block(task))[column] for r in rs]
                 for label, rs in by_label(grid.labels, records).items()}
         out.append(scenario_cells(_tagged(f"Test AUC per {column}", task, multi_task), runs, "auc",
                                   f"Test AUC of the rows of each {column} value (every combination holding it), mean "
                                   "± std over seeds; macro: mean over the values; weighted macro: weighted by rows."))
+        diffs = level_differences(grid, records, task, j, column)
+        table = difference_table(grid, diffs, task, "auc", multi_task,
+                                 {n: b["rows"] for n, b in levels[column]["scenarios"].items()})
+        if table is not None:
+            table.title = _tagged(f"Difference from {grid.spec.reference} (AUC) per {column}", task, multi_task)
+            table.note += f" The rows of each {column} value are resampled as in the table of combinations."
+            out.append(table)
     return out
+
+
+def _paired(grid: Grid, records: list[RunRecord], columns: list[str], observed, replicates,
+            higher: bool) -> dict[str, dict[str, Difference]]:
+    """label -> column -> the model minus the reference, paired by seed and by test row: `observed(run, column)`
+    a run's figure, `replicates(run)` its (labels, column -> bootstrap replicates) or None (not resampled)."""
+    runs = by_label(grid.labels, records)
+    ref = grid.spec.reference
+    if ref not in runs or len(runs) < 2:
+        return {}
+    ref_by_seed = {r.seed: r for r in runs[ref]}
+    out = {}
+    for label, model_runs in runs.items():
+        pairs = [(r, ref_by_seed[r.seed]) for r in model_runs if r.seed in ref_by_seed]
+        if label == ref or not pairs:
+            continue
+        found, reps = [], []
+        for r, q in pairs:
+            mine, theirs = replicates(r), replicates(q)
+            if mine is None or theirs is None:
+                return {}
+            (y_r, rep_r), (y_q, rep_q) = mine, theirs
+            if not np.array_equal(y_r, y_q):
+                raise ValueError(f"{r.id} and {q.id} were tested on different rows; cannot pair them")
+            found.append([observed(r, c) - observed(q, c) for c in columns])
+            reps.append(np.stack([rep_r[c] - rep_q[c] for c in columns], 1))
+        out[label] = dict(zip(columns, paired_differences(np.array(found, dtype=np.float64), np.stack(reps), higher,
+                                                          seed=len(pairs))))
+    return out
+
+
+def level_differences(grid: Grid, records: list[RunRecord], task: str, level: int,
+                      column: str) -> dict[str, dict[str, Difference]]:
+    """`differences` per value of level `level` (named `column`): each value's rows (the combinations holding
+    it; those fallen back from the level count for none) resampled with weights shared by both models; empty
+    for runs stored without their level ids."""
+    values = list(level_blocks(records[0].block(task))[column]["scenarios"])
+    cache: dict[str, tuple | None] = {}
+
+    def replicates(r: RunRecord) -> tuple | None:
+        if r.id not in cache:
+            z, j = r.arrays(), r.tasks.index(task)
+            if "levels" not in z:
+                cache[r.id] = None
+                return None
+            ids = z["levels"][z["scenario"], level]
+            keep = ids > 0
+            y = z["labels"][keep, j]
+            cache[r.id] = (y, replicate_metrics(y, z["scores"][keep, j], ids[keep] - 1, values, grid.spec.bootstrap,
+                                                seed=r.seed)["auc"])
+        return cache[r.id]
+
+    return _paired(grid, records, [*values, "macro", "weighted_macro"],
+                   lambda r, c: value(level_blocks(r.block(task))[column], c, "auc"), replicates, True)
 
 
 def differences(grid: Grid, records: list[RunRecord], task: str, metric: str,
@@ -108,36 +170,17 @@ def differences(grid: Grid, records: list[RunRecord], task: str, metric: str,
     """label -> column -> the model minus the reference, paired by seed and by test row (the paired
     hierarchical bootstrap of `stats`); empty without the reference or a second model. `cache` keeps
     each run's bootstrap replicates between the calls of one report."""
-    runs = by_label(grid.labels, records)
-    ref = grid.spec.reference
-    if ref not in runs or len(runs) < 2:
-        return {}
 
     def replicates(r: RunRecord) -> tuple:
         if (r.id, task) not in cache:
             z, j = r.arrays(), r.tasks.index(task)
             cache[r.id, task] = (z["labels"][:, j], replicate_metrics(
                 z["labels"][:, j], z["scores"][:, j], z["scenario"], r.scenarios, grid.spec.bootstrap, seed=r.seed))
-        return cache[r.id, task]
+        y, reps = cache[r.id, task]
+        return y, reps[metric]
 
-    ref_by_seed = {r.seed: r for r in runs[ref]}
-    out = {}
-    for label, model_runs in runs.items():
-        pairs = [(r, ref_by_seed[r.seed]) for r in model_runs if r.seed in ref_by_seed]
-        if label == ref or not pairs:
-            continue
-        columns = [*records[0].scenarios, "overall", "macro", "weighted_macro"]
-        observed, reps = [], []
-        for r, q in pairs:
-            (y_r, rep_r), (y_q, rep_q) = replicates(r), replicates(q)
-            if not np.array_equal(y_r, y_q):
-                raise ValueError(f"{r.id} and {q.id} were tested on different rows; cannot pair them")
-            observed.append([value(r.block(task), c, metric) - value(q.block(task), c, metric) for c in columns])
-            reps.append(np.stack([rep_r[metric][c] - rep_q[metric][c] for c in columns], 1))
-        found = paired_differences(np.array(observed, dtype=np.float64), np.stack(reps), metric == "auc",
-                                   seed=len(pairs))
-        out[label] = dict(zip(columns, found))
-    return out
+    return _paired(grid, records, [*records[0].scenarios, "overall", "macro", "weighted_macro"],
+                   lambda r, c: value(r.block(task), c, metric), replicates, metric == "auc")
 
 
 def difference_table(grid: Grid, diffs: dict[str, dict[str, Difference]], task: str, metric: str,
