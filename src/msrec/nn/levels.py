@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from msrec.nn.routing import ScenarioRouting
+from msrec.nn.routing import ScenarioRouting, stacked
 from msrec.schema import FeatureSpec, ScenarioLevels
 
 
@@ -70,7 +70,8 @@ class LevelParts(nn.Module):
         if op not in ("mul", "add") or (base is not None and op != "add"):
             raise ValueError(f"level parts: op {op!r} (mul, or add with an optional base)")
         self.op, self.identity = op, 1.0 if op == "mul" else 0.0
-        self.parts = nn.ParameterList(nn.Parameter(torch.full((size, *shape), self.identity))
+        # stacked by level value, gathered per tile: row-sparse gradients where the optimizer asks (nn.routing)
+        self.parts = nn.ParameterList(stacked(nn.Parameter(torch.full((size, *shape), self.identity)))
                                       for size in levels.sizes)
         self.base = None if base is None else nn.Parameter(base.detach().clone())
         # Each scenario's level ids [S, L]: from the feature spec, not saved (a run's encoder holds them).
