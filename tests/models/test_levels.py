@@ -4,6 +4,8 @@ level id 0 is the identity, the per-tile composition is each combination's, and 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -144,3 +146,33 @@ def test_level_tables_are_per_level_value_and_own_slices_per_combination():
     assert state["fcn.layers.0.weight_s"].shape[0] == 5
     no_own = build_model("split_merge", spec(), {"combination_part": False}).state_dict()
     assert not any(k.startswith(("towers.weight.", "towers.bias.")) for k in no_own)
+
+
+def grown_spec(values: list[list[str]], new: list[int]) -> FeatureSpec:
+    levels = ScenarioLevels(LEVELS.columns, values, [*LEVELS.ids, new])
+    grown = spec(levels)
+    grown.scenarios = [*grown.scenarios, "new"]
+    grown.sparse_vocab = [30, 20, len(values[0]) + 1, len(values[1]) + 1]
+    return grown
+
+
+@pytest.mark.parametrize("name", ["star", "split_merge"])
+def test_extend_grows_a_new_combination_of_known_values_and_stops_at_a_new_level_value(name):
+    """msrec extend's growth (`grow_model`): a new combination of known values gets its own part (a copy of its
+    source's) and reads its levels' trained parts; a new level value stops with the error naming the table."""
+    from msrec.errors import MsrecError
+    from msrec.extend import grow_model
+
+    def run():
+        torch.manual_seed(0)
+        return SimpleNamespace(model=build_model(name, spec()).eval(), encoder=SimpleNamespace(scenario_names=list(COMBINATIONS)),
+                               config=SimpleNamespace(model=SimpleNamespace(name=name, options=dict)))
+
+    old = run()
+    model, masks = grow_model(old, SimpleNamespace(spec=lambda: grown_spec(LEVELS.values, [3, 1])), [C_Y])  # C/x
+    model.eval()
+    probe = batch([A_X, A_Y, B_X, C_Y, B_ANY] * 2, seed=1)
+    torch.testing.assert_close(model(probe), old.model(probe))  # the old combinations score as before
+    assert masks and not any(".parts." in key for key in masks)  # only the new own slices train
+    with pytest.raises(MsrecError, match=r"levels\.parts\.0|shared\.0\.weight\.parts\.0"):
+        grow_model(run(), SimpleNamespace(spec=lambda: grown_spec([["A", "B", "C", "D"], ["x", "y"]], [4, 1])), [C_Y])
