@@ -5,9 +5,10 @@
 
 Every setting trains one epoch of a model on the same number of synthetic rows (`--rows`, 80 % of them
 training rows) whose id space is `--ids` (`users` = `items` = ids / 2); `data.hash_buckets` sizes the
-user and item tables to exactly that, so the table has ~ids rows whatever the rows happen to hold. Two modes:
-`default` (the default config: row-sparse tables with rowwise_adagrad) and `dense` (the previous path:
-`train.embedding_optimizer.name: dense`, one Adam over every row every step). The data are generated once per
+user and item tables to exactly that, so the table has ~ids rows whatever the rows happen to hold. Modes:
+`default` (the default config: row-sparse tables with rowwise_adagrad), `dense` (the previous path:
+`train.embedding_optimizer.name: dense`, one Adam over every row every step) and `bf16` (the default with
+`model.table_dtype: bfloat16`: the table stored in 16 bits). The data are generated once per
 id count and written to Parquet (`--out`), so that each measurement (a child process, for its own peak RSS)
 reads the same file and holds no generator state. Printed per model and mode: samples/s of the training
 steps (wall clock) and its ratio to the smallest id count, the same per CPU second of the training epochs
@@ -49,7 +50,7 @@ def data_file(ids: int, rows: int, out: Path) -> tuple[Path, int]:
 def config(path: Path, ids: int, model: str, mode: str, threads: int) -> dict:
     half = max(1, ids // 2)
     return {"data": {"train": str(path), **SCHEMA, "hash_buckets": {"user_id": half, "item_id": half}},
-            "model": {"name": model},
+            "model": {"name": model, **({"table_dtype": "bfloat16"} if mode == "bf16" else {})},
             "train": {"epochs": 1, "batch_size": 4096, "progress": False, "threads": threads,
                       **({"embedding_optimizer": {"name": "dense"}} if mode == "dense" else {})}}
 
@@ -112,7 +113,7 @@ def main() -> None:
     ap.add_argument("--ids", type=int, nargs="+", default=[10_000, 1_000_000, 10_000_000])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--models", nargs="+", default=["dnn", "star"])
-    ap.add_argument("--modes", nargs="+", default=["default", "dense"], choices=["default", "dense"])
+    ap.add_argument("--modes", nargs="+", default=["default", "dense"], choices=["default", "dense", "bf16"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("/tmp/msrec-vocab"))

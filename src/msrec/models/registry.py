@@ -12,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args, get_origin
 
+import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from msrec.errors import MsrecError, first_problem
 from msrec.nn.backbone import BackboneOptions
+from msrec.nn.embedding import tables_stored_in
 from msrec.nn.mlp import MLPOptions
 from msrec.schema import FeatureSpec
 
@@ -89,6 +91,10 @@ class ModelOptions(BaseModel):
     """The main network."""
     backbone: BackboneOptions = Field(default_factory=BackboneOptions)
     """The interaction backbone under the model's network (docs/backbones.md)."""
+    table_dtype: Literal["float32", "bfloat16"] = "float32"
+    """How the embedding table is stored: `bfloat16` halves its memory (training and run directory; lookups and
+    everything above stay float32, updates are rounded stochastically); needs `train.embedding_optimizer`
+    `rowwise_adagrad` (docs/embeddings.md)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -149,7 +155,8 @@ def parse_options(name: str, options: dict[str, Any]) -> ModelOptions:
 def build_model(name: str, spec: FeatureSpec, options: dict[str, Any] | ModelOptions | None = None) -> nn.Module:
     entry = get_entry(name)
     opts = options if isinstance(options, ModelOptions) else parse_options(name, options or {})
-    return entry.cls(spec, opts)
+    with tables_stored_in(getattr(torch, opts.table_dtype)):
+        return entry.cls(spec, opts)
 
 
 def list_models() -> list[ModelEntry]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from torch import Tensor, nn
 
@@ -9,6 +13,20 @@ from msrec.data.table import Batch
 from msrec.nn.backbone import BackboneOptions, build_backbone
 from msrec.nn.grow import field_sizes, grow_table
 from msrec.schema import FeatureSpec
+
+# The dtype new tables are stored in: `model.table_dtype`, set by `models.registry.build_model` around a model's
+# construction, so that a bf16 table is allocated as bf16 (building it in fp32 and casting would peak at 1.5x).
+_TABLE_DTYPE: ContextVar[torch.dtype] = ContextVar("table_dtype", default=torch.float32)
+
+
+@contextmanager
+def tables_stored_in(dtype: torch.dtype) -> Iterator[None]:
+    """Every `FeatureEmbedding` built inside stores its table in `dtype` (its lookups still give float32)."""
+    token = _TABLE_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _TABLE_DTYPE.reset(token)
 
 
 def table_offsets(sizes: list[int]) -> Tensor:
@@ -23,6 +41,9 @@ class FeatureEmbedding(nn.Module):
     the dense values, through the model's interaction backbone (`model.backbone`, msrec.nn.backbone) when it
     is not the plain concatenation; `flat_dim` is its width. Every model reads its input here, so every
     model sits on the backbone it is given.
+
+    The table may be stored in bfloat16 (`model.table_dtype`: half the memory); `lookup` always gives float32,
+    so everything above computes as before and the row-sparse optimizer rounds the updated rows back.
 
     Built with dense gradients (any torch optimizer can train it); the trainer switches every table to sparse
     gradients for a row-sparse `train.embedding_optimizer` (msrec.train.optim), which changes no output and
@@ -40,7 +61,7 @@ class FeatureEmbedding(nn.Module):
         self.dense_dim = spec.dense_dim
         sizes = [*spec.sparse_vocab, *spec.list_vocab]
         self.register_buffer("offsets", table_offsets(sizes), persistent=False)
-        self.table = nn.Embedding(max(1, sum(sizes)), dim)
+        self.table = nn.Embedding(max(1, sum(sizes)), dim, dtype=_TABLE_DTYPE.get())
         nn.init.normal_(self.table.weight, std=init_std)
         self.register_buffer("input_fields", None if input_fields is None else
                              torch.tensor(input_fields, dtype=torch.long), persistent=False)
@@ -59,6 +80,11 @@ class FeatureEmbedding(nn.Module):
         self.table.num_embeddings = grown.shape[0]
         self.offsets = table_offsets(sizes).to(self.offsets.device)
 
+    def lookup(self, ids: Tensor) -> Tensor:
+        """The table's rows for `ids` (any shape) as float32, whatever the table is stored in."""
+        rows = self.table(ids)
+        return rows if rows.dtype == torch.float32 else rows.float()
+
     @property
     def num_fields(self) -> int:
         return self.num_sparse + self.num_lists
@@ -66,11 +92,11 @@ class FeatureEmbedding(nn.Module):
     def fields(self, batch: Batch) -> Tensor:
         parts = []
         if self.num_sparse:
-            parts.append(self.table(batch.sparse.long() + self.offsets[: self.num_sparse]))
+            parts.append(self.lookup(batch.sparse.long() + self.offsets[: self.num_sparse]))
         for j, ids in enumerate(batch.lists):
             offset = self.offsets[self.num_sparse + j]
-            mask = (ids > 0).unsqueeze(-1).to(self.table.weight.dtype)
-            pooled = (self.table(ids + offset) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            mask = (ids > 0).unsqueeze(-1).float()
+            pooled = (self.lookup(ids + offset) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             parts.append(pooled.unsqueeze(1))
         return torch.cat(parts, 1) if parts else batch.dense.new_zeros(len(batch), 0, self.dim)
 
@@ -86,4 +112,4 @@ class FeatureEmbedding(nn.Module):
     def select(self, batch: Batch, field_indices: list[int]) -> Tensor:
         """Embeddings of a few sparse fields only (e.g. the scenario-indicator features `z`), flattened."""
         idx = batch.sparse[:, field_indices].long() + self.offsets[field_indices]
-        return self.table(idx).flatten(1)
+        return self.lookup(idx).flatten(1)

@@ -85,7 +85,7 @@ def condition(embedding: FeatureEmbedding, batch: Batch, fields: list[int]) -> t
     ids = batch.sparse[:, fields].long()
     groups = ConditionGroups(ids)
     idx = ids.index_select(0, groups.first) + embedding.offsets[fields]
-    return groups, embedding.table(idx).flatten(1)
+    return groups, embedding.lookup(idx).flatten(1)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from msrec.config import TrainConfig
+from msrec.errors import MsrecError
 
 
 class RowwiseAdagrad(Optimizer):
@@ -48,8 +49,27 @@ class RowwiseAdagrad(Optimizer):
                 acc = state["sum"]
                 acc.index_add_(0, rows, grad.float().pow(2).flatten(1).mean(1))
                 scale = acc.index_select(0, rows).sqrt_().add_(group["eps"]).reciprocal_().mul_(-group["lr"])
-                p.index_add_(0, rows, (grad * scale.view(-1, *[1] * (grad.dim() - 1))).to(p.dtype))
+                update = grad.float() * scale.view(-1, *[1] * (grad.dim() - 1))
+                if p.dtype == torch.float32:
+                    p.index_add_(0, rows, update)
+                else:  # a bf16 table: the rows updated in fp32, stored rounded stochastically
+                    p.index_copy_(0, rows, round_stochastically(p.index_select(0, rows).float() + update))
         return loss
+
+
+def round_stochastically(x: Tensor) -> Tensor:
+    """float32 -> bfloat16 rounded up or down with the probability of the distance to each (unbiased, FBGEMM's
+    scheme for 16-bit tables): random low 16 bits added to the float32 pattern, which is then truncated. To
+    nearest, an update smaller than half a bf16 step (1/256 of the value) would be lost every time."""
+    noise = torch.randint(0, 1 << 16, x.shape, dtype=torch.int32, device=x.device)
+    return ((x.contiguous().view(torch.int32) + noise) & -65536).view(torch.float32).to(torch.bfloat16)
+
+
+def check_table_dtypes(tables: list[nn.Embedding], mode: str) -> None:
+    """A bf16 table (`model.table_dtype`) trains with `rowwise_adagrad` only: its state is float32 and its
+    updates are rounded stochastically; the other optimizers would round to nearest (or keep bf16 moments)."""
+    if mode != "rowwise_adagrad" and any(t.weight.dtype != torch.float32 for t in tables):
+        raise MsrecError(f"model.table_dtype bfloat16 needs train.embedding_optimizer rowwise_adagrad, not {mode}")
 
 
 def _closure_loss(closure) -> Tensor | None:
@@ -142,6 +162,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, distributed: bool = Fals
     table with `dense`, is trained by `train.optimizer`."""
     mode = embedding_mode(cfg, distributed, device or torch.device("cpu"))
     tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    check_table_dtypes(tables, mode)
     for table in tables:
         table.sparse = mode != "dense"
     table_params = {id(t.weight): t.weight for t in tables if mode != "dense"}

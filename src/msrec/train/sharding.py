@@ -210,6 +210,9 @@ def shard(model: nn.Module, cfg: TrainConfig, session: Session) -> ShardedModel:
     tr = _torchrec()
     _quiet()
     embedding = _embedding(model)
+    if embedding.table.weight.dtype != torch.float32:
+        raise MsrecError("model.table_dtype bfloat16 and train.embedding_sharding torchrec do not go together yet: "
+                         "the sharded table is float32 (use model.table_dtype: float32, or embedding_sharding: none)")
     rows, dim = embedding.table.weight.shape
     embedding.table = ShardedLookup(embedding.table, session.device)
     path = next(name for name, m in model.named_modules() if m is embedding)
