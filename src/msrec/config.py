@@ -160,6 +160,10 @@ class TrainConfig(_Strict):
     """The optimizer (of every parameter but the embedding tables with a row-sparse `embedding_optimizer`)."""
     embedding_optimizer: EmbeddingOptimizerConfig = Field(default_factory=EmbeddingOptimizerConfig)
     """The embedding tables' optimizer (docs/embeddings.md)."""
+    scenario_updates: Literal["row_sparse", "dense"] = "row_sparse"
+    """Per-scenario stacked parameters (towers, gates, STAR's `W_s`): `row_sparse` updates only the scenarios a
+    batch holds (lazy Adam / AdamW, weight decay on those slices), `dense` every scenario each step with
+    `optimizer` (docs/scenarios.md, "Cost of a step")."""
     embedding_sharding: Literal["none", "torchrec"] = "none"
     """Distributed runs: `none` keeps the whole embedding table on every rank (DDP); `torchrec` holds it once
     across the ranks, split by TorchRec's planner (docs/distributed.md; needs the `torchrec` extra)."""

@@ -1,5 +1,6 @@
-"""The optimizer of a training run: `train.optimizer` (Adam / AdamW) for the dense parameters and a row-sparse
-one (`train.embedding_optimizer`) for the embedding tables, behind one `torch.optim.Optimizer`.
+"""The optimizer of a training run: `train.optimizer` (Adam / AdamW) for the dense parameters, a row-sparse
+one (`train.embedding_optimizer`) for the embedding tables and lazy Adam for the per-scenario stacked parameters
+(`train.scenario_updates`), behind one `torch.optim.Optimizer`.
 
 Row-sparse: every `nn.Embedding` of the model is switched to sparse gradients, so a step's backward yields the
 rows its batch looked up (a sparse COO gradient), and the table's optimizer reads and writes the weights and
@@ -14,10 +15,17 @@ the state of those rows only: a step's cost follows the batch, not the vocabular
 Weight decay (and AdamW's decoupled decay) applies to the dense parameters only: a row-sparse table has none.
 Under DDP, gloo all-reduces sparse gradients; NCCL cannot, so on GPUs a distributed run trains the tables
 densely (`dense`), which `fallback_note` says.
+
+Per-scenario stacked parameters (`[S, ...]`, declared by `msrec.nn.routing.stacked`: `scenario_stacked`) are
+switched to row-sparse gradients (`row_sparse_grad`: `ScenarioRouting.gather` then yields the slices of the
+scenarios the batch holds) and trained by `RowSparseAdam`, which reads and writes those slices only: a step
+costs the scenarios present, not S. `train.scenario_updates: dense` (and a distributed GPU run) keeps them in
+`train.optimizer`, every slice updated every step.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -89,6 +97,51 @@ def _rows(grad: Tensor) -> tuple[Tensor, Tensor]:
     return rows, grad.index_select(0, rows)
 
 
+class RowSparseAdam(Optimizer):
+    """Lazy Adam (AdamW with `decoupled`) over the first-axis slices (rows) that a gradient holds: a sparse
+    gradient's rows, or a dense one's non-zero rows. Only those rows' weights and moments are read and written;
+    the bias correction counts the parameter's steps (as `torch.optim.SparseAdam`), and weight decay applies to
+    the rows updated. Where every row is present it is exactly Adam."""
+
+    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, decoupled: bool = False):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                                  "decoupled": decoupled})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = _closure_loss(closure)
+        for group in self.param_groups:
+            lr, (beta1, beta2), decay = group["lr"], group["betas"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                rows, grad = _rows(p.grad)
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                step = state["step"].item()
+                every = len(rows) == p.shape[0]  # rows are sorted and unique: all of them, in order
+                full = (p, state["exp_avg"], state["exp_avg_sq"])
+                weight, exp_avg, exp_avg_sq = full if every else (t.index_select(0, rows) for t in full)
+                if decay and not group["decoupled"]:
+                    grad = grad.add(weight, alpha=decay)
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                if decay and group["decoupled"]:
+                    weight.mul_(1 - lr * decay)
+                denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2 ** step)).add_(group["eps"])
+                weight.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1 ** step))
+                if not every:
+                    p.index_copy_(0, rows, weight)
+                    state["exp_avg"].index_copy_(0, rows, exp_avg)
+                    state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+        return loss
+
+
 class CombinedOptimizer(Optimizer):
     """Several optimizers over disjoint parameters as one: `param_groups` is theirs (a scheduler sets their
     learning rates), `step` / `zero_grad` run each, `state_dict` is `{name: its state_dict}`."""
@@ -155,29 +208,47 @@ def fallback_note(cfg: TrainConfig, distributed: bool, device: torch.device) -> 
             "cannot all-reduce: the embedding tables train densely with train.optimizer on this distributed GPU run")
 
 
+def scenario_mode(cfg: TrainConfig, distributed: bool, device: torch.device) -> str:
+    """How per-scenario stacked parameters are updated here: `train.scenario_updates`, or `dense` under DDP on
+    GPUs (NCCL has no sparse all-reduce)."""
+    return "dense" if distributed and device.type == "cuda" else cfg.scenario_updates
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig, distributed: bool = False,
                     device: torch.device | None = None) -> Optimizer:
     """The run's optimizer. Row-sparse modes switch every `nn.Embedding` of `model` to sparse gradients (its
-    output and weights are unchanged) and give its weight to the table optimizer; everything else, and every
-    table with `dense`, is trained by `train.optimizer`."""
-    mode = embedding_mode(cfg, distributed, device or torch.device("cpu"))
+    output and weights are unchanged) and give its weight to the table optimizer; `scenario_updates: row_sparse`
+    switches the stacked per-scenario parameters to row-sparse gradients and gives them to `RowSparseAdam`;
+    everything else, and every table with `dense`, is trained by `train.optimizer`."""
+    device = device or torch.device("cpu")
+    mode = embedding_mode(cfg, distributed, device)
     tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
     check_table_dtypes(tables, mode)
     for table in tables:
         table.sparse = mode != "dense"
     table_params = {id(t.weight): t.weight for t in tables if mode != "dense"}
     # A parameter that an optimizer inside the backward updates (a table sharded by TorchRec) is not ours.
-    dense = [p for p in model.parameters() if id(p) not in table_params and not hasattr(p, "_in_backward_optimizers")]
+    ours = [p for p in model.parameters() if id(p) not in table_params and not hasattr(p, "_in_backward_optimizers")]
+    row_sparse = scenario_mode(cfg, distributed, device) == "row_sparse"
+    stacked = [p for p in ours if getattr(p, "scenario_stacked", False)]
+    for p in stacked:
+        p.row_sparse_grad = row_sparse
+    lazy = {id(p) for p in stacked} if row_sparse else set()
+    dense = [p for p in ours if id(p) not in lazy]
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    if not table_params:
-        return cls(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lr = table_lr(cfg)
-    params = list(table_params.values())
-    if mode == "adam":
-        tables_opt: Optimizer = torch.optim.SparseAdam(params, lr=lr)
-    elif mode == "sgd":
-        tables_opt = torch.optim.SGD(params, lr=lr)
-    else:
-        tables_opt = RowwiseAdagrad(params, lr=lr)
-    parts = {"dense": cls(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)} if dense else {}
-    return CombinedOptimizer({**parts, "embeddings": tables_opt})
+    parts: dict[str, Optimizer] = {"dense": cls(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)} if dense else {}
+    if lazy:
+        parts["scenarios"] = RowSparseAdam(stacked, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           decoupled=cfg.optimizer == "adamw")
+    if table_params:
+        lr = table_lr(cfg)
+        params = list(table_params.values())
+        if mode == "adam":
+            parts["embeddings"] = torch.optim.SparseAdam(params, lr=lr)
+        elif mode == "sgd":
+            parts["embeddings"] = torch.optim.SGD(params, lr=lr)
+        else:
+            parts["embeddings"] = RowwiseAdagrad(params, lr=lr)
+    if list(parts) == ["dense"]:
+        return parts["dense"]
+    return CombinedOptimizer(parts)
