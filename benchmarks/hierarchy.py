@@ -21,19 +21,23 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 import msrec
+from msrec.bench.spec import resolve_grid
+from msrec.bench.store import RunStore
 from msrec.nn.mlp import MLPOptions
 from msrec.nn.routing import ScenarioRouting
 from msrec.nn.star import StarFCN
 from msrec.nn.towers import ScenarioTowers
 from msrec.report.stats import mean_std, paired_differences, replicate_metrics
+from msrec.report.writers import write_report
 from msrec.schema import ScenarioLevels
 
-SPEC = Path(__file__).parent / "specs" / "hierarchy-synthetic.yaml"
+SPEC = Path("benchmarks/specs/hierarchy-synthetic.yaml")  # run from the repository root
 SMALLEST = 10
 
 
@@ -122,11 +126,19 @@ def main() -> None:
     parser.add_argument("--md", type=Path, default=None, help="also write the Markdown report here")
     parser.add_argument("--step", action="store_true", help="time a step's per-scenario part instead")
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--report-only", action="store_true",
+                        help="only report the runs stored in --out (config keys added since they ran are no error)")
     args = parser.parse_args()
     if args.step:
         step_costs(args.repeats)
         return
-    result = msrec.benchmark(args.spec, out=args.out, markdown=args.md)
+    if args.report_only:
+        grid = resolve_grid(args.spec, None)
+        records, failures = RunStore(args.out).collect(grid)
+        write_report(args.out, grid, records, failures, markdown=args.md)
+        result = SimpleNamespace(out=args.out, grid=grid, records=records)
+    else:
+        result = msrec.benchmark(args.spec, out=args.out, markdown=args.md)
     task = result.records[0].tasks[0]
     text = ("\n## Shared by level against flat, by combination size\n\n"
             "Each model's level-shared variant against its flat one (the reference), on groups of combinations by "
