@@ -176,3 +176,18 @@ def test_extend_grows_a_new_combination_of_known_values_and_stops_at_a_new_level
     assert masks and not any(".parts." in key for key in masks)  # only the new own slices train
     with pytest.raises(MsrecError, match=r"levels\.parts\.0|shared\.0\.weight\.parts\.0"):
         grow_model(run(), SimpleNamespace(spec=lambda: grown_spec([["A", "B", "C", "D"], ["x", "y"]], [4, 1])), [C_Y])
+
+
+@pytest.mark.parametrize("name", ["star", "split_merge"])
+def test_a_traced_level_shared_model_scores_other_batches_as_the_model(name):
+    """Export traces every row as its own tile: the per-tile composition, for any batch."""
+    model = build_model(name, spec()).eval()
+
+    class Encoded(torch.nn.Module):
+        def forward(self, sparse, dense, scenario):
+            return model(Batch(sparse=sparse, dense=dense, scenario=scenario))
+
+    probe = batch([0, 1, 2, 3, 4] * 3)
+    traced = torch.jit.trace(Encoded(), (probe.sparse, probe.dense, probe.scenario), check_trace=False)
+    other = batch([4, 4, 0, 2, 1, 3, 3], seed=5)
+    torch.testing.assert_close(traced(other.sparse, other.dense, other.scenario), model(other))
