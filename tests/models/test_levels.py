@@ -184,8 +184,12 @@ def test_a_traced_level_shared_model_scores_other_batches_as_the_model(name):
     model = build_model(name, spec()).eval()
 
     class Encoded(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
         def forward(self, sparse, dense, scenario):
-            return model(Batch(sparse=sparse, dense=dense, scenario=scenario))
+            return self.model(Batch(sparse=sparse, dense=dense, scenario=scenario))
 
     probe = batch([0, 1, 2, 3, 4] * 3)
     traced = torch.jit.trace(Encoded(), (probe.sparse, probe.dense, probe.scenario), check_trace=False)
