@@ -19,7 +19,7 @@ densely (`dense`), which `fallback_note` says.
 Per-scenario stacked parameters (`[S, ...]`, declared by `msrec.nn.routing.stacked`: `scenario_stacked`) are
 switched to row-sparse gradients (`row_sparse_grad`: `ScenarioRouting.gather` then yields the slices of the
 scenarios the batch holds) and trained by `RowSparseAdam`, which reads and writes those slices only: a step
-costs the scenarios present, not S. `train.scenario_updates: dense` (and a distributed GPU run) keeps them in
+costs the scenarios present, not S. `train.scenario_updates: dense` (and a distributed run) keeps them in
 `train.optimizer`, every slice updated every step.
 """
 
@@ -209,9 +209,10 @@ def fallback_note(cfg: TrainConfig, distributed: bool, device: torch.device) -> 
 
 
 def scenario_mode(cfg: TrainConfig, distributed: bool, device: torch.device) -> str:
-    """How per-scenario stacked parameters are updated here: `train.scenario_updates`, or `dense` under DDP on
-    GPUs (NCCL has no sparse all-reduce)."""
-    return "dense" if distributed and device.type == "cuda" else cfg.scenario_updates
+    """How per-scenario stacked parameters are updated here: `train.scenario_updates`, or `dense` when distributed:
+    DDP's reducer expects a sparse gradient only of `nn.Embedding` tables (and a stacked parameter's gradient is
+    dense where it is used outside `ScenarioRouting.gather`: partitioned norm, HMoE's every-tower scores)."""
+    return "dense" if distributed else cfg.scenario_updates
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, distributed: bool = False,
