@@ -75,6 +75,7 @@ class FitState:
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"lr": 0.1}}` -> `{"train.lr": 0.1}` (empty dicts kept as values)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"

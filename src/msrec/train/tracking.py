@@ -25,20 +25,9 @@ import yaml
 
 from msrec.config import Config
 from msrec.errors import MsrecError
+from msrec.train.checkpoint import flatten  # the config as parameters: {"train": {"lr": 0.1}} -> {"train.lr": 0.1}
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")  # MLflow's allowed characters in a metric name
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"train": {"lr": 0.1}}` -> `{"train.lr": 0.1}`: the config as parameters."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def metric_name(*parts: str) -> str:
