@@ -21,9 +21,9 @@ from msrec.schema import FeatureSpec, ScenarioLevels
 COMBINATIONS = {"A/x": [1, 1], "A/y": [1, 2], "B/x": [2, 1], "C/y": [3, 2], "B/*": [2, 0]}
 LEVELS = ScenarioLevels(["country", "placement"], [["A", "B", "C"], ["x", "y"]], list(COMBINATIONS.values()))
 A_X, A_Y, B_X, C_Y, B_ANY = range(5)
-MODELS = ["star", "split_merge", "mmoe", "hmoe"]
+MODELS = ["star", "split_merge", "mmoe", "hmoe", "ple"]
 # hmoe mixes every combination's tower into each row's score: with top_k 1 a row reads its own tower only
-OPTIONS = {"star": {}, "split_merge": {}, "mmoe": {}, "hmoe": {"top_k": 1}}
+OPTIONS = {"star": {}, "split_merge": {}, "mmoe": {}, "hmoe": {"top_k": 1}, "ple": {"specific_experts": 2}}
 
 
 def spec(levels: ScenarioLevels | None = LEVELS) -> FeatureSpec:
@@ -46,7 +46,9 @@ def batch(scenario: list[int], seed: int = 0) -> Batch:
 def per_scenario(name: str) -> bool:
     """The level parts and the combinations' own slices (not the shared network, nor per-combination norms)."""
     return ".parts." in name or name.endswith(("weight_s", "bias_s")) or name.startswith(
-        ("towers.weight.", "towers.bias.", "gates.weight", "gates.bias"))
+        ("towers.weight.", "towers.bias.", "gates.weight", "gates.bias")) or (
+        name.startswith("levels.") and (".specific.weight." in name or ".specific.bias." in name
+                                        or ".gates.weight" in name or ".gates.bias" in name))
 
 
 def step_on(model: torch.nn.Module, rows: Batch) -> None:

@@ -21,6 +21,8 @@ Choices (the paper is multi-task, not multi-scenario):
   rows" and cost S times the work. The shared stream thus still carries a little of each row's scenario.
 - Gates are a single linear layer and a softmax over the input of their stream (`h_s` or `h_sh`).
 - Every level's experts are the MLP `mlp` (its last width is d); the first level reads `e`.
+- A hierarchical scenario (`level_sharing`): each combination's experts (expert j of a level value is its own
+  part), gate and tower are a shared base plus per-level and own deltas (nn.towers, nn.levels).
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ from torch import Tensor, nn
 from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register, with_layers
 from msrec.nn import FeatureEmbedding, MLPOptions, ScenarioRouting
+from msrec.nn.levels import LevelSharingOptions, per_group, shared_levels
 from msrec.nn.moe import ExpertGate, Experts, mix
 from msrec.nn.towers import ScenarioLinear, ScenarioMLP, ScenarioTowers
 from msrec.schema import FeatureSpec
 
 
-class PLEOptions(ModelOptions):
+class PLEOptions(LevelSharingOptions, ModelOptions):
     legacy = ModelOptions.legacy | {"tower_hidden": ("tower.hidden",), "tower_dropout": ("tower.dropout",),
                                     "activation": ("mlp.activation", "tower.activation")}
     search_space = ModelOptions.search_space | {"model.shared_experts": {"choices": [1, 2, 4]}, "model.levels": {"choices": [1, 2]},
@@ -61,14 +64,16 @@ class ExtractionLevel(nn.Module):
     of the shared stream. A scenario's Ep experts are Ep groups of one stacked `ScenarioMLP` (group
     s * Ep + j), each row running through its own scenario's Ep groups."""
 
-    def __init__(self, in_dim: int, options: PLEOptions, num_scenarios: int, last: bool):
+    def __init__(self, in_dim: int, options: PLEOptions, num_scenarios: int, last: bool, levels=None):
         super().__init__()
         o, ep = options, options.specific_experts
         self.shared = Experts(in_dim, o.mlp, o.shared_experts)
         self.specific = ScenarioMLP(in_dim, o.mlp, None, num_scenarios * ep,
-                                    legacy=lambda prefix, g: f"{prefix}{g // ep}.experts.{g % ep}.")
+                                    legacy=lambda prefix, g: f"{prefix}{g // ep}.experts.{g % ep}.",
+                                    levels=None if levels is None else per_group(levels, ep), own=o.combination_part)
         n = o.shared_experts + ep
-        self.gates = ScenarioLinear(in_dim, n, num_scenarios, legacy=lambda prefix, s: f"{prefix}{s}.linear.")
+        self.gates = ScenarioLinear(in_dim, n, num_scenarios, legacy=lambda prefix, s: f"{prefix}{s}.linear.",
+                                    levels=levels, own=o.combination_part)
         self.shared_gate = None if last else ExpertGate(in_dim, n)
         self.out_dim = self.shared.out_dim
         self.specific_experts = ep
@@ -92,9 +97,11 @@ class PLE(nn.Module):
         self.num_scenarios = spec.num_scenarios
         self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         dims = [self.embedding.flat_dim] + [o.mlp.hidden[-1]] * (o.levels - 1)
-        self.levels = nn.ModuleList(ExtractionLevel(dim, o, spec.num_scenarios, k == o.levels - 1)
+        levels = shared_levels(spec, o)
+        self.levels = nn.ModuleList(ExtractionLevel(dim, o, spec.num_scenarios, k == o.levels - 1, levels)
                                     for k, dim in enumerate(dims))
-        self.towers = ScenarioTowers(o.mlp.hidden[-1], o.tower, spec.num_tasks, spec.num_scenarios)
+        self.towers = ScenarioTowers(o.mlp.hidden[-1], o.tower, spec.num_tasks, spec.num_scenarios, levels,
+                                     o.combination_part)
 
     def _extract(self, batch: Batch) -> tuple[Tensor, list[Tensor], ScenarioRouting]:
         routing = ScenarioRouting.of(batch, self.num_scenarios)

@@ -55,6 +55,17 @@ def shared_levels(spec: FeatureSpec, options: LevelSharingOptions) -> ScenarioLe
     return spec.levels if options.level_sharing and spec.levels is not None else None
 
 
+def per_group(levels: ScenarioLevels, groups: int) -> ScenarioLevels:
+    """The levels of `groups` stacked slices per scenario (PLE's Ep experts of each scenario: slice s * groups + j):
+    slice j of a level value is its own part (value v's j-th part is row (v - 1) * groups + j + 1; 0 stays 0)."""
+    if groups == 1:
+        return levels
+    ids = [[0 if v == 0 else (v - 1) * groups + j + 1 for v in combination]
+           for combination in levels.ids for j in range(groups)]
+    values = [[f"{value}#{j}" for value in level for j in range(groups)] for level in levels.values]
+    return ScenarioLevels(levels.columns, values, ids)
+
+
 def _gather_rows(routing: ScenarioRouting, table: Tensor, index: Tensor) -> Tensor:
     """`table[index]` (one index per tile) through `routing.gather`, so that a level table is gathered, and gets
     its gradient, exactly as a per-scenario tensor does."""
