@@ -17,9 +17,8 @@ row 0 holds (it gets no gradient). The own part stays with the caller under its 
 Applied to tiles (nn.routing), the scenarios present in the batch gather their level ids, then each level's
 part through `ScenarioRouting.gather` (as every per-scenario tensor is gathered, row-sparse gradients
 included), compose them, and each tile takes its scenario's; where there are fewer tiles than scenarios
-present (every row its own tile), each tile composes its own. The cost follows the batch, never S:
-composing over the scenarios present made star's FCN step (64 x 32, 57 combinations, 2,048 rows, 94 tiles)
-1.3x the flat one's instead of 2.2x (`python benchmarks/hierarchy.py --step`).
+present (every row its own tile), each tile composes its own. The cost follows the batch, never S
+(measured against flat parameters: docs/scenarios.md, `python benchmarks/hierarchy.py --step`).
 """
 
 from __future__ import annotations
