@@ -197,3 +197,18 @@ def test_a_traced_level_shared_model_scores_other_batches_as_the_model(name):
     traced = torch.jit.trace(Encoded(), (probe.sparse, probe.dense, probe.scenario), check_trace=False)
     other = batch([4, 4, 0, 2, 1, 3, 3], seed=5)
     torch.testing.assert_close(traced(other.sparse, other.dense, other.scenario), model(other))
+
+
+@pytest.mark.parametrize("op", ["mul", "add"])
+def test_grown_level_tables_keep_every_old_part_and_start_new_values_at_the_identity(op):
+    parts = LevelParts(LEVELS, (3,), op)
+    with torch.no_grad():
+        for p in parts.parts:
+            p.normal_()
+    before = [p.detach().clone() for p in parts.parts]
+    parts.grow_levels([6, 3])  # two new countries, no new placement
+    assert [tuple(p.shape) for p in parts.parts] == [(6, 3), (3, 3)]
+    torch.testing.assert_close(parts.parts[0][:4], before[0])
+    torch.testing.assert_close(parts.parts[1], before[1])
+    assert (parts.parts[0][4:] == (1.0 if op == "mul" else 0.0)).all()
+    assert all(getattr(p, "scenario_stacked", False) for p in parts.parts)

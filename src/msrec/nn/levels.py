@@ -92,6 +92,17 @@ class LevelParts(nn.Module):
         self.register_buffer("ids", levels.tensor(), persistent=False)
         self.fallback = (self.ids == 0).any(0).tolist()  # levels some combination fell back from (never the first)
 
+    @torch.no_grad()
+    def grow_levels(self, sizes: list[int]) -> None:
+        """Level l's table grown to `sizes[l]` rows (a grown encoder's `scenario_levels.sizes`: new level values
+        append ids), the new values' parts the identity: before it trains, a new value changes no combination.
+        For msrec extend, which does not call it yet (a new level value stops it, docs/scenarios.md)."""
+        for l, size in enumerate(sizes):
+            old = self.parts[l]
+            extra = torch.full((size - old.shape[0], *old.shape[1:]), self.identity, dtype=old.dtype, device=old.device)
+            grown = stacked(nn.Parameter(torch.cat([old, extra]), requires_grad=old.requires_grad))
+            self.parts[l] = grown
+
     def _compose(self, ids: Tensor, picked: list[Tensor], own: Tensor | None) -> Tensor:
         """`picked[l] [K, *shape]` (level l's parts of K scenarios or tiles, their ids `ids [K, L]`), the
         identity where a level id is 0, composed with `own` and the base."""
