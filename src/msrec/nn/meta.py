@@ -25,7 +25,7 @@ from msrec.data.table import Batch
 from msrec.errors import MsrecError
 from msrec.nn.embedding import FeatureEmbedding
 from msrec.nn.mlp import ACTIVATIONS, MLP, MLPOptions
-from msrec.nn.routing import ScenarioRouting, exporting, tile_linear
+from msrec.nn.routing import ScenarioRouting, exporting, tile_matmul
 
 
 class ConditionGroups:
@@ -64,8 +64,7 @@ class ConditionGroups:
         if not self.per_row:
             routing = self.routing
             tiles = routing.pack(x)
-            out = tile_linear(tiles, routing.gather(weight).transpose(1, 2),
-                              None if bias is None else routing.gather(bias))
+            out = tile_matmul(tiles, routing.gather(weight), None if bias is None else routing.gather(bias))
             return routing.unpack(out)
         out = torch.einsum("b...i,bio->b...o", x, self.expand(weight))
         if bias is not None:

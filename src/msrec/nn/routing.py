@@ -58,7 +58,7 @@ class RowSparseGather(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         (index,) = ctx.saved_tensors
         rows, inverse = torch.unique(index, return_inverse=True)
-        values = grad.new_zeros(len(rows), *grad.shape[1:]).index_add_(0, inverse, grad)
+        values = grad.new_zeros(len(rows), *grad.shape[1:]).index_add_(0, inverse, grad.contiguous())
         return torch.sparse_coo_tensor(rows.unsqueeze(0), values, ctx.shape, is_coalesced=True), None
 
 
@@ -85,12 +85,25 @@ def tile_size(counts: Sequence[int], tile_cost: float = TILE_COST) -> int:
 
 
 def tile_linear(tiles: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """`tiles [N, C, ..., in] @ weight[n]^T + bias[n]` with weights already one per tile, `[N, out, in]`."""
-    flat = tiles.reshape(tiles.shape[0], -1, tiles.shape[-1])
+    """`tiles [N, C, ..., in] @ weight[n]^T + bias[n]` with weights already one per tile, `[N, out, in]`.
+
+    Computed as `(weight @ tiles^T)^T`, so that the per-tile weights' gradient comes out contiguous in their own
+    layout `[N, out, in]`: what follows it (summing the tiles' gradients per scenario, STAR's product with the
+    shared weight) then reads memory in order. `tiles @ weight^T` gives it transposed, and those reductions ran
+    3-4x slower on it (docs/scenarios.md, "Cost of a step")."""
+    flat = tiles.reshape(tiles.shape[0], -1, tiles.shape[-1]).transpose(1, 2)  # [N, in, C']
     if bias is None:
-        out = torch.bmm(flat, weight.transpose(1, 2))
+        out = torch.bmm(weight, flat)
     else:
-        out = torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2))
+        out = torch.baddbmm(bias.unsqueeze(2), weight, flat)
+    return out.transpose(1, 2).reshape(*tiles.shape[:-1], out.shape[1])
+
+
+def tile_matmul(tiles: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`tiles [N, C, ..., in] @ weight[n] + bias[n]` with weights `[N, in, out]` (generated weights' layout,
+    nn.meta): their gradient comes out contiguous in that layout."""
+    flat = tiles.reshape(tiles.shape[0], -1, tiles.shape[-1])
+    out = torch.bmm(flat, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), flat, weight)
     return out.view(*tiles.shape[:-1], out.shape[-1])
 
 
