@@ -2,8 +2,8 @@
 combination size (docs/scenarios.md, "Hierarchical scenarios: parameters shared by level").
 
 Runs (or resumes) the grid of a spec with `msrec.benchmark` (its report.md, results.csv; `--md` a copy), then
-for every model of the spec that runs both as `<model>-flat` and `<model>-levels`, the level-shared variant
-against the flat one (the reference): test AUC of groups of combinations by size (the smallest ten, then thirds
+for every model of the spec that runs both as `<model>-flat` and `<model>-levels...`, each level-shared
+variant against the flat one (the reference): test AUC of groups of combinations by size (the smallest ten, then thirds
 by test rows), each group's figure the mean of its combinations' AUCs, with the benchmark's paired hierarchical
 bootstrap (report/stats.py: within a seed the test rows resampled with Poisson weights shared by both
 variants, across seeds the seeds resampled). The table is printed and appended to the Markdown.
@@ -66,14 +66,14 @@ def pairs_table(result, task: str) -> str:
     by_label = {}
     for r in result.records:
         by_label.setdefault(r.label, {})[r.seed] = r
-    models = [label[: -len("-levels")] for label in result.grid.labels
-              if label.endswith("-levels") and f"{label[: -len('-levels')]}-flat" in by_label]
+    pairs = [(label, f"{label.split('-levels')[0]}-flat") for label in result.grid.labels
+             if "-levels" in label and f"{label.split('-levels')[0]}-flat" in by_label]
     names = groups(result.records[0].block(task))
     rows_of = result.records[0].block(task)["scenarios"]
     lines = ["| model | combinations | test rows | flat AUC | levels AUC | Δ levels − flat [95% interval] | seeds better |",
              "|---|---|---:|---:|---:|---|---:|"]
-    for model in models:
-        flat, levels = by_label[f"{model}-flat"], by_label[f"{model}-levels"]
+    for model, reference in pairs:
+        flat, levels = by_label[reference], by_label[model]
         seeds = [s for s in flat if s in levels]
         figures = {}
         for s in seeds:
