@@ -6,6 +6,9 @@ to 1 / (k + 1) (`share_zipf: 1`); the rows are the same for every S (same seed: 
 labels' truth up to the scenario effects), only their scenario ids spread over more scenarios. Runs are
 interleaved (each repeat runs every model at every S, in a rotated order) and the figures are medians over
 repeats; `S=100/S=3` is the median of each repeat's own ratio. `hmoe[top_k=4]` is hmoe's bounded variant.
+`--clock cpu` times the process's CPU seconds instead of wall seconds (with `--threads 1`: the work a step does,
+much less disturbed than wall time by other processes on a loaded machine); `--scenario-updates dense` trains
+the stacked per-scenario parameters with dense Adam (`train.scenario_updates`) for comparison.
 
 `--tiles` instead times one per-scenario tower (forward and backward, one batch) at each S with the tile
 size forced: 1 (every row gathers its own scenario's weights), 4 ... 256, the largest scenario's row count
@@ -13,7 +16,8 @@ size forced: 1 (every row gathers its own scenario's weights), 4 ... 256, the la
 (`nn.routing.tile_size`).
 
     python benchmarks/scenarios.py [--rows 600000] [--batch-size 4096] [--repeats 3] [--scenarios 3 10 100 1000]
-                                   [--models dnn star ...] [--threads 2] [--tiles]
+                                   [--models dnn star ...] [--threads 2] [--clock wall|cpu]
+                                   [--scenario-updates row_sparse|dense] [--tiles]
 """
 
 from __future__ import annotations
@@ -38,11 +42,14 @@ VARIANTS = {"hmoe[top_k=4]": ("hmoe", {"top_k": 4})}
 SKIP = {("hmoe", 1000): "S^2 gate weights (128M) and S tower passes per row"}
 
 
-def data_for(rows: int, scenarios: int, batch_size: int):
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def data_for(rows: int, scenarios: int, batch_size: int, scenario_updates: str = "row_sparse"):
     """Every generated row encoded for training (no split: a tail scenario's few rows all train)."""
     options = {"rows": rows, "scenarios": scenarios, "share_zipf": 1.0}
     cfg = Config.model_validate({"data": {"dataset": "synthetic", "options": options},
-                                 "train": {"batch_size": batch_size}})
+                                 "train": {"batch_size": batch_size, "scenario_updates": scenario_updates}})
     generated = synthetic.SyntheticOptions(**options)
     table = synthetic.generate(generated)
     encoder = Encoder(resolve_schema(cfg.data, synthetic.defaults(generated))).fit(table, "synthetic")
@@ -51,12 +58,12 @@ def data_for(rows: int, scenarios: int, batch_size: int):
     return cfg, encoder.spec(), batches
 
 
-def train_epoch(name: str, options: dict, cfg, spec, batches) -> tuple[float, int]:
+def train_epoch(name: str, options: dict, cfg, spec, batches, clock=time.perf_counter) -> tuple[float, int]:
     """Samples/s of one epoch of training steps, and the model's parameter count."""
     torch.manual_seed(0)
     model = build_model(name, spec, options).train()
     opt = build_optimizer(model, cfg.train)
-    t0 = time.perf_counter()
+    t0 = clock()
     n = 0
     for b in batches:
         loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b), b.labels)
@@ -64,7 +71,7 @@ def train_epoch(name: str, options: dict, cfg, spec, batches) -> tuple[float, in
         loss.backward()
         opt.step()
         n += len(b)
-    return n / (time.perf_counter() - t0), sum(p.numel() for p in model.parameters())
+    return n / (clock() - t0), sum(p.numel() for p in model.parameters())
 
 
 def models(chosen: list[str] | None) -> dict[str, tuple[str, dict]]:
@@ -85,7 +92,7 @@ def zoo(args, sets) -> None:
                 if (name, S) in SKIP and not options or (label, S) in failed:
                     continue
                 try:
-                    sps, count = train_epoch(name, options, *sets[S])
+                    sps, count = train_epoch(name, options, *sets[S], clock=CLOCKS[args.clock])
                 except (RuntimeError, ValueError, MemoryError, MsrecError) as err:  # cannot run at this S: say why
                     failed[(label, S)] = f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
                     continue
@@ -94,15 +101,19 @@ def zoo(args, sets) -> None:
                 print(f"{label} S={S}: {sps:,.0f} samples/s, {count / 1e6:.2f}M parameters", file=sys.stderr, flush=True)
         print(f"repeat {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     head = "".join(f"{'S=' + str(S):>10}" for S in args.scenarios)
-    print(f"{'model':<16}{head}{'S=100/S=3':>11}   parameters at S=" + "/".join(map(str, args.scenarios)))
+    ratios = [S for S in args.scenarios if S != 3]
+    print(f"{'model':<16}{head}" + "".join(f"{f'S={S}/S=3':>12}" for S in ratios)
+          + "   parameters at S=" + "/".join(map(str, args.scenarios)))
     for label in todo:
         cells, counts = "", []
         for S in args.scenarios:
             runs = speed[(label, S)]
             cells += f"{statistics.median(runs):>10,.0f}" if runs else f"{'-':>10}"
             counts.append(f"{params[(label, S)] / 1e6:.2f}M" if (label, S) in params else "-")
-        pairs = list(zip(speed.get((label, 100), []), speed.get((label, 3), []), strict=False))
-        ratio = f"{statistics.median(a / b for a, b in pairs):>11.2f}" if pairs else f"{'-':>11}"
+        ratio = ""
+        for S in ratios:  # the median of each repeat's own ratio
+            pairs = list(zip(speed.get((label, S), []), speed.get((label, 3), []), strict=False))
+            ratio += f"{statistics.median(a / b for a, b in pairs):>12.2f}" if pairs else f"{'-':>12}"
         print(f"{label:<16}{cells}{ratio}   {' / '.join(counts)}", flush=True)
     for (label, S), why in sorted(failed.items()):
         print(f"  {label} at S={S}: {why}")
@@ -149,15 +160,18 @@ def main() -> None:
     ap.add_argument("--scenarios", type=int, nargs="+", default=[3, 10, 100, 1000])
     ap.add_argument("--models", nargs="*")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    ap.add_argument("--scenario-updates", choices=["row_sparse", "dense"], default="row_sparse")
     ap.add_argument("--tiles", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.tiles:
         return tiles(args)
-    sets = {S: data_for(args.rows, S, args.batch_size) for S in args.scenarios}
+    sets = {S: data_for(args.rows, S, args.batch_size, args.scenario_updates) for S in args.scenarios}
     print(f"{args.rows:,} synthetic rows ({sum(len(b) for b in sets[args.scenarios[0]][2]):,} train), shares "
           f"~ 1/(k+1), batch {args.batch_size}, {torch.get_num_threads()} threads, one epoch, "
-          f"median of {args.repeats} (interleaved); samples/s")
+          f"median of {args.repeats} (interleaved); samples per {args.clock} second; stacked per-scenario "
+          f"parameters {args.scenario_updates}")
     zoo(args, sets)
 
 
