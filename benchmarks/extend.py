@@ -1,34 +1,48 @@
 """`msrec extend` on a scenario held back from training, against the old model scoring it as unknown and a
 model trained from scratch on every row (docs/scenarios.md, "Onboarding a new scenario").
 
-    python benchmarks/extend.py synthetic --out runs/extend-synthetic [--reuse] [--set train.batch_size=128 ...]
-    MSREC_DATA=/work/data python benchmarks/extend.py movielens --out runs/extend-ml100k
+    python benchmarks/extend.py synthetic --out runs/extend-synthetic --seeds 1 2 3 [--label NAME --set ...]
+    MSREC_DATA=/work/data python benchmarks/extend.py movielens --out runs/extend-ml100k --seeds 1 2 3
     python benchmarks/extend.py models --out runs/extend-models    # which models extend (a fresh --out)
 
-synthetic: 20,000 rows of the synthetic preset, its smallest scenario held back. movielens: MovieLens 100K with
-the user's occupation as the scenario, one mid-sized occupation held back. Both: star, trained on the other
-scenarios' rows, then extended by the held-back rows (their own seeded 80/10/10 split); the comparison is on
-the held-back scenario's test rows, with the paired bootstrap intervals of msrec.report.stats.
+synthetic: 40,000 rows of the synthetic preset, its smallest scenario (s2, about 4,000 rows) held back.
+movielens: MovieLens 100K with the user's occupation as the scenario, healthcare (2,804 rows, a mid-sized
+occupation) held back. Both: star trained on the other scenarios' rows (one run per seed: `train.seed` sets
+the split and the initialisation), then extended by the held-back rows (their own seeded 80/10/10 split).
+
+Per seed, the three models score the held-back scenario's test rows (the from-scratch model once per seed,
+kept in `scratch-SEED.npz` and reused by later `--label`s). The pooled figures: each model's AUC averaged
+over the seeds, and extend minus each baseline averaged over the seeds with the 95% interval of
+msrec.report.stats.paired_difference (each replicate draws seeds with replacement and resamples each drawn
+seed's test rows, the same rows for both models). Everything is kept in --out: runs already there are
+reused, so a `--label` variant (e.g. `--set extend.vocab=indicators`) costs only its extensions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from msrec.api import train
-from msrec.extend import extend
+from msrec.extend import extend, extend_scored
+from msrec.report.stats import paired_difference, replicate_metrics, weighted_auc
+
+REPLICATES = 1000
+SYNTHETIC_ROWS = 40_000
+HELD = {"synthetic": "s2", "movielens": "healthcare"}
 
 
 def tables(name: str):
     if name == "synthetic":
         from msrec.data.datasets import synthetic
 
-        table = synthetic.generate(rows=20000, seed=7)
+        table = synthetic.generate(rows=SYNTHETIC_ROWS, seed=7)
         schema = {"sparse": ["user_id", "item_id", "user_group", "item_category"],
                   "dense": ["user_activity", "item_price"], "scenario": "scenario", "labels": ["click"],
                   "user": "user_id", "scenario_features": ["scenario"]}
@@ -37,11 +51,8 @@ def tables(name: str):
 
         table = load_100k(default_dir("movielens-100k"), "occupation", (27, 128))
         schema = {**DEFAULTS, "scenario_features": ["scenario"]}
-    counts = pc.value_counts(table["scenario"]).to_pylist()
-    counts.sort(key=lambda c: c["counts"])
-    held = counts[0 if name == "synthetic" else len(counts) // 2]["values"]
-    mask = pc.equal(table["scenario"], held)
-    return table.filter(pc.invert(mask)), table.filter(mask), schema, held
+    mask = pc.equal(table["scenario"], HELD[name])
+    return table.filter(pc.invert(mask)), table.filter(mask), schema
 
 
 def every_model(out: Path) -> None:
@@ -72,31 +83,80 @@ def every_model(out: Path) -> None:
         print(f"{name}: extended, old scenarios' scores {'identical' if same else 'CHANGED'}", flush=True)
 
 
+def one_seed(args, schema: dict, seed: int) -> dict[str, np.ndarray]:
+    """The held-back test rows' labels and every model's scores for one seed (runs reused when present)."""
+    run, scratch = args.out / f"run-{seed}", args.out / f"scratch-{seed}.npz"
+    config = {"data": {"train": str(args.out / "old.parquet"), **schema},
+              "model": {"name": "star", "embed_dim": 16, "mlp": {"hidden": [64, 32], "dropout": 0.2}},
+              "train": {"epochs": args.epochs, "batch_size": 1024, "patience": 2, "progress": False, "seed": seed}}
+    if not (run / "metrics.json").exists():
+        train(config, out=run, overwrite=True)
+    run2 = args.out / f"{args.label}-{seed}"
+    shutil.rmtree(run2, ignore_errors=True)
+    need_scratch = not scratch.exists()
+    metrics, rows = extend_scored(run, args.out / "new.parquet", run2,
+                                  [f"extend.scratch={need_scratch}", "extend.replicates=10", *args.overrides])
+    found = {"labels": rows["labels"][:, 0], **{m: s[:, 0] for m, s in rows["scores"].items()}}
+    if need_scratch:
+        np.savez(scratch, labels=found["labels"], scratch=found["scratch"])
+    kept = np.load(scratch)
+    if not np.array_equal(kept["labels"], found["labels"]):
+        raise SystemExit(f"{scratch}: other test rows than this extension's; remove it")
+    found["scratch"] = kept["scratch"]
+    print(f"seed {seed}: source {metrics['extend']['source']}, training {metrics['extend']['training']}, "
+          f"epochs {metrics['train']['epochs']} (best {metrics['train']['best_epoch']}), "
+          + ", ".join(f"{m} {auc(found['labels'], found[m]):.4f}" for m in ("unknown", "extend", "scratch")),
+          flush=True)
+    return found
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    return float(weighted_auc(labels, scores, np.ones((1, len(labels)), dtype=np.float32))[0])
+
+
+def pooled(per_seed: dict[int, dict[str, np.ndarray]]) -> dict:
+    """Each model's AUC averaged over the seeds; extend minus each baseline with its paired interval."""
+    out = {"seeds": sorted(per_seed), "test_rows": {s: len(r["labels"]) for s, r in per_seed.items()}}
+    reps = {}
+    for seed, rows in per_seed.items():
+        one = np.zeros(len(rows["labels"]), dtype=np.int64)
+        reps[seed] = {m: replicate_metrics(rows["labels"], rows[m], one, ["held"], REPLICATES, seed)["auc"]
+                      ["overall"] for m in ("unknown", "extend", "scratch")}
+    for m in ("unknown", "extend", "scratch"):
+        out[f"{m}_auc"] = float(np.mean([auc(r["labels"], r[m]) for r in per_seed.values()]))
+        out[f"{m}_auc_per_seed"] = [round(auc(r["labels"], r[m]), 4) for r in per_seed.values()]
+    for base in ("unknown", "scratch"):
+        d = paired_difference([auc(r["labels"], r["extend"]) - auc(r["labels"], r[base]) for r in per_seed.values()],
+                              [reps[s]["extend"] - reps[s][base] for s in per_seed], True)
+        out[f"extend_minus_{base}"] = {"delta": d.delta, "low": d.low, "high": d.high, "p_value": d.p_value,
+                                       "wins": d.wins}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("data", choices=["synthetic", "movielens", "models"])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=5, help="of the old run (and of the from-scratch model)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--label", default="extend", help="names this extension's runs and summary in --out")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="for the extension, e.g. train.batch_size=128 or extend.all=true")
-    parser.add_argument("--reuse", action="store_true", help="extend the run already in --out (no training)")
+                        help="for the extension, e.g. extend.vocab=indicators or train.batch_size=128")
     args = parser.parse_args()
     if args.data == "models":
         every_model(args.out)
         return
-    old, new, schema, held = tables(args.data)
+    old, new, schema = tables(args.data)
     args.out.mkdir(parents=True, exist_ok=True)
     pq.write_table(old, args.out / "old.parquet")
     pq.write_table(new, args.out / "new.parquet")
-    config = {"data": {"train": str(args.out / "old.parquet"), **schema},
-              "model": {"name": "star", "embed_dim": 16, "mlp": {"hidden": [64, 32], "dropout": 0.2}},
-              "train": {"epochs": args.epochs, "batch_size": 1024, "patience": 2, "progress": False, "seed": 1}}
-    if not args.reuse:
-        train(config, out=args.out / "run", overwrite=True)
-    run2 = args.out / f"run2-{len(list(args.out.glob('run2*')))}"
-    metrics = extend(args.out / "run", args.out / "new.parquet", run2, args.overrides)
-    print(json.dumps({"held_back": held, "old_rows": old.num_rows, "new_rows": new.num_rows,
-                      "source": metrics["extend"]["source"], "comparison": metrics["extend"]["comparison"]}, indent=1))
+    per_seed = {}
+    for seed in args.seeds:  # the summary so far after every seed (a long benchmark can be stopped)
+        per_seed[seed] = one_seed(args, schema, seed)
+        summary = {"data": args.data, "held_back": HELD[args.data], "old_rows": old.num_rows,
+                   "new_rows": new.num_rows, "set": args.overrides, **pooled(per_seed)}
+        (args.out / f"{args.label}.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@ before, only the new rows change, the old run is never modified, and the new run
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pytest
@@ -12,7 +14,7 @@ import torch
 
 from msrec.api import evaluate, predict, train
 from msrec.errors import MsrecError
-from msrec.extend import _freeze, _read_new, _sources, extend, grow_model
+from msrec.extend import MIN_BATCH, STEPS_PER_EPOCH, _freeze, _read_new, _sources, extend, grow_model
 from msrec.runs import load_run
 
 HELD = "s2"  # the smallest synthetic scenario
@@ -48,7 +50,7 @@ def _digest(folder) -> dict:
 def test_extend_adds_the_held_scenario_and_keeps_the_old_ones(files, star_run, tmp_path):
     before = _digest(star_run)
     old = load_run(star_run)
-    metrics = extend(star_run, files / "new.csv", tmp_path / "run2", ["train.epochs=2"])
+    metrics = extend(star_run, files / "new.csv", tmp_path / "run2", ["train.epochs=2", "extend.vocab=indicators"])
     assert _digest(star_run) == before  # RUN untouched
     assert metrics["extend"]["new_scenarios"] == [HELD]
     new = load_run(tmp_path / "run2")
@@ -119,7 +121,7 @@ def test_batch_norm_statistics_of_frozen_parts_are_put_back(files, synthetic_con
     old value back, so the old scenarios still score bit for bit."""
     run = _run(files, synthetic_config, "split_merge",
                {"name": "split_merge", "embed_dim": 4, "mlp": {"hidden": [8], "batch_norm": True}})
-    extend(run, files / "new.csv", tmp_path / "run2", ["extend.scratch=false"])
+    extend(run, files / "new.csv", tmp_path / "run2", ["extend.scratch=false", "extend.vocab=indicators"])
     assert predict(run, files / "old.csv", keep_columns=False).equals(
         predict(tmp_path / "run2", files / "old.csv", keep_columns=False))
 
@@ -160,16 +162,25 @@ def test_a_grown_hierarchy_keeps_its_ids_and_appends_new_combinations():
     assert list(new.ids(old_rows, None, "old")) == list(old.ids(old_rows, None, "old"))
 
 
-def test_extend_vocab_all_grows_every_sparse_field(files, star_run, tmp_path):
-    """`extend.vocab=all`: new users / items get ids of their own (appended, so known ids keep theirs)."""
+def test_by_default_every_sparse_field_grows_and_known_values_score_as_before(files, star_run, tmp_path):
+    """The default `extend.vocab=all`: new users / items get ids of their own (appended, so known ids keep
+    theirs); an old scenario's row whose values the old run knew scores bit for bit as before, a row holding
+    a value first seen in NEW now reads that value's trained row instead of the unknown one."""
     old = load_run(star_run).encoder
     new_csv = pacsv.read_csv(files / "new.csv")
-    extend(star_run, files / "new.csv", tmp_path / "run2", ["extend.vocab=all", "extend.scratch=false"])
+    extend(star_run, files / "new.csv", tmp_path / "run2", ["train.epochs=2", "extend.scratch=false"])
     grown = load_run(tmp_path / "run2").encoder
     for name in ("user_id", "item_id"):
         assert grown.sparse[name].vocab[: len(old.sparse[name].vocab)] == old.sparse[name].vocab
         unseen = set(new_csv[name].to_pylist()) - set(old.sparse[name].vocab)
         assert set(grown.sparse[name].vocab[len(old.sparse[name].vocab):]) == unseen
+    rows = pacsv.read_csv(files / "old.csv")
+    known = functools.reduce(pc.and_, [pc.is_in(rows[name], pa.array(old.sparse[name].vocab, rows[name].type))
+                                        for name in ("user_id", "item_id", "user_group", "item_category")])
+    assert 0 < pc.sum(known).as_py() < rows.num_rows  # both kinds of old rows are there
+    pacsv.write_csv(rows.filter(known), tmp_path / "known.csv")
+    assert predict(star_run, tmp_path / "known.csv", keep_columns=False).equals(
+        predict(tmp_path / "run2", tmp_path / "known.csv", keep_columns=False))
 
 
 def test_the_command_prints_the_comparison_and_names_its_errors(files, star_run, cli, tmp_path):
@@ -179,3 +190,41 @@ def test_the_command_prints_the_comparison_and_names_its_errors(files, star_run,
     assert f"click {HELD}: AUC unknown" in result.stdout and "extend minus vs_unknown" in result.stdout
     result = cli("extend", star_run, "--data", files / "old.csv", "--out", tmp_path / "run3")
     assert result.code == 1 and "no scenario unseen" in result.stderr
+
+
+def test_only_the_new_rows_get_a_row_sparse_gradient(files, star_run):
+    """With the stacked per-scenario parameters on row-sparse gradients (nn.routing's gather, as the row-sparse
+    optimizer sets them), the hook drops the old scenarios' slices from the sparse gradient too; the batch
+    holds old and new scenarios' rows, so the old slices would get one unhooked."""
+    from msrec.data.table import TensorTable
+
+    run = load_run(star_run)
+    new = _read_new(files / "new.csv", run, run.config)
+    grown = run.encoder.grown(new["all"])
+    table = grown.transform(new["train"])
+    model, masks = grow_model(run, grown, _sources(run, grown, table, len(run.encoder.scenario_names)))
+    stacked = [p for p in model.parameters() if getattr(p, "scenario_stacked", False)]
+    assert stacked
+    for param in stacked:
+        param.row_sparse_grad = True
+    _freeze(model, masks)
+    old = grown.transform(pacsv.read_csv(files / "old.csv"))
+    both = TensorTable.concat([old.subset(torch.arange(64)), table.subset(torch.arange(64))])
+    model.train()
+    model(both.batch(torch.arange(len(both)))).sum().backward()
+    sparse = [(k, p.grad.coalesce()) for k, p in model.named_parameters() if p.grad is not None and p.grad.is_sparse]
+    assert sparse
+    for key, grad in sparse:
+        assert len(grad.indices()[0]) and bool((grad.indices()[0] >= len(run.encoder.scenario_names)).all()), key
+
+
+def test_the_extensions_training_is_sized_by_the_new_rows(files, star_run, tmp_path):
+    """The run trained with batches of 512 rows; the extension's batch follows NEW's training rows (about
+    STEPS_PER_EPOCH steps an epoch, at least MIN_BATCH rows), unless `--set train.batch_size` says otherwise."""
+    metrics = extend(star_run, files / "new.csv", tmp_path / "a", ["train.epochs=2", "extend.scratch=false"])
+    rows = _read_new(files / "new.csv", load_run(star_run), load_run(star_run).config)["train"].num_rows
+    assert metrics["extend"]["training"]["batch_size"] == max(MIN_BATCH, min(512, rows // STEPS_PER_EPOCH)) < 512
+    assert metrics["extend"]["training"]["monitor"] == "logloss" and metrics["extend"]["training"]["epochs"] == 2
+    metrics = extend(star_run, files / "new.csv", tmp_path / "b",
+                     ["train.epochs=1", "train.batch_size=100", "extend.scratch=false"])
+    assert metrics["extend"]["training"]["batch_size"] == 100

@@ -1,15 +1,16 @@
 """`msrec extend RUN --data NEW.csv --out RUN2`: a trained run learns scenarios it has never seen, without a
 full retrain and without changing how it scores the old ones (docs/scenarios.md, "Onboarding a new scenario").
 
-1. The encoder grows (`Encoder.grown`): new scenarios and new values of the scenario-indicator features get
-   ids appended after the old ones, so every old row encodes as before.
+1. The encoder grows (`Encoder.grown`): new scenarios and every sparse field's new values (`extend.vocab=all`,
+   the default: new users train rows of their own; `indicators`: the scenario-indicator features' only) get
+   ids appended after the old ones, so every old value keeps its id.
 2. The model grows (msrec.nn.grow): every part with per-scenario stacked tensors appends rows for the new
    scenarios copied from a source scenario (the parent level's in a hierarchy, else the old scenario whose
    parameters score the new rows best); new indicator ids copy their field's unknown row. The grown,
    untrained model is therefore exactly the old model scoring the new rows as unknown, routed to the source.
 3. Only the new rows train (gradient hooks on the grown tensors, everything else frozen); afterwards every
-   old value is put back bit for bit (frozen batch norms' running statistics move in training mode).
-   `--set extend.all=true` trains everything.
+   old value is put back bit for bit (frozen batch norms' running statistics move in training mode). The
+   training is sized by the new rows (`training_defaults`). `--set extend.all=true` trains everything.
 4. metrics.json's `extend` block compares the new scenarios against the old model scoring them as unknown
    (the grown model before training) and a model trained from scratch on the old training rows plus the new
    ones, with paired bootstrap intervals (msrec.report.stats).
@@ -42,8 +43,15 @@ from msrec.runs import Run, check_run_dir_free, load_run, write_run
 from msrec.train.predict import Scorer
 from msrec.train.trainer import Trainer
 
-OPTIONS = {"extend.all": False, "extend.scratch": True, "extend.replicates": 1000, "extend.vocab": "indicators"}
+OPTIONS = {"extend.all": False, "extend.scratch": True, "extend.replicates": 1000, "extend.vocab": "all"}
 SIMILARITY_ROWS = 4096  # new rows scored under each old scenario to pick the most similar one
+# The extension's training is sized by NEW's training rows, not by the run's (a batch of 1,024-4,096 rows
+# gives a scenario of a few thousand rows a handful of steps): about STEPS_PER_EPOCH steps per epoch
+# (batches of at least MIN_BATCH rows, at most the run's), up to EPOCHS epochs, early stopping on the
+# validation log loss (smoother than the AUC of a few hundred rows) with PATIENCE, and LR_FACTOR times the
+# run's learning rate (only the new entries train, and they start from another scenario's values: they
+# have far to go and nothing old to disturb). Measured in docs/scenarios.md; `--set train.*` wins.
+STEPS_PER_EPOCH, MIN_BATCH, EPOCHS, PATIENCE, MONITOR, LR_FACTOR = 50, 32, 30, 5, "logloss", 10
 
 
 def _options(overrides: list[str]) -> tuple[dict, list[str]]:
@@ -65,6 +73,14 @@ def _options(overrides: list[str]) -> tuple[dict, list[str]]:
             except ValueError:
                 raise MsrecError(f"--set {item}: expected a {type(default).__name__}") from None
     return opts, rest
+
+
+def training_defaults(run_cfg: Config, rows: int, every_parameter: bool = False) -> list[str]:
+    """The extension's `train.*` defaults for `rows` new training rows (`--set train.*` items override them);
+    with `extend.all` (old parameters train too) the run's own learning rate."""
+    batch = max(MIN_BATCH, min(run_cfg.train.batch_size, rows // STEPS_PER_EPOCH))
+    return [f"train.batch_size={batch}", f"train.epochs={max(EPOCHS, run_cfg.train.epochs)}",
+            f"train.patience={PATIENCE}", f"train.monitor={MONITOR}", f"train.lr={(1 if every_parameter else LR_FACTOR) * run_cfg.train.lr}"]
 
 
 def _read_new(path: str | Path, run: Run, cfg: Config) -> dict[str, pa.Table]:
@@ -235,14 +251,21 @@ def extend(run_dir: str | Path, data: str | Path, out: str | Path, overrides: li
     (see the module's doc). `overrides`: `train.*` items for the extension's training, and `extend.all=true`
     (train every parameter), `extend.scratch=false` (no from-scratch baseline), `extend.replicates=N`.
     Returns RUN2's metrics (its `extend` block holds the comparison)."""
+    return extend_scored(run_dir, data, out, overrides, console)[0]
+
+
+def extend_scored(run_dir: str | Path, data: str | Path, out: str | Path, overrides: list[str] | None = None,
+                  console: Console | None = None) -> tuple[dict, dict]:
+    """`extend`, and the rows its comparison is computed on (benchmarks pool them over seeds): NEW's test rows
+    of the new scenarios, `{"labels": [N, T], "scenario": [N], "scores": {model: [N, T]}}` (numpy)."""
     opts, rest = _options(overrides or [])
     out = Path(out)
     if out.resolve() == Path(run_dir).resolve():
         raise MsrecError(f"{out}: extend never modifies its run; choose another --out")
     check_run_dir_free(out, overwrite=False)
     run = load_run(run_dir)
-    cfg = as_config(run.config, rest)
-    new = _read_new(data, run, cfg)
+    new = _read_new(data, run, as_config(run.config, rest))
+    cfg = as_config(run.config, [*training_defaults(run.config, new["train"].num_rows, opts["all"]), *rest])
     old_s = len(run.encoder.scenario_names)
     if opts["vocab"] not in ("indicators", "all"):
         raise MsrecError(f"--set extend.vocab={opts['vocab']}: expected indicators or all")
@@ -269,14 +292,15 @@ def extend(run_dir: str | Path, data: str | Path, out: str | Path, overrides: li
     metrics = {split: trainer.scorer.evaluate(t) for split, t in (("val", tables["val"]), ("test", tables.get("test")))
                if t is not None}
     scores["extend"] = trainer.scorer.predict(test).numpy()
-    if opts["scratch"]:
-        scores["scratch"] = _scratch(run, cfg, new, new.get("test", new["val"]), console)
+    if opts["scratch"]:  # the run's own config: what a full retrain would be
+        scores["scratch"] = _scratch(run, run.config, new, new.get("test", new["val"]), console)
     model.cpu()
     for p in model.parameters():
         p.requires_grad_(True)
     metrics.update(train=fit_metrics["train"], model=cfg.model.name, extend={
         "from": str(Path(run_dir).resolve()), "all": opts["all"], "new_scenarios": [names[s] for s in new_ids],
         "source": {names[s]: names[src] for s, src in zip(new_ids, source, strict=True)},
+        "training": {k: getattr(cfg.train, k) for k in ("batch_size", "epochs", "patience", "monitor", "lr")},
         "trained_parameters": sum(int(m.expand_as(before[k]).sum()) for k, m in masks.items())
         if not opts["all"] else sum(p.numel() for p in model.parameters()),
         "comparison": _compare(test, new_ids, names, list(grown.schema.labels), scores, opts["replicates"],
@@ -284,4 +308,6 @@ def extend(run_dir: str | Path, data: str | Path, out: str | Path, overrides: li
     data_cfg = cfg.data.model_copy(update={"dataset": None, "path": None, "options": {}, "val": None, "test": None,
                                            "train": os.path.abspath(data), **grown.schema.to_dict()})
     write_run(out, cfg.model_copy(update={"data": data_cfg}), grown, model, metrics)
-    return metrics
+    rows = torch.isin(test.scenario, torch.tensor(new_ids)).numpy()
+    return metrics, {"labels": test.labels.numpy()[rows], "scenario": test.scenario.numpy()[rows],
+                     "scores": {m: v[rows] for m, v in scores.items()}}
