@@ -43,6 +43,48 @@ def test_updates_below_half_a_bf16_step_still_move_the_table():
     assert abs(moved - expected) < 0.35 * expected
 
 
+def _steps(weight: torch.nn.Parameter, opt: RowwiseAdagrad, n: int, draw_between: bool = False,
+           grads: torch.Generator | None = None) -> None:
+    grads = grads or torch.Generator().manual_seed(7)
+    for _ in range(n):
+        rows = torch.randint(0, weight.shape[0], (16,), generator=grads).unique()
+        weight.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), torch.randn(len(rows), 4, generator=grads),
+                                              weight.shape).to(torch.bfloat16)
+        opt.step()
+        if draw_between:  # e.g. dropout on a batch of another size on this rank
+            torch.rand(1000)
+
+
+def test_rounding_draws_do_not_depend_on_other_random_numbers():
+    """DDP ranks must round alike (their tables stay replicas) though their dropout draws differ."""
+    tables = []
+    for draw_between in (False, True):
+        torch.manual_seed(5)
+        weight = torch.nn.Parameter(torch.randn(50, 4).to(torch.bfloat16))
+        _steps(weight, RowwiseAdagrad([weight], lr=0.01), 30, draw_between)
+        tables.append(weight.detach().clone())
+    assert torch.equal(tables[0], tables[1])
+
+
+def test_a_resumed_optimizer_continues_exactly(tmp_path):
+    torch.manual_seed(5)
+    weight = torch.nn.Parameter(torch.randn(50, 4).to(torch.bfloat16))
+    opt = RowwiseAdagrad([weight], lr=0.01)
+    grads = torch.Generator().manual_seed(7)
+    _steps(weight, opt, 10, grads=grads)
+    torch.save({"weight": weight.detach().clone(), "opt": opt.state_dict(), "grads": grads.get_state()},
+               tmp_path / "state.pt")
+    _steps(weight, opt, 10, grads=grads)
+    saved = torch.load(tmp_path / "state.pt")
+    resumed = torch.nn.Parameter(saved["weight"])
+    opt2 = RowwiseAdagrad([resumed], lr=0.01)
+    opt2.load_state_dict(saved["opt"])
+    assert opt2.state[resumed]["sum"].dtype == torch.float32  # not cast to the table's bf16 on loading
+    grads.set_state(saved["grads"])
+    _steps(resumed, opt2, 10, grads=grads)
+    assert torch.equal(resumed, weight)
+
+
 def test_a_bf16_run_stores_trains_saves_loads_and_exports(tmp_path):
     cfg = {**TINY, "model": {"name": "star", "table_dtype": "bfloat16"}}
     result = msrec.train(cfg, out=tmp_path / "run", console=None)

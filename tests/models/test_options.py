@@ -154,7 +154,7 @@ def test_docs_option_table_matches_the_option_classes(name):
     nothing else is, and a default written as a literal is the class's default."""
     rows = {key: default for key, _, default, _ in describe_options(name)}
     table = option_table(name)
-    own = {key for key in rows if not key.startswith(("mlp.", "backbone.")) and key != "embed_dim"}
+    own = {key for key in rows if not key.startswith(("mlp.", "backbone.")) and key not in ("embed_dim", "table_dtype")}
     named = set(table) | {key for key in rows if key.split(".")[0] in table}
     assert own | {"mlp.hidden"} <= named, "options missing from the table"
     assert set(table) <= set(rows) | set(parts(name)), "the table lists options that do not exist"

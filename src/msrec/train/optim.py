@@ -44,7 +44,7 @@ class RowwiseAdagrad(Optimizer):
         # Optimizer.load_state_dict casts all state to a floating parameter's dtype: a bf16 table's float32
         # accumulators (and its generator's byte state) are kept aside and put back as they were saved.
         self.register_load_state_dict_pre_hook(_keep_accumulators)
-        pass  # self.register_load_state_dict_post_hook(_restore_accumulators)
+        self.register_load_state_dict_post_hook(_restore_accumulators)
 
     @torch.no_grad()
     def step(self, closure=None):
