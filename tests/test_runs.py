@@ -128,3 +128,18 @@ def test_weights_are_read_into_the_models_own_tensors(tmp_path):
                   {"table": torch.zeros(50, 4), "steps": torch.zeros(3, dtype=torch.int32)}):
         assert not read_tensors_into(tmp_path / "w.safetensors", other)
         assert not other["table"].any()  # nothing read
+
+
+def test_a_hierarchical_run_written_before_level_sharing_loads_as_it_was_built(tmp_path):
+    """Runs of a scenario of several columns written before `level_sharing` (default on since) hold flat
+    per-combination tensors and no such key in config.yaml: they load into the flat model they were."""
+    cfg = {"data": {"dataset": "synthetic", "options": {"rows": 3000, "levels": [3, 2]},
+                    "scenario": ["country", "placement"]},
+           "model": {"name": "star", "level_sharing": False}, "train": {"epochs": 1, "progress": False}}
+    result = train(cfg, out=tmp_path / "run", console=None)
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    del config["model"]["level_sharing"]
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(config))
+    run = load_run(tmp_path / "run")
+    assert run.config.model.options()["level_sharing"] is False
+    assert msrec.evaluate(run)["macro_auc"] == pytest.approx(result.metrics["test"]["macro_auc"], abs=1e-12)

@@ -34,7 +34,7 @@ from msrec.config import DATA_PATHS, Config, parse_config, yaml_error
 from msrec.data.encode import Encoder
 from msrec.data.io import read_tensors_into
 from msrec.errors import MsrecError
-from msrec.models.registry import build_model
+from msrec.models.registry import build_model, get_entry
 
 RUN_FILES = ("config.yaml", "encoder.json", "model.safetensors", "metrics.json")
 METRICS_FORMAT = 2
@@ -174,6 +174,28 @@ def load_run(path: str | Path) -> Run:
         raise MsrecError(f"{path / 'config.yaml'}: not valid YAML ({yaml_error(err)})") from None
     config = parse_config(raw, str(path / "config.yaml"))
     encoder = Encoder.load(path / "encoder.json")
+    model = _load_model(path, config, encoder)
+    if model is None and encoder.spec().levels is not None and "level_sharing" not in config.model.options() \
+            and "level_sharing" in get_entry(config.model.name).options.model_fields:
+        # A hierarchical run written before per-scenario parameters were shared by level (their default since):
+        # its flat tensors load into the model built as it was.
+        config.model.__pydantic_extra__["level_sharing"] = False
+        model = _load_model(path, config, encoder)
+        if model is None:
+            config.model.__pydantic_extra__.pop("level_sharing")
+    if model is None:
+        _load_model(path, config, encoder, raise_mismatch=True)
+    model.eval()
+    try:
+        metrics = json.loads((path / "metrics.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MsrecError(f"{path / 'metrics.json'}: not valid JSON ({err})") from None
+    return Run(path, config, encoder, model, upgrade_metrics(metrics, list(encoder.schema.labels)))
+
+
+def _load_model(path: Path, config: Config, encoder: Encoder, raise_mismatch: bool = False) -> nn.Module | None:
+    """The run's model with its weights; None where their names disagree with the model (an error with
+    `raise_mismatch`)."""
     model = build_model(config.model.name, encoder.spec(), config.model.options())
     try:
         if read_tensors_into(path / "model.safetensors", model.state_dict()):  # no second copy of a large table
@@ -187,12 +209,7 @@ def load_run(path: str | Path) -> Run:
             from None
     except (SafetensorError, OSError, ValueError) as err:
         raise MsrecError(f"{path / 'model.safetensors'}: cannot be loaded ({str(err).splitlines()[0]})") from None
-    if missing_keys or unexpected:
+    if (missing_keys or unexpected) and raise_mismatch:
         raise MsrecError(f"{path / 'model.safetensors'}: does not match model {config.model.name} "
                          f"(missing {sorted(missing_keys)[:3]}, unexpected {sorted(unexpected)[:3]})")
-    model.eval()
-    try:
-        metrics = json.loads((path / "metrics.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MsrecError(f"{path / 'metrics.json'}: not valid JSON ({err})") from None
-    return Run(path, config, encoder, model, upgrade_metrics(metrics, list(encoder.schema.labels)))
+    return None if missing_keys or unexpected else model
