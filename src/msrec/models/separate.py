@@ -8,8 +8,8 @@ its own few rows alone.
 Stored stacked, so that a batch's cost does not grow with S: one embedding table in which id k of a field
 has S rows, scenario s's at `k * S + s` (a row looks up its own scenario's embeddings only), and the S
 MLPs' weights stacked `[S, ...]` and applied over the batch's tiles (nn.towers). The table stays row-sparse
-(a step updates the rows its batch looked up); the MLP weights are dense, every scenario's updated each step
-(by a zero gradient when absent from the batch; docs/scenarios.md). A backbone (`model.backbone`) other
+(a step updates the rows its batch looked up), and so do the stacked MLPs under `train.scenario_updates:
+row_sparse` (a step updates the scenarios its batch holds; docs/scenarios.md). A backbone (`model.backbone`) other
 than the plain concatenation is shared by the scenarios. Runs written with one `dnn` per scenario
 (`models.<s>.*`) load into the stacks.
 """
