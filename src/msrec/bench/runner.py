@@ -109,7 +109,7 @@ class _GridRun:
         cfg, label, seed = self.grid.configs[rid], self.label[rid], self.seed[rid]
         given = next((run_id(x, seed) for x, t in self.grid.tuned.items() if t == label), None)
         if given and self.store.done(given) and full_config(self.grid.configs[given]) == full_config(cfg):
-            self.store.copy(given, rid, label)  # tuning kept the config as given: the same run
+            self.store.copy(given, rid, label, config_key(cfg))  # tuning kept the config as given: the same run
             self.console.print(f"  {label:<16} seed {seed:<6} = {given} (the best trial was the config as given)",
                                highlight=False)
             return

@@ -118,13 +118,14 @@ class RunStore:
         _atomic_write(self.dir / f"{rid}.json", json.dumps(json_safe(record), indent=1).encode())
         (self.dir / f"{rid}.failed.json").unlink(missing_ok=True)
 
-    def copy(self, source: str, rid: str, label: str) -> None:
+    def copy(self, source: str, rid: str, label: str, config: Any) -> None:
         """Store run `source`'s results as run `rid` of `label`: a tuned model whose best trial was its config as
-        given has that very config, so its runs are not trained twice."""
+        given has that very config, so its runs are not trained twice. Stored with `config` (`config_key` of
+        rid's own, every option spelt out as in best.yaml), so that a rerun of the spec finds it is rid's."""
         record = json.loads((self.dir / f"{source}.json").read_text())
         _atomic_write(self.dir / f"{rid}.npz", (self.dir / f"{source}.npz").read_bytes())
-        _atomic_write(self.dir / f"{rid}.json", json.dumps({**record, "label": label, "copied_from": source},
-                                                           indent=1).encode())
+        _atomic_write(self.dir / f"{rid}.json", json.dumps({**record, "label": label, "copied_from": source,
+                                                            "config": config}, indent=1).encode())
 
     def save_failure(self, rid: str, failure: dict) -> None:
         _atomic_write(self.dir / f"{rid}.failed.json", json.dumps(failure, indent=1).encode())
