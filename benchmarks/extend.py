@@ -103,6 +103,7 @@ def one_seed(args, schema: dict, seed: int) -> dict[str, np.ndarray]:
     if not np.array_equal(kept["labels"], found["labels"]):
         raise SystemExit(f"{scratch}: other test rows than this extension's; remove it")
     found["scratch"] = kept["scratch"]
+    np.savez(args.out / f"{args.label}-{seed}.npz", **found)  # this extension's compared rows
     print(f"seed {seed}: source {metrics['extend']['source']}, training {metrics['extend']['training']}, "
           f"epochs {metrics['train']['epochs']} (best {metrics['train']['best_epoch']}), "
           + ", ".join(f"{m} {auc(found['labels'], found[m]):.4f}" for m in ("unknown", "extend", "scratch")),
