@@ -162,13 +162,14 @@ def test_a_grown_hierarchy_keeps_its_ids_and_appends_new_combinations():
     assert list(new.ids(old_rows, None, "old")) == list(old.ids(old_rows, None, "old"))
 
 
-def test_by_default_every_sparse_field_grows_and_known_values_score_as_before(files, star_run, tmp_path):
-    """The default `extend.vocab=all`: new users / items get ids of their own (appended, so known ids keep
-    theirs); an old scenario's row whose values the old run knew scores bit for bit as before, a row holding
-    a value first seen in NEW now reads that value's trained row instead of the unknown one."""
+def test_extend_vocab_all_grows_every_sparse_field_and_known_values_score_as_before(files, star_run, tmp_path):
+    """`extend.vocab=all`: new users / items get ids of their own (appended, so known ids keep theirs); an old
+    scenario's row whose values the old run knew scores bit for bit as before, a row holding a value first
+    seen in NEW now reads that value's trained row instead of the unknown one."""
     old = load_run(star_run).encoder
     new_csv = pacsv.read_csv(files / "new.csv")
-    extend(star_run, files / "new.csv", tmp_path / "run2", ["train.epochs=2", "extend.scratch=false"])
+    extend(star_run, files / "new.csv", tmp_path / "run2", ["train.epochs=2", "extend.scratch=false",
+                                                             "extend.vocab=all"])
     grown = load_run(tmp_path / "run2").encoder
     for name in ("user_id", "item_id"):
         assert grown.sparse[name].vocab[: len(old.sparse[name].vocab)] == old.sparse[name].vocab
@@ -228,3 +229,17 @@ def test_the_extensions_training_is_sized_by_the_new_rows(files, star_run, tmp_p
     metrics = extend(star_run, files / "new.csv", tmp_path / "b",
                      ["train.epochs=1", "train.batch_size=100", "extend.scratch=false"])
     assert metrics["extend"]["training"]["batch_size"] == 100
+
+
+def test_by_default_a_field_grows_when_the_new_scenario_brings_its_own_values(files, star_run, tmp_path):
+    """The default `extend.vocab=auto`: NEW's users are all new (ids moved out of the old range), so user_id
+    grows by every one of them; NEW's few unseen items fill far less than half of its rows, so item_id stays."""
+    old = load_run(star_run).encoder
+    table = pacsv.read_csv(files / "new.csv")
+    table = table.set_column(table.schema.get_field_index("user_id"), "user_id", pc.add(table["user_id"], 100_000))
+    pacsv.write_csv(table, tmp_path / "new_users.csv")
+    extend(star_run, tmp_path / "new_users.csv", tmp_path / "run2", ["train.epochs=1", "extend.scratch=false"])
+    grown = load_run(tmp_path / "run2").encoder
+    assert set(grown.sparse["user_id"].vocab[len(old.sparse["user_id"].vocab):]) == set(table["user_id"].to_pylist())
+    assert grown.sparse["item_id"].vocab == old.sparse["item_id"].vocab
+    assert set(table["item_id"].to_pylist()) - set(old.sparse["item_id"].vocab)  # there were unseen items

@@ -43,7 +43,11 @@ from msrec.runs import Run, check_run_dir_free, load_run, write_run
 from msrec.train.predict import Scorer
 from msrec.train.trainer import Trainer
 
-OPTIONS = {"extend.all": False, "extend.scratch": True, "extend.replicates": 1000, "extend.vocab": "all"}
+OPTIONS = {"extend.all": False, "extend.scratch": True, "extend.replicates": 1000, "extend.vocab": "auto"}
+# extend.vocab=auto: a sparse field's vocabulary grows when at least this share of NEW's training rows hold a
+# value of it the run did not know (a new scenario that brings its own users); rarer new values stay unknown
+# (a few rows each would train their rows from a handful of examples). Measured in docs/scenarios.md.
+VOCAB_SHARE = 0.5
 SIMILARITY_ROWS = 4096  # new rows scored under each old scenario to pick the most similar one
 # The extension's training is sized by NEW's training rows, not by the run's (a batch of 1,024-4,096 rows
 # gives a scenario of a few thousand rows a handful of steps): about STEPS_PER_EPOCH steps per epoch
@@ -81,6 +85,18 @@ def training_defaults(run_cfg: Config, rows: int, every_parameter: bool = False)
     batch = max(MIN_BATCH, min(run_cfg.train.batch_size, rows // STEPS_PER_EPOCH))
     return [f"train.batch_size={batch}", f"train.epochs={max(EPOCHS, run_cfg.train.epochs)}",
             f"train.patience={PATIENCE}", f"train.monitor={MONITOR}", f"train.lr={(1 if every_parameter else LR_FACTOR) * run_cfg.train.lr}"]
+
+
+def _growing_fields(run: Run, new: dict[str, pa.Table], source: str, vocab: str) -> list[str]:
+    """The sparse fields whose vocabularies grow by NEW's unseen values: the scenario indicators always; every
+    field with `all`; with `auto` those whose unseen values fill at least VOCAB_SHARE of NEW's training rows."""
+    schema = run.encoder.schema
+    if vocab != "auto":
+        return list(schema.sparse) if vocab == "all" else list(schema.scenario_features)
+    every = run.encoder.grown(new["all"], source, list(schema.sparse)).transform(new["train"], source)
+    unseen = (every.sparse >= torch.tensor(run.encoder.spec().sparse_vocab, dtype=every.sparse.dtype)).double().mean(0)
+    return [f for f, share in zip(schema.sparse, unseen.tolist(), strict=True)
+            if share >= VOCAB_SHARE or f in schema.scenario_features]
 
 
 def _read_new(path: str | Path, run: Run, cfg: Config) -> dict[str, pa.Table]:
@@ -267,10 +283,9 @@ def extend_scored(run_dir: str | Path, data: str | Path, out: str | Path, overri
     new = _read_new(data, run, as_config(run.config, rest))
     cfg = as_config(run.config, [*training_defaults(run.config, new["train"].num_rows, opts["all"]), *rest])
     old_s = len(run.encoder.scenario_names)
-    if opts["vocab"] not in ("indicators", "all"):
-        raise MsrecError(f"--set extend.vocab={opts['vocab']}: expected indicators or all")
-    grown = run.encoder.grown(new["all"], str(data), None if opts["vocab"] == "indicators" else
-                              list(run.encoder.schema.sparse))
+    if opts["vocab"] not in ("auto", "indicators", "all"):
+        raise MsrecError(f"--set extend.vocab={opts['vocab']}: expected auto, indicators or all")
+    grown = run.encoder.grown(new["all"], str(data), _growing_fields(run, new, str(data), opts["vocab"]))
     names = grown.scenario_names
     new_ids = list(range(old_s, len(names)))
     if not new_ids:
