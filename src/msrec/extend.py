@@ -265,8 +265,9 @@ def extend(run_dir: str | Path, data: str | Path, out: str | Path, overrides: li
            console: Console | None = None) -> dict:
     """Extend the run in `run_dir` by the scenarios of `data` unseen in its training; write the run `out`
     (see the module's doc). `overrides`: `train.*` items for the extension's training, and `extend.all=true`
-    (train every parameter), `extend.scratch=false` (no from-scratch baseline), `extend.replicates=N`.
-    Returns RUN2's metrics (its `extend` block holds the comparison)."""
+    (train every parameter), `extend.scratch=false` (no from-scratch baseline), `extend.replicates=N`,
+    `extend.vocab=auto|all|indicators` (which fields' unseen values get ids). Returns RUN2's metrics (its
+    `extend` block holds the comparison and the training used)."""
     return extend_scored(run_dir, data, out, overrides, console)[0]
 
 
