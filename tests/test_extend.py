@@ -243,3 +243,27 @@ def test_by_default_a_field_grows_when_the_new_scenario_brings_its_own_values(fi
     assert set(grown.sparse["user_id"].vocab[len(old.sparse["user_id"].vocab):]) == set(table["user_id"].to_pylist())
     assert grown.sparse["item_id"].vocab == old.sparse["item_id"].vocab
     assert set(table["item_id"].to_pylist()) - set(old.sparse["item_id"].vocab)  # there were unseen items
+
+
+def test_extend_by_a_new_country_of_a_level_shared_model(tmp_path, synthetic_config):
+    """A hierarchical scenario with per-scenario parameters shared by level (star's W_country * W_placement * W_own):
+    a country unseen in training gets level parts of its own, which train; the old combinations score as before."""
+    from msrec.data.datasets import synthetic
+
+    table = synthetic.generate(rows=4000, users=300, items=200, levels=[3, 2], seed=3)
+    held = pc.equal(table["country"], "c2")
+    pacsv.write_csv(table.filter(pc.invert(held)), tmp_path / "old.csv")
+    pacsv.write_csv(table.filter(held), tmp_path / "new.csv")
+    config = synthetic_config(data={"train": str(tmp_path / "old.csv"), "scenario": ["country", "placement"]},
+                              model={"name": "star", "embed_dim": 4, "mlp": {"hidden": [8]}})
+    del config["model"]["hidden"]
+    run = train(config, out=tmp_path / "run").run_dir
+    metrics = extend(run, tmp_path / "new.csv", tmp_path / "run2", ["train.epochs=2", "extend.scratch=false"])
+    assert sorted(metrics["extend"]["new_scenarios"]) == ["c2/p0", "c2/p1"]
+    assert predict(run, tmp_path / "old.csv", keep_columns=False).equals(
+        predict(tmp_path / "run2", tmp_path / "old.csv", keep_columns=False))
+    old, new = load_run(run).model.state_dict(), load_run(tmp_path / "run2").model.state_dict()
+    country = "fcn.layers.0.weight_levels.parts.0"
+    assert new[country].shape[0] == old[country].shape[0] + 1
+    assert torch.equal(new[country][:-1], old[country])
+    assert not torch.equal(new[country][-1], torch.ones_like(new[country][-1]))  # the new country's part trained

@@ -156,10 +156,18 @@ def grow_model(run: Run, grown: Encoder, source: list[int]) -> tuple[torch.nn.Mo
     before = {k: v.shape for k, v in model.state_dict().items()}
     sizes = [*spec.sparse_vocab, *spec.list_vocab]
     index = torch.tensor(source, dtype=torch.long)
+    fresh = build_model(name, spec, run.config.model.options())
     tables = {}
     for prefix, part in model.named_modules():
         if hasattr(part, "grow_scenarios"):
             part.grow_scenarios(index)
+        if hasattr(part, "grow_levels"):  # a level shared by combinations (nn.levels): new values start as identity
+            old_rows = [p.shape[0] for p in part.parts]
+            part.grow_levels([p.shape[0] for p in fresh.get_submodule(prefix).parts])
+            for level, rows in enumerate(old_rows):
+                if part.parts[level].shape[0] > rows:  # the new values' parts train, like new own slices
+                    tables[f"{prefix}.parts.{level}"] = (torch.arange(part.parts[level].shape[0]) >= rows).view(
+                        -1, *[1] * (part.parts[level].dim() - 1))
         if hasattr(part, "grow_vocab"):  # new ids start as their field's unknown row 0
             old = field_sizes(part.offsets, part.table.weight.shape[0])
             part.grow_vocab(sizes, [torch.zeros(size, dtype=torch.long) for size in sizes])
@@ -168,7 +176,6 @@ def grow_model(run: Run, grown: Encoder, source: list[int]) -> tuple[torch.nn.Mo
                              + [torch.zeros(part.table.weight.shape[0] - sum(new), dtype=torch.bool)])
             tables[f"{prefix}.table.weight".lstrip(".")] = mask.unsqueeze(1)
     state = model.state_dict()
-    fresh = build_model(name, spec, run.config.model.options())
     for key, tensor in fresh.state_dict().items():
         if key not in state or state[key].shape != tensor.shape:
             raise MsrecError(f"model {name}: `{key}` cannot grow by new scenarios (shape "

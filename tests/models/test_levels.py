@@ -159,10 +159,10 @@ def grown_spec(values: list[list[str]], new: list[int]) -> FeatureSpec:
 
 
 @pytest.mark.parametrize("name", ["star", "split_merge"])
-def test_extend_grows_a_new_combination_of_known_values_and_stops_at_a_new_level_value(name):
+def test_extend_grows_new_combinations_and_new_level_values(name):
     """msrec extend's growth (`grow_model`): a new combination of known values gets its own part (a copy of its
-    source's) and reads its levels' trained parts; a new level value stops with the error naming the table."""
-    from msrec.errors import MsrecError
+    source's) and reads its levels' trained parts; a new level value gets level parts of its own (the identity
+    at first), which train as new entries."""
     from msrec.extend import grow_model
 
     def run():
@@ -176,8 +176,15 @@ def test_extend_grows_a_new_combination_of_known_values_and_stops_at_a_new_level
     probe = batch([A_X, A_Y, B_X, C_Y, B_ANY] * 2, seed=1)
     torch.testing.assert_close(model(probe), old.model(probe))  # the old combinations score as before
     assert masks and not any(".parts." in key for key in masks)  # only the new own slices train
-    with pytest.raises(MsrecError, match=r"levels\.parts\.0|shared\.0\.weight\.parts\.0"):
-        grow_model(run(), SimpleNamespace(spec=lambda: grown_spec([["A", "B", "C", "D"], ["x", "y"]], [4, 1])), [C_Y])
+    # a new country D: its level parts grow (the identity, trained as new entries), the old combinations unchanged
+    old = run()
+    model, masks = grow_model(old, SimpleNamespace(spec=lambda: grown_spec([["A", "B", "C", "D"], ["x", "y"]], [4, 1])),
+                              [C_Y])
+    model.eval()
+    torch.testing.assert_close(model(probe), old.model(probe))
+    grown_levels = {key: mask for key, mask in masks.items() if key.endswith(".parts.0")}
+    assert grown_levels and all(mask.flatten().tolist() == [False] * 4 + [True] for mask in grown_levels.values())
+    assert not any(key.endswith(".parts.1") for key in masks)  # no new placement
 
 
 @pytest.mark.parametrize("name", ["star", "split_merge"])

@@ -96,7 +96,7 @@ class LevelParts(nn.Module):
     def grow_levels(self, sizes: list[int]) -> None:
         """Level l's table grown to `sizes[l]` rows (a grown encoder's `scenario_levels.sizes`: new level values
         append ids), the new values' parts the identity: before it trains, a new value changes no combination.
-        For msrec extend, which does not call it yet (a new level value stops it, docs/scenarios.md)."""
+        msrec extend calls it with the sizes of the model built for the grown encoder and trains the new rows."""
         for l, size in enumerate(sizes):
             old = self.parts[l]
             extra = torch.full((size - old.shape[0], *old.shape[1:]), self.identity, dtype=old.dtype, device=old.device)
