@@ -25,6 +25,7 @@ costs the scenarios present, not S. `train.scenario_updates: dense` (and a distr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -49,22 +50,17 @@ class RowwiseAdagrad(Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = _closure_loss(closure)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                rows, grad = _rows(p.grad)
-                state = self.state[p]
-                if not state:
-                    state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
-                acc = state["sum"]
-                acc.index_add_(0, rows, grad.float().pow(2).flatten(1).mean(1))
-                scale = acc.index_select(0, rows).sqrt_().add_(group["eps"]).reciprocal_().mul_(-group["lr"])
-                update = grad.float() * scale.view(-1, *[1] * (grad.dim() - 1))
-                if p.dtype == torch.float32:
-                    p.index_add_(0, rows, update)
-                else:  # a bf16 table: the rows updated in fp32, stored rounded stochastically
-                    p.index_copy_(0, rows, self._rounded(state, p, p.index_select(0, rows).float() + update))
+        for group, p, rows, grad, state in _row_gradients(self):
+            if not state:
+                state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
+            acc = state["sum"]
+            acc.index_add_(0, rows, grad.float().pow(2).flatten(1).mean(1))
+            scale = acc.index_select(0, rows).sqrt_().add_(group["eps"]).reciprocal_().mul_(-group["lr"])
+            update = grad.float() * scale.view(-1, *[1] * (grad.dim() - 1))
+            if p.dtype == torch.float32:
+                p.index_add_(0, rows, update)
+            else:  # a bf16 table: the rows updated in fp32, stored rounded stochastically
+                p.index_copy_(0, rows, self._rounded(state, p, p.index_select(0, rows).float() + update))
         return loss
 
     @staticmethod
@@ -115,6 +111,15 @@ def _closure_loss(closure) -> Tensor | None:
         return closure()
 
 
+def _row_gradients(optimizer: Optimizer) -> Iterator[tuple[dict[str, Any], Tensor, Tensor, Tensor, dict[str, Any]]]:
+    """(group, parameter, its rows in the gradient, their gradient, its state) of every parameter with a gradient."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                rows, grad = _rows(p.grad)
+                yield group, p, rows, grad, optimizer.state[p]
+
+
 def _rows(grad: Tensor) -> tuple[Tensor, Tensor]:
     """(unique rows, their gradient) of a row-sparse gradient."""
     if grad.is_sparse:
@@ -139,27 +144,22 @@ class RowSparseAdam(Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = _closure_loss(closure)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                rows, grad = _rows(p.grad)
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                every = len(rows) == p.shape[0]  # rows are sorted and unique: all of them, in order
-                full = (p, state["exp_avg"], state["exp_avg_sq"])
-                weight, exp_avg, exp_avg_sq = full if every else (t.index_select(0, rows) for t in full)
-                adam = torch._fused_adamw_ if group["decoupled"] else torch._fused_adam_
-                adam([weight], [grad.contiguous()], [exp_avg], [exp_avg_sq], [], [state["step"]], amsgrad=False,
-                     lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
-                     weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
-                if not every:
-                    for t, rows_t in zip(full, (weight, exp_avg, exp_avg_sq), strict=True):
-                        t.index_copy_(0, rows, rows_t)
+        for group, p, rows, grad, state in _row_gradients(self):
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            every = len(rows) == p.shape[0]  # rows are sorted and unique: all of them, in order
+            full = (p, state["exp_avg"], state["exp_avg_sq"])
+            weight, exp_avg, exp_avg_sq = full if every else (t.index_select(0, rows) for t in full)
+            adam = torch._fused_adamw_ if group["decoupled"] else torch._fused_adam_
+            adam([weight], [grad.contiguous()], [exp_avg], [exp_avg_sq], [], [state["step"]], amsgrad=False,
+                 lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
+                 weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+            if not every:
+                for t, rows_t in zip(full, (weight, exp_avg, exp_avg_sq), strict=True):
+                    t.index_copy_(0, rows, rows_t)
         return loss
 
 
