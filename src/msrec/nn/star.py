@@ -48,8 +48,8 @@ class StarLinear(nn.Module):
         self.bias_levels = None if levels is None else LevelParts(levels, (out_dim,), "add")
 
     def grow_scenarios(self, source: Tensor) -> None:
-        """New scenarios' `W_s`, `b_s` copied from their source scenarios' (msrec.nn.grow); level parts do not
-        grow with scenarios (a new level value makes msrec extend stop, naming the level table)."""
+        """New scenarios' `W_s`, `b_s` copied from their source scenarios' (msrec.nn.grow); level parts grow by
+        new level values instead (`LevelParts.grow_levels`, called by msrec extend)."""
         if self.weight_s is not None:
             grow_rows(self, source, "weight_s", "bias_s")
 
@@ -62,6 +62,8 @@ class StarLinear(nn.Module):
 
     def forward(self, x: Tensor, s: int) -> Tensor:
         """The layer of scenario `s` on rows that all belong to `s`."""
+        if self.weight_levels is None:  # one slice, not every scenario's
+            return F.linear(x, self.weight_s[s] * self.weight, self.bias_s[s] + self.bias)
         weight, bias = self.scenario_weights()
         return F.linear(x, weight[s], bias[s])
 
