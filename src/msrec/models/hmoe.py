@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register, without_batch_norm
 from msrec.nn import MLP, FeatureEmbedding, MLPOptions, ScenarioRouting
+from msrec.nn.borrowing import largest_others
 from msrec.nn.levels import LevelSharingOptions, shared_levels
 from msrec.nn.towers import ScenarioLinear, ScenarioTowers
 from msrec.schema import FeatureSpec
@@ -98,11 +99,7 @@ class HMoE(nn.Module):
 
     def candidates(self) -> Tensor:
         """`[S, k - 1]`: each scenario's borrowed towers, the largest other scenarios by rows seen."""
-        S, k = self.num_scenarios, self.top_k
-        top = torch.argsort(self.rows_seen, descending=True, stable=True)[:k]  # [k]
-        keep = top.unsqueeze(0) != torch.arange(S, device=top.device).unsqueeze(1)  # [S, k]: drop the own tower
-        keep[:, k - 1] &= ~keep.all(1)  # own tower not among the k largest: drop the k-th instead
-        return top.expand(S, k)[keep].view(S, k - 1)
+        return largest_others(self.rows_seen, self.top_k)
 
     def gate_weights(self, gate_in: Tensor, routing: ScenarioRouting) -> Tensor:
         """Each row's gate (its scenario's): `[B, mixed towers, T]` softmax weights (slot 0 the own tower with
