@@ -5,7 +5,7 @@ the shared or task experts; another scenario's expert reaches a row only through
 from __future__ import annotations
 
 import torch
-from zoo_batch import SCENARIO_FIELD, grad_norm, learns, make_batch, make_spec, relative_change, with_scenario
+from zoo_batch import SCENARIO_FIELD, bce, grad_norm, learns, make_batch, make_spec, relative_change, with_scenario
 
 from msrec.models.registry import build_model
 
@@ -80,3 +80,72 @@ def test_another_scenarios_expert_reaches_a_row_only_through_its_balance():
 def test_learns_two_tasks_on_synthetic_data():
     before, after = learns("m3oe", {"mlp": {"hidden": [32, 16]}, "experts": 2}, tasks=2)
     assert after > before + 0.05, (before, after)
+
+
+# The bounded variant (`top_k`): a row balances its own scenario expert with those of N(s), the k - 1 largest
+# other scenarios by training rows seen, and with nothing else.
+
+def test_top_k_a_row_reads_its_own_and_the_largest_other_scenarios_experts_only():
+    spec = make_spec(scenarios=5)
+    model = build(spec, top_k=3)
+    model(make_batch(spec, [3] * 6 + [1] * 4 + [0] * 2 + [2, 4]))  # training: rows seen 3 > 1 > 0 > 2 = 4
+    assert model.rows_seen.tolist() == [2, 4, 1, 6, 1]
+    assert model.borrowed().tolist() == [[3, 1], [3, 0], [3, 1], [1, 0], [3, 1]]
+    restored = build(spec, top_k=3)
+    restored.load_state_dict(model.state_dict())  # rows seen are saved with the model: the same N(s)
+    assert restored.borrowed().tolist() == model.borrowed().tolist()
+    model.eval()
+    batch = make_batch(spec, [2, 4, 0, 2, 3])  # N: 2 -> {3, 1}, 4 -> {3, 1}, 0 -> {3, 1}, 3 -> {1, 0}
+    with torch.no_grad():
+        e, bank = model.embedding.flat(batch), model.views(batch)["scenario"]  # [B, k, d]: own, then N(s)
+        for row, s in enumerate(batch.scenario.tolist()):
+            for slot, j in enumerate([s, *model.borrowed()[s].tolist()]):
+                torch.testing.assert_close(bank[row, slot], model.scenario_experts.scenario(j)(e[row:row + 1])[0])
+        before = model(batch)
+        changed = []
+        for s in (0, 4, 2):  # scenario s's expert moves: the rows of s and of the scenarios borrowing it change
+            model.scenario_experts.bias[-1][s].add_(1.0)
+            after = model(batch)
+            changed.append(((after - before).abs().sum(1) > 1e-6).tolist())
+            before = after
+    assert changed == [[False, False, True, False, True],  # 0: row of 0, row of 3 (borrows 0)
+                       [False, True, False, False, False],  # 4: its own row only, nobody borrows it
+                       [True, False, False, True, False]]  # 2: its own rows only
+
+
+def test_top_k_one_is_the_own_expert_alone():
+    spec = make_spec()
+    model = build(spec, top_k=1).eval()
+    batch = make_batch(spec, [0, 0, 1, 2])
+    with torch.no_grad():
+        before = model(batch)
+        model.scenario_experts.bias[-1][1:].add_(1.0)  # every other scenario's expert
+        torch.testing.assert_close(model(batch)[:2], before[:2], rtol=0, atol=0)
+
+
+def test_top_k_of_every_scenario_is_the_full_model_values_and_gradients():
+    spec = make_spec(tasks=2, scenarios=4)
+    full, bounded = build(spec), build(spec, top_k=9)  # k = min(9, S) = S: every other scenario borrowed
+    state = full.state_dict()
+    for l in range(2):  # the stacked bank's layout [S, in, out]; the per-scenario MLP's [S, out, in]
+        state[f"scenario_experts.weight.{l}"] = state[f"scenario_experts.weight.{l}"].transpose(1, 2)
+    with torch.no_grad():
+        full.scenario_balance.copy_(torch.tensor([-1.0, 0.5, 2.0, 0.0]))
+    bounded.load_state_dict({**full.state_dict(), **state, "rows_seen": torch.tensor([3.0, 9.0, 1.0, 4.0])})
+    batch = make_batch(spec, [0, 1, 2, 3, 3, 1, 0, 2, 2])
+    torch.testing.assert_close(bounded(batch), full(batch))
+    bce(full, batch).backward()
+    bce(bounded, batch).backward()  # every expert learns from every row, as in the full model
+    for l in range(2):
+        torch.testing.assert_close(bounded.scenario_experts.weight[l].grad,
+                                   full.scenario_experts.weight[l].grad.transpose(1, 2))
+    torch.testing.assert_close(bounded.scenario_balance.grad, full.scenario_balance.grad)
+
+
+def test_top_k_borrowed_experts_learn_from_the_rows_that_borrow_them():
+    spec = make_spec(scenarios=5)
+    model = build(spec, top_k=2)
+    bce(model, make_batch(spec, [4] * 8)).backward()  # N(4): the largest other scenario, 0 (ties: the lowest id)
+    assert model.borrowed()[4].tolist() == [0]
+    assert grad_norm(model.scenario_experts, 4) > 0 and grad_norm(model.scenario_experts, 0) > 0
+    assert all(grad_norm(model.scenario_experts, s) == 0.0 for s in (1, 2, 3))

@@ -20,6 +20,21 @@ run on their scenario's rows only (nn.towers.ScenarioMLP over nn.routing's tiles
 each (row, task) pair); the balance and fusion weights are gathered by the row's scenario. No Python loop over
 scenarios, tasks or experts.
 
+Cost. The level-1 balance puts every scenario's expert on every row: E + S + T expert passes per row, a step's
+cost grows with S (at S = 100 a row runs 100 scenario experts). `top_k: k` bounds it: a row of scenario s
+balances its own expert with those of k - 1 others N(s) only,
+
+    d_s = a_s D_s + (1 - a_s) / (k - 1) sum_{j in N(s)} D_j
+
+N(s) the k - 1 largest other scenarios by training rows seen (nn.borrowing, hmoe's choice: the best-trained
+experts, the ones a small scenario gains from borrowing; `rows_seen`, a buffer saved with the model, counts
+them). The scenario experts are then stacked per scenario (nn.towers.ScenarioMLP, row-sparse updates) and
+run over nn.routing's tiles once for the batch's rows and their k - 1 copies routed to N(s) together: k
+expert passes per row whatever S. The borrowed experts keep the paper's gradient (expert j learns from the
+rows that borrow it, as every D_j does in the full model: at k = S the bounded model is the full model's
+math); their cost is bounded by k, so nothing forbids it. k = 1: the own expert alone. With
+`mlp.batch_norm` each scenario expert normalises over the rows that run it (its own and its borrowers').
+
 Choices (the paper / its code leaves them open):
 - The experts read the model input `e` (the authors' code puts a STAR layer and an MLP before them; here
   `model.backbone` is the place for an input stage).
@@ -42,6 +57,7 @@ from torch import Tensor, nn
 from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register, with_layers
 from msrec.nn import FeatureEmbedding, MLPOptions
+from msrec.nn.borrowing import largest_others
 from msrec.nn.routing import ScenarioRouting
 from msrec.nn.stacked import StackedMLP
 from msrec.nn.towers import ScenarioMLP
@@ -57,6 +73,8 @@ class M3oEOptions(ModelOptions):
     """Number of shared experts E."""
     tower: MLPOptions = part([64], dropout=0.1)
     """The tower of each (scenario, task), on the scenario's rows."""
+    top_k: int | None = Field(None, ge=1)
+    """Bounded variant: a row balances its own scenario expert with the k - 1 largest other scenarios' (None: all S)."""
 
 
 def balance(own: Tensor, bank: Tensor, weight: Tensor) -> Tensor:
@@ -80,7 +98,12 @@ class M3oE(nn.Module):
         self.embedding = FeatureEmbedding(spec, o.embed_dim, o.backbone)
         dim = self.embedding.flat_dim
         self.shared = StackedMLP(dim, o.mlp, o.experts)
-        self.scenario_experts = StackedMLP(dim, o.mlp, s)
+        self.top_k = min(o.top_k, s) if o.top_k is not None else None
+        if self.top_k is None:  # every scenario's expert on every row
+            self.scenario_experts = StackedMLP(dim, o.mlp, s)
+        else:  # each row's own and borrowed experts, over tiles; training rows seen per scenario choose N(s)
+            self.scenario_experts = ScenarioMLP(dim, o.mlp, None, s)
+            self.register_buffer("rows_seen", torch.zeros(s))
         self.task_experts = StackedMLP(dim, o.mlp, t)
         self.num_experts = o.experts
         self.gates = ScenarioMLP(dim, MLPOptions(hidden=[], dropout=0.0), t * o.experts, s)  # T gates per scenario
@@ -91,16 +114,35 @@ class M3oE(nn.Module):
         self.task_fusion = nn.Parameter(torch.full((s, t), BALANCE_INIT))
         self.register_buffer("task_ids", torch.arange(t), persistent=False)
 
+    def borrowed(self) -> Tensor:
+        """`[S, k - 1]` (`top_k` only): N(s), the scenarios whose experts scenario s borrows."""
+        return largest_others(self.rows_seen, self.top_k)
+
+    def scenario_bank(self, e: Tensor, batch: Batch, routing: ScenarioRouting) -> Tensor:
+        """The scenario experts each row balances, `[B, n, d]`: every scenario's (n = S, the full model), or
+        (`top_k`) the row's own first and then N(s)'s (n = k), in one pass over tiles of the rows and their
+        k - 1 copies."""
+        if self.top_k is None:
+            return self.scenario_experts(e)
+        if self.top_k == 1:
+            return self.scenario_experts(e, routing).unsqueeze(1)
+        others = self.borrowed().index_select(0, batch.scenario).flatten()  # [B * (k - 1)]
+        pairs = ScenarioRouting(torch.cat([batch.scenario, others]), self.num_scenarios)
+        d = self.scenario_experts(torch.cat([e, e.repeat_interleave(self.top_k - 1, 0)]), pairs)
+        b = e.shape[0]
+        return torch.cat([d[:b].unsqueeze(1), d[b:].unflatten(0, (b, self.top_k - 1))], 1)
+
     def views(self, batch: Batch) -> dict[str, Tensor]:
-        """The parts of every row: expert outputs `shared [B, E, d]`, `scenario [B, S, d]`, `task [B, T, d]`;
-        gate weights `gate [B, T, E]`; level-1 fusions `scenario_view [B, d]`, `task_view [B, T, d]`; the
-        towers' inputs `fused [B, T, d]`."""
+        """The parts of every row: expert outputs `shared [B, E, d]`, `scenario [B, S, d]` (`top_k`: `[B, k, d]`,
+        the own expert first), `task [B, T, d]`; gate weights `gate [B, T, E]`; level-1 fusions `scenario_view
+        [B, d]`, `task_view [B, T, d]`; the towers' inputs `fused [B, T, d]`."""
         e = self.embedding.flat(batch)
         s = batch.scenario
-        x, d, q = self.shared(e), self.scenario_experts(e), self.task_experts(e)
-        gate = self.gates(e, ScenarioRouting.of(batch, self.num_scenarios)).view(-1, self.num_tasks, self.num_experts)
+        routing = ScenarioRouting.of(batch, self.num_scenarios)
+        x, d, q = self.shared(e), self.scenario_bank(e, batch, routing), self.task_experts(e)
+        gate = self.gates(e, routing).view(-1, self.num_tasks, self.num_experts)
         gate = torch.softmax(gate, -1)  # [B, T, E]: the row's scenario's gate of each task
-        own = d.gather(1, s.view(-1, 1, 1).expand(-1, 1, d.shape[2])).squeeze(1)
+        own = d[:, 0] if self.top_k is not None else d.gather(1, s.view(-1, 1, 1).expand(-1, 1, d.shape[2])).squeeze(1)
         scenario_view = balance(own, d, torch.sigmoid(self.scenario_balance)[s].unsqueeze(1))
         task_view = balance(q, q, torch.sigmoid(self.task_balance).view(1, -1, 1))
         fused = (torch.einsum("bte,bed->btd", gate, x)
@@ -110,6 +152,8 @@ class M3oE(nn.Module):
                 "task_view": task_view, "fused": fused}
 
     def forward(self, batch: Batch) -> Tensor:
+        if self.top_k is not None and self.training:
+            self.rows_seen += torch.bincount(batch.scenario, minlength=self.num_scenarios).to(self.rows_seen.dtype)
         fused = self.views(batch)["fused"]
         b, t = fused.shape[:2]
         tower = (batch.scenario.unsqueeze(1) * t + self.task_ids).flatten()  # (scenario, task) of each row's task
