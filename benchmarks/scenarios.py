@@ -38,7 +38,8 @@ from msrec.models import build_model, list_models
 from msrec.nn import routing
 from msrec.train.optim import build_optimizer
 
-VARIANTS = {"hmoe[top_k=4]": ("hmoe", {"top_k": 4})}
+VARIANTS = {"hmoe[top_k=4]": ("hmoe", {"top_k": 4}),
+            "m3oe[top_k=4]": ("m3oe", {"top_k": 4})}
 SKIP = {("hmoe", 1000): "S^2 gate weights (128M) and S tower passes per row"}
 
 
