@@ -162,3 +162,18 @@ def test_a_run_resumed_from_a_checkpoint_is_identical(synthetic_config, tmp_path
     msrec.train(cfg, out=out, resume=True)
     a, b = load_file(str(ref / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_gradient_of_distinct_ascending_rows_updates_as_its_coalesced_form():
+    """Autograd stores RowSparseGather's gradient without its coalesced flag: the optimizer takes its distinct
+    ascending rows as they are (no second coalescing), with the result of the coalesced gradient."""
+    torch.manual_seed(0)
+    start, g = torch.randn(6, 2), torch.randn(3, 2)
+    params = [torch.nn.Parameter(start.clone()) for _ in range(2)]
+    params[0].grad = torch.sparse_coo_tensor(torch.tensor([[1, 3, 4]]), g, (6, 2))
+    params[1].grad = params[0].grad.coalesce()
+    assert not params[0].grad.is_coalesced()
+    for p in params:
+        RowSparseAdam([p], lr=0.1).step()
+    torch.testing.assert_close(params[0], params[1], rtol=0, atol=0)
+    assert torch.equal(params[0][[0, 2, 5]], start[[0, 2, 5]])

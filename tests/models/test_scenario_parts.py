@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from msrec.nn.mlp import MLP, MLPOptions
-from msrec.nn.routing import ScenarioRouting, tile_size
+from msrec.nn.routing import ScenarioRouting, tile_linear, tile_size
 from msrec.nn.towers import ScenarioTowers
 
 
@@ -74,3 +74,42 @@ def test_stacked_towers_load_one_mlp_per_scenario_and_score_the_same(options):
                                        torch.stack([m.layers[layer].running_mean for m in old]))
             torch.testing.assert_close(towers.norms[k].running_var,
                                        torch.stack([m.layers[layer].running_var for m in old]))
+
+
+@pytest.mark.parametrize("tile", [None, 1, 4])
+def test_weights_composed_once_per_scenario_present_equal_those_composed_per_tile(tile):
+    """`per_tile` builds STAR-like weights `W_s * W` once per scenario present and copies them to the tiles:
+    the same tiles, and the same gradients for `W_s` (only the present scenarios' slices) and `W`."""
+    scenario = torch.tensor([0, 3, 3, 1, 0, 3, 3, 3, 3, 3, 0, 1, 3])
+    grads = []
+    for composed in ("per tile", "per scenario present"):
+        torch.manual_seed(0)
+        w_s, w = torch.randn(5, 4, 3).requires_grad_(), torch.randn(4, 3).requires_grad_()
+        x = torch.randn(len(scenario), 3)
+        routing = ScenarioRouting(scenario, 5, tile=tile)
+        def compose(r, w_s=w_s, w=w):
+            return r.gather(w_s) * w
+
+        weight = compose(routing) if composed == "per tile" else routing.per_tile(compose)
+        assert weight.shape[0] == routing.num_tiles
+        out = routing.unpack(tile_linear(routing.pack(x), weight))
+        torch.testing.assert_close(out, torch.einsum("bi,boi->bo", x, (w_s * w)[scenario]))
+        out.pow(2).sum().backward()
+        grads.append((w_s.grad, w.grad))
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[1][0][[2, 4]].abs().sum() == 0  # absent scenarios: no gradient
+
+
+@pytest.mark.parametrize("tile", [None, 1, 8])
+def test_tile_dropout_keeps_each_real_unit_with_probability_1_minus_p_scaled_and_zeros_padding(tile):
+    torch.manual_seed(0)
+    scenario = torch.randint(0, 6, (3000,))
+    routing = ScenarioRouting(scenario, 6, tile=tile)
+    tiles = torch.ones(routing.num_tiles, routing.tile, 16)  # padding rows too
+    out = routing.dropout(tiles, 0.25, training=True)
+    rows = routing.unpack(out)
+    assert rows.unique().tolist() == pytest.approx([0.0, 1 / 0.75])
+    assert (rows > 0).float().mean().item() == pytest.approx(0.75, abs=0.01)
+    assert out.sum() == rows.sum()  # padding rows hold nothing
+    assert (rows > 0).float().mean(0).std() < 0.03 and (rows > 0).float().mean(1).std() > 0.05  # unit by unit
+    assert routing.dropout(tiles, 0.25, training=False) is tiles and routing.dropout(tiles, 0.0, True) is tiles

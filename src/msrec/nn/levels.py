@@ -28,7 +28,6 @@ import functools
 import operator
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
@@ -117,12 +116,7 @@ class LevelParts(nn.Module):
     def tiles(self, routing: ScenarioRouting, own: Tensor | None = None) -> Tensor:
         """`[N, *shape]`: each tile's scenario's tensor (`own`: the stacked own slices `[S, *shape]`). Composed
         once per scenario present when they are fewer than the tiles, then gathered per tile."""
-        present = None if routing.traced else np.flatnonzero(routing.counts)
-        if present is None or len(present) >= routing.num_tiles:
-            return self._tiles(routing, own)
-        view = copy.copy(routing)
-        view.tile_scenario = torch.from_numpy(present).to(routing.tile_scenario.device)
-        return self._tiles(view, own).index_select(0, torch.searchsorted(view.tile_scenario, routing.tile_scenario))
+        return routing.per_tile(lambda view: self._tiles(view, own))
 
     def _tiles(self, routing: ScenarioRouting, own: Tensor | None) -> Tensor:
         ids = routing.gather(self.ids)  # [N, L]

@@ -27,7 +27,8 @@ graph, so there every row is its own tile (`C = 1`): the same results, for any b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -49,18 +50,21 @@ class RowSparseGather(torch.autograd.Function):
     summed gradient of the rows `index` names (its unique values), nothing for the other rows."""
 
     @staticmethod
-    def forward(ctx, weight: Tensor, index: Tensor) -> Tensor:
+    def forward(ctx, weight: Tensor, index: Tensor, ascending: bool = False) -> Tensor:
         ctx.save_for_backward(index)
-        ctx.shape = weight.shape
+        ctx.shape, ctx.ascending = weight.shape, ascending
         return weight.index_select(0, index)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (index,) = ctx.saved_tensors
-        rows, inverse = torch.unique(index, return_inverse=True)
-        values = grad.new_zeros(len(rows), *grad.shape[1:]).index_add_(0, inverse, grad.contiguous())
+        if ctx.ascending:  # distinct ascending rows: the gradient is already one slice per row, in order
+            rows, values = index, grad.contiguous()
+        else:
+            rows, inverse = torch.unique(index, return_inverse=True)
+            values = grad.new_zeros(len(rows), *grad.shape[1:]).index_add_(0, inverse, grad.contiguous())
         return torch.sparse_coo_tensor(rows.unsqueeze(0), values, ctx.shape, is_coalesced=True,
-                                       check_invariants=False), None
+                                       check_invariants=False), None, None
 
 
 def exporting() -> bool:
@@ -122,6 +126,8 @@ class ScenarioRouting:
         self._counts = None if counts is None else [*counts, *[0] * (num_scenarios - len(counts))]
         self._order: Tensor | None = None
         self.slot: Tensor | None = None  # each row's place among the tiles' rows (None: no copy, see below)
+        self.ascending = False  # whether tile_scenario holds distinct scenarios in ascending order
+        self._tile_present: Tensor | None = None  # each tile's place among the scenarios present (per_tile)
         one_scenario = not self.traced and tile is None and sum(n > 0 for n in self.counts) == 1
         if one_scenario:  # the whole batch is one tile, nothing to move
             self.tile, self.num_tiles, self.tile_scenario = self.rows, 1, scenario[:1]
@@ -189,8 +195,36 @@ class ScenarioRouting:
         scenarios' slices only."""
         if (getattr(per_scenario, "row_sparse_grad", False) and per_scenario.requires_grad
                 and torch.is_grad_enabled() and not self.traced):
-            return RowSparseGather.apply(per_scenario, self.tile_scenario)
+            return RowSparseGather.apply(per_scenario, self.tile_scenario, self.ascending)
         return per_scenario.index_select(0, self.tile_scenario)
+
+    def per_tile(self, compose: Callable[[ScenarioRouting], Tensor]) -> Tensor:
+        """`[N, ...]`: a tensor per tile that `compose(routing)` builds from per-scenario parameters (through
+        `routing.gather`), e.g. STAR's `W_s * W`. Where the scenarios present are fewer than the tiles, it is
+        composed once per scenario present (a routing whose tiles are those scenarios, one each) and then
+        copied to their tiles: the composition, and its backward, cost one slice per scenario, not per tile."""
+        if self.traced:
+            return compose(self)
+        present = np.flatnonzero(self.counts)
+        if len(present) >= self.num_tiles:
+            return compose(self)
+        view = copy.copy(self)
+        view.tile_scenario = torch.from_numpy(present).to(self.scenario.device)
+        view.num_tiles, view.ascending = len(present), True
+        if self._tile_present is None:
+            self._tile_present = torch.searchsorted(view.tile_scenario, self.tile_scenario)
+        return compose(view).index_select(0, self._tile_present)
+
+    def dropout(self, tiles: Tensor, p: float, training: bool) -> Tensor:
+        """Dropout on tiles `[N, C, ...]` whose mask is drawn for the batch's rows only (padding rows get 0:
+        they are dropped anyway), from `torch.rand` (about twice as fast as the `bernoulli_` of nn.Dropout
+        on CPU; the same distribution: each unit kept with probability 1 - p and scaled by 1 / (1 - p))."""
+        if not training or p == 0:
+            return tiles
+        keep = 1.0 - p
+        shape = tiles.shape if self.slot is None else (self.rows, *tiles.shape[2:])
+        mask = torch.rand(shape, dtype=tiles.dtype, device=tiles.device).lt_(keep).div_(keep)  # 0 or 1 / keep
+        return tiles * (mask if self.slot is None else self.pack(mask))
 
     def linear(self, tiles: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """`tiles [N, C, ..., in] @ weight[s]^T + bias[s]` per tile, with `weight [S, out, in]`, `bias [S, out]`."""

@@ -68,12 +68,15 @@ class StarLinear(nn.Module):
         return F.linear(x, weight[s], bias[s])
 
     def tiles(self, h: Tensor, routing: ScenarioRouting) -> Tensor:
-        """The layer on tiles `[N, C, in]`, each with its scenario's weights (composed per tile)."""
+        """The layer on tiles `[N, C, in]`, each with its scenario's weights (composed once per scenario present,
+        `routing.per_tile`)."""
         if self.weight_levels is None:
-            return tile_linear(h, routing.gather(self.weight_s) * self.weight,
-                               routing.gather(self.bias_s) + self.bias)
-        return tile_linear(h, self.weight_levels.tiles(routing, self.weight_s) * self.weight,
-                           self.bias_levels.tiles(routing, self.bias_s) + self.bias)
+            weight = routing.per_tile(lambda r: r.gather(self.weight_s) * self.weight)
+            bias = routing.per_tile(lambda r: r.gather(self.bias_s) + self.bias)
+        else:
+            weight = routing.per_tile(lambda r: self.weight_levels.tiles(r, self.weight_s) * self.weight)
+            bias = routing.per_tile(lambda r: self.bias_levels.tiles(r, self.bias_s) + self.bias)
+        return tile_linear(h, weight, bias)
 
 
 class StarFCN(nn.Module):
@@ -89,6 +92,7 @@ class StarFCN(nn.Module):
         self.layers = nn.ModuleList(StarLinear(a, b, num_scenarios, levels, own) for a, b in pairwise(dims))
         self.act = ACTIVATIONS[options.activation]()
         self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
+        self.dropout_p = options.dropout
 
     def scenario_forward(self, s: int, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):
@@ -102,5 +106,5 @@ class StarFCN(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer.tiles(h, routing)
             if i < len(self.layers) - 1:
-                h = self.dropout(self.act(h))
+                h = routing.dropout(self.act(h), self.dropout_p, self.training)
         return routing.unpack(h)

@@ -164,7 +164,8 @@ class ScenarioMLP(nn.Module):
             if l < self.num_hidden:
                 if self.norms is not None:
                     h = self.norms[l](h, routing)
-                h = self.dropout(self.activate(h, l, lambda p: routing.gather(p).unsqueeze(1)))
+                h = routing.dropout(self.activate(h, l, lambda p: routing.gather(p).unsqueeze(1)),
+                                    self.options.dropout, self.training)
         return h
 
     def forward(self, x: Tensor, routing: ScenarioRouting) -> Tensor:

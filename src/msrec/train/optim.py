@@ -121,9 +121,15 @@ def _row_gradients(optimizer: Optimizer) -> Iterator[tuple[dict[str, Any], Tenso
 
 
 def _rows(grad: Tensor) -> tuple[Tensor, Tensor]:
-    """(unique rows, their gradient) of a row-sparse gradient."""
+    """(unique rows, their gradient) of a row-sparse gradient. A gradient whose rows are already distinct and
+    ascending (`nn.routing.RowSparseGather`'s: autograd stores it without its coalesced flag) is taken as it is:
+    coalescing it again would copy all its values."""
     if grad.is_sparse:
-        grad = grad.coalesce()
+        if not grad.is_coalesced():
+            rows = grad._indices()[0]
+            if rows.numel() and bool((rows[1:] > rows[:-1]).all()):
+                return rows, grad._values()
+            grad = grad.coalesce()
         return grad.indices()[0], grad.values()
     rows = grad.flatten(1).ne(0).any(1).nonzero().squeeze(1)
     return rows, grad.index_select(0, rows)
