@@ -4,10 +4,12 @@ the shared or task experts; another scenario's expert reaches a row only through
 
 from __future__ import annotations
 
+import pytest
 import torch
 from zoo_batch import SCENARIO_FIELD, bce, grad_norm, learns, make_batch, make_spec, relative_change, with_scenario
 
 from msrec.models.registry import build_model
+from msrec.serve.export import ExportedModel, batch_inputs, export_model
 
 
 def build(spec, **options):
@@ -149,3 +151,17 @@ def test_top_k_borrowed_experts_learn_from_the_rows_that_borrow_them():
     assert model.borrowed()[4].tolist() == [0]
     assert grad_norm(model.scenario_experts, 4) > 0 and grad_norm(model.scenario_experts, 0) > 0
     assert all(grad_norm(model.scenario_experts, s) == 0.0 for s in (1, 2, 3))
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_top_k_exports_and_the_export_scores_another_batch_as_the_model(fmt, tmp_path):
+    """The choice of N(s) is traced (no stable sort, which ONNX lacks) and no batch size is baked in."""
+    spec = make_spec(tasks=2, scenarios=5)
+    model = build(spec, top_k=3)
+    model(make_batch(spec, [3] * 6 + [1] * 4 + [0, 2, 4]))  # rows seen: N(s) is not by id
+    model.eval()
+    exported = ExportedModel(export_model(model, spec, fmt, tmp_path / ("m3oe.pt" if fmt == "torchscript" else "m3oe.onnx")))
+    batch = make_batch(spec, [0, 4, 4, 2, 1, 1, 1], seed=3)  # another size and mix than the traced example
+    with torch.no_grad():
+        expected = model(batch)
+    torch.testing.assert_close(exported(*batch_inputs(batch))[0], expected)

@@ -29,11 +29,13 @@ balances its own expert with those of k - 1 others N(s) only,
 N(s) the k - 1 largest other scenarios by training rows seen (nn.borrowing, hmoe's choice: the best-trained
 experts, the ones a small scenario gains from borrowing; `rows_seen`, a buffer saved with the model, counts
 them). The scenario experts are then stacked per scenario (nn.towers.ScenarioMLP, row-sparse updates) and
-run over nn.routing's tiles once for the batch's rows and their k - 1 copies routed to N(s) together: k
+run in one pass over nn.routing's tiles of k copies of each row, routed to its own expert and to N(s): k
 expert passes per row whatever S. The borrowed experts keep the paper's gradient (expert j learns from the
-rows that borrow it, as every D_j does in the full model: at k = S the bounded model is the full model's
-math); their cost is bounded by k, so nothing forbids it. k = 1: the own expert alone. With
-`mlp.batch_norm` each scenario expert normalises over the rows that run it (its own and its borrowers').
+rows that borrow it, as every D_j does in the full model: at k >= S the bounded model is the full model's
+math, k = S); their cost is bounded by k, so nothing forbids it (a stop-gradient, hmoe's, would save only
+their backward). k = 1: the own expert alone. With `mlp.batch_norm` each scenario expert normalises over
+the rows that run it (its own and its borrowers'). `msrec extend` grows neither variant (the (s, t) towers
+and the balance and fusion weights have no grow_scenarios; the run is refused, naming the part).
 
 Choices (the paper / its code leaves them open):
 - The experts read the model input `e` (the authors' code puts a STAR layer and an MLP before them; here
@@ -83,7 +85,7 @@ def balance(own: Tensor, bank: Tensor, weight: Tensor) -> Tensor:
     n = bank.shape[1]
     if n == 1:
         return own
-    others = bank.sum(1).view(own.shape[0], *([1] * (own.dim() - 2)), -1) - own
+    others = bank.sum(1).unflatten(1, (*([1] * (own.dim() - 2)), -1)) - own  # no batch size baked in (export)
     return weight * own + (1 - weight) / (n - 1) * others
 
 
@@ -120,17 +122,15 @@ class M3oE(nn.Module):
 
     def scenario_bank(self, e: Tensor, batch: Batch, routing: ScenarioRouting) -> Tensor:
         """The scenario experts each row balances, `[B, n, d]`: every scenario's (n = S, the full model), or
-        (`top_k`) the row's own first and then N(s)'s (n = k), in one pass over tiles of the rows and their
-        k - 1 copies."""
+        (`top_k`) the row's own first and then N(s)'s (n = k), in one pass over the tiles of k copies of each
+        row, routed to those k experts."""
         if self.top_k is None:
             return self.scenario_experts(e)
         if self.top_k == 1:
             return self.scenario_experts(e, routing).unsqueeze(1)
-        others = self.borrowed().index_select(0, batch.scenario).flatten()  # [B * (k - 1)]
-        pairs = ScenarioRouting(torch.cat([batch.scenario, others]), self.num_scenarios)
-        d = self.scenario_experts(torch.cat([e, e.repeat_interleave(self.top_k - 1, 0)]), pairs)
-        b = e.shape[0]
-        return torch.cat([d[:b].unsqueeze(1), d[b:].unflatten(0, (b, self.top_k - 1))], 1)
+        others = self.borrowed().index_select(0, batch.scenario)  # [B, k - 1]
+        pairs = ScenarioRouting(torch.cat([batch.scenario.unsqueeze(1), others], 1).flatten(), self.num_scenarios)
+        return self.scenario_experts(e.repeat_interleave(self.top_k, 0), pairs).unflatten(0, (-1, self.top_k))
 
     def views(self, batch: Batch) -> dict[str, Tensor]:
         """The parts of every row: expert outputs `shared [B, E, d]`, `scenario [B, S, d]` (`top_k`: `[B, k, d]`,

@@ -13,7 +13,10 @@ def largest_others(rows_seen: Tensor, k: int) -> Tensor:
     """`[S, k - 1]`: for each scenario s, the k - 1 scenarios other than s with the most rows seen (ties: the
     lower id), largest first. `rows_seen [S]`, `1 <= k <= S`."""
     S = rows_seen.shape[0]
-    top = torch.argsort(rows_seen, descending=True, stable=True)[:k]  # [k]
-    keep = top.unsqueeze(0) != torch.arange(S, device=top.device).unsqueeze(1)  # [S, k]: drop the own scenario
-    keep[:, k - 1] &= ~keep.all(1)  # own scenario not among the k largest: drop the k-th instead
-    return top.expand(S, k)[keep].view(S, k - 1)
+    ids = torch.arange(S, device=rows_seen.device)
+    key = rows_seen.long() * S + (S - 1 - ids)  # unique: more rows first, then the lower id (no stable sort: ONNX)
+    top = torch.topk(key, k).indices  # [k]: the k largest scenarios, largest first
+    own = top.unsqueeze(0) == ids.unsqueeze(1)  # [S, k]
+    drop = torch.where(own.any(1), own.long().argmax(1), k - 1)  # each scenario drops itself, else the k-th
+    slot = torch.arange(k - 1, device=top.device).unsqueeze(0)
+    return top[slot + (slot >= drop.unsqueeze(1)).long()]  # [S, k - 1]: top without the dropped entry
