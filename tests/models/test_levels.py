@@ -219,3 +219,28 @@ def test_grown_level_tables_keep_every_old_part_and_start_new_values_at_the_iden
     torch.testing.assert_close(parts.parts[1], before[1])
     assert (parts.parts[0][4:] == (1.0 if op == "mul" else 0.0)).all()
     assert all(getattr(p, "scenario_stacked", False) for p in parts.parts)
+
+
+@pytest.mark.parametrize("present", [[0, 1, 2, 3], [0, 2, 4]])
+@pytest.mark.parametrize("row_sparse", [False, True])
+def test_parts_composed_once_per_present_combination_match_every_combinations_values_and_gradients(present, row_sparse):
+    """Fewer combinations present than tiles: parts are composed once per combination present (a routing of
+    distinct ascending ids) and gathered per level by *level ids*, which repeat: values and gradients must
+    equal those of the composition of every combination (also when as many combinations are present as a
+    level table has rows, and with the row-sparse gradients the trainer asks for)."""
+    results = []
+    for path in ("tiles", "every"):
+        torch.manual_seed(0)
+        parts = LevelParts(LEVELS, (3, 2), "mul")
+        with torch.no_grad():
+            for p in parts.parts:
+                p.normal_()
+                p.row_sparse_grad = row_sparse
+        own = torch.randn(5, 3, 2, requires_grad=True)
+        scenario = torch.tensor(present * 3)
+        routing = ScenarioRouting(scenario, 5, tile=1)
+        out = parts.tiles(routing, own) if path == "tiles" else parts.every(own)[routing.tile_scenario]
+        out.pow(2).sum().backward()
+        results.append([out, own.grad, *(p.grad.to_dense() for p in parts.parts)])
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected)

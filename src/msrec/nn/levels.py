@@ -69,7 +69,7 @@ def _gather_rows(routing: ScenarioRouting, table: Tensor, index: Tensor) -> Tens
     """`table[index]` (one index per tile) through `routing.gather`, so that a level table is gathered, and gets
     its gradient, exactly as a per-scenario tensor does."""
     view = copy.copy(routing)
-    view.tile_scenario, view.num_scenarios = index, table.shape[0]
+    view.tile_scenario, view.num_scenarios, view.ascending = index, table.shape[0], False
     return view.gather(table)
 
 

@@ -65,7 +65,7 @@ class PartitionedNorm(nn.Module):
         counts = torch.bincount(scenario, minlength=self.num_scenarios).to(x.dtype)
         denom = counts.clamp(min=1).unsqueeze(1)
         mean = x.new_zeros(self.num_scenarios, self.dim).index_add_(0, scenario, x) / denom
-        centred = x - mean[scenario]
+        centred = x - mean.index_select(0, scenario)
         var = x.new_zeros(self.num_scenarios, self.dim).index_add_(0, scenario, centred * centred) / denom
         return mean, var, counts
 
@@ -78,8 +78,10 @@ class PartitionedNorm(nn.Module):
             self.update_running(batch_mean.detach(), batch_var.detach(), counts)
         else:
             mean, var = self.running_mean, self.running_var
-        scale = (self.gamma * self.gamma_s)[scenario] * torch.rsqrt(var[scenario] + self.eps)
-        return (x - mean[scenario]) * scale + (self.beta + self.beta_s)[scenario]
+        # Each scenario's affine map, formed once per scenario and gathered per row: y = x * scale_s + shift_s.
+        scale = self.gamma * self.gamma_s * torch.rsqrt(var + self.eps)
+        shift = self.beta + self.beta_s - mean * scale
+        return torch.addcmul(shift.index_select(0, scenario), x, scale.index_select(0, scenario))
 
     @torch.no_grad()
     def update_running(self, mean: Tensor, var: Tensor, counts: Tensor) -> None:

@@ -53,6 +53,8 @@ class RowSparseGather(torch.autograd.Function):
     def forward(ctx, weight: Tensor, index: Tensor, ascending: bool = False) -> Tensor:
         ctx.save_for_backward(index)
         ctx.shape, ctx.ascending = weight.shape, ascending
+        if ascending and len(index) == weight.shape[0]:  # every row, in order: a view, no copy
+            return weight.view_as(weight)
         return weight.index_select(0, index)
 
     @staticmethod
@@ -196,6 +198,8 @@ class ScenarioRouting:
         if (getattr(per_scenario, "row_sparse_grad", False) and per_scenario.requires_grad
                 and torch.is_grad_enabled() and not self.traced):
             return RowSparseGather.apply(per_scenario, self.tile_scenario, self.ascending)
+        if self.ascending and self.num_tiles == per_scenario.shape[0]:  # every slice, in order: no copy
+            return per_scenario
         return per_scenario.index_select(0, self.tile_scenario)
 
     def per_tile(self, compose: Callable[[ScenarioRouting], Tensor]) -> Tensor:
