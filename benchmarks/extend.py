@@ -3,11 +3,12 @@ model trained from scratch on every row (docs/scenarios.md, "Onboarding a new sc
 
     python benchmarks/extend.py synthetic --out runs/extend-synthetic --seeds 1 2 3 [--label NAME --set ...]
     MSREC_DATA=/work/data python benchmarks/extend.py movielens --out runs/extend-ml100k --seeds 1 2 3
+    MSREC_DATA=/work/data python benchmarks/extend.py movielens --held educator --out runs/extend-ml100k-educator
     python benchmarks/extend.py models --out runs/extend-models    # which models extend (a fresh --out)
 
 synthetic: 40,000 rows of the synthetic preset, its smallest scenario (s2, about 4,000 rows) held back.
 movielens: MovieLens 100K with the user's occupation as the scenario, healthcare (2,804 rows, a mid-sized
-occupation) held back. Both: star trained on the other scenarios' rows (one run per seed: `train.seed` sets
+occupation) held back, or the occupation named by --held. Both: star trained on the other scenarios' rows (one run per seed: `train.seed` sets
 the split and the initialisation), then extended by the held-back rows (their own seeded 80/10/10 split).
 
 Per seed, the three models score the held-back scenario's test rows (the from-scratch model once per seed,
@@ -38,7 +39,7 @@ SYNTHETIC_ROWS = 40_000
 HELD = {"synthetic": "s2", "movielens": "healthcare"}
 
 
-def tables(name: str):
+def tables(name: str, held: str):
     if name == "synthetic":
         from msrec.data.datasets import synthetic
 
@@ -51,7 +52,9 @@ def tables(name: str):
 
         table = load_100k(default_dir("movielens-100k"), "occupation", (27, 128))
         schema = {**DEFAULTS, "scenario_features": ["scenario"]}
-    mask = pc.equal(table["scenario"], HELD[name])
+    mask = pc.equal(table["scenario"], held)
+    if not pc.any(mask).as_py():
+        raise SystemExit(f"--held {held}: no {name} row has that scenario")
     return table.filter(pc.invert(mask)), table.filter(mask), schema
 
 
@@ -140,6 +143,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=5, help="of the old run (and of the from-scratch model)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--held", help="the scenario held back from training (default: s2 / healthcare)")
     parser.add_argument("--label", default="extend", help="names this extension's runs and summary in --out")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="for the extension, e.g. extend.vocab=indicators or train.batch_size=128")
@@ -147,14 +151,19 @@ def main() -> None:
     if args.data == "models":
         every_model(args.out)
         return
-    old, new, schema = tables(args.data)
+    held = args.held or HELD[args.data]
+    old, new, schema = tables(args.data, held)
     args.out.mkdir(parents=True, exist_ok=True)
+    mark = args.out / "held_back.txt"  # the runs kept in --out were trained without this scenario
+    if mark.exists() and mark.read_text() != f"{args.data} {held}":
+        raise SystemExit(f"{args.out} holds runs without {mark.read_text()}; choose another --out")
+    mark.write_text(f"{args.data} {held}")
     pq.write_table(old, args.out / "old.parquet")
     pq.write_table(new, args.out / "new.parquet")
     per_seed = {}
     for seed in args.seeds:  # the summary so far after every seed (a long benchmark can be stopped)
         per_seed[seed] = one_seed(args, schema, seed)
-        summary = {"data": args.data, "held_back": HELD[args.data], "old_rows": old.num_rows,
+        summary = {"data": args.data, "held_back": held, "old_rows": old.num_rows,
                    "new_rows": new.num_rows, "set": args.overrides, **pooled(per_seed)}
         (args.out / f"{args.label}.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
