@@ -112,3 +112,29 @@ def test_tile_dropout_keeps_each_unit_with_probability_1_minus_p_scaled(tile):
     assert (rows > 0).float().mean().item() == pytest.approx(0.75, abs=0.01)
     assert (rows > 0).float().mean(0).std() < 0.03 and (rows > 0).float().mean(1).std() > 0.05  # unit by unit
     assert routing.dropout(tiles, 0.25, training=False) is tiles and routing.dropout(tiles, 0.0, True) is tiles
+
+
+@pytest.mark.parametrize("tile", [None, 2, 4])
+@pytest.mark.parametrize("dims", [(8, 4), (8, 3), (6, 4)], ids=["aligned", "odd-out", "odd-in"])
+@pytest.mark.parametrize("backward", ["sum", "square"])
+def test_the_grouped_matmul_over_scenarios_present_equals_each_rows_own_layer(tile, dims, backward):
+    """`linear_of` (one grouped matmul over the tiles' rows where the kernel's alignment allows, a batched
+    matmul of per-tile weights otherwise): each row gets its own scenario's layer, and the inputs, weights
+    and biases the gradients of that."""
+    in_dim, out_dim = dims
+    scenario = torch.tensor([0, 3, 3, 1, 0, 3, 3, 3, 3, 3, 0, 1, 3, 4])
+    results = []
+    for path in ("linear_of", "per row"):
+        torch.manual_seed(0)
+        weight, bias = torch.randn(5, out_dim, in_dim, requires_grad=True), torch.randn(5, out_dim, requires_grad=True)
+        x = torch.randn(len(scenario), in_dim, requires_grad=True)
+        if path == "per row":
+            out = torch.einsum("bi,boi->bo", x, weight[scenario]) + bias[scenario]
+        else:
+            routing = ScenarioRouting(scenario, 5, tile=tile)
+            out = routing.unpack(routing.linear_of(routing.pack(x), lambda r, w=weight: r.gather(w),
+                                                   lambda r, b=bias: r.gather(b)))
+        (out.sum() if backward == "sum" else out.pow(2).sum()).backward()
+        results.append([out, x.grad, weight.grad, bias.grad])
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected)

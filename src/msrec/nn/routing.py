@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 TILE_COST = 16  # one tile's gathered weights cost about as much as this many rows' matmul (docs/scenarios.md)
@@ -130,6 +131,8 @@ class ScenarioRouting:
         self.slot: Tensor | None = None  # each row's place among the tiles' rows (None: no copy, see below)
         self.ascending = False  # whether tile_scenario holds distinct scenarios in ascending order
         self._tile_present: Tensor | None = None  # each tile's place among the scenarios present (per_tile)
+        self._present: ScenarioRouting | None = None
+        self._group_ends: np.ndarray | None = None
         one_scenario = not self.traced and tile is None and sum(n > 0 for n in self.counts) == 1
         if one_scenario:  # the whole batch is one tile, nothing to move
             self.tile, self.num_tiles, self.tile_scenario = self.rows, 1, scenario[:1]
@@ -202,22 +205,61 @@ class ScenarioRouting:
             return per_scenario
         return per_scenario.index_select(0, self.tile_scenario)
 
+    def present(self) -> ScenarioRouting:
+        """A routing whose tiles are the scenarios present, one each, ascending (gathers through it take each
+        present scenario's slice once)."""
+        if self._present is None:
+            view = copy.copy(self)
+            present = np.flatnonzero(self.counts)
+            view.tile_scenario = torch.from_numpy(present).to(self.scenario.device)
+            view.num_tiles, view.ascending, view.slot = len(present), True, None
+            view._present = view._tile_present = view._group_ends = None
+            self._present = view
+        return self._present
+
     def per_tile(self, compose: Callable[[ScenarioRouting], Tensor]) -> Tensor:
         """`[N, ...]`: a tensor per tile that `compose(routing)` builds from per-scenario parameters (through
         `routing.gather`), e.g. STAR's `W_s * W`. Where the scenarios present are fewer than the tiles, it is
-        composed once per scenario present (a routing whose tiles are those scenarios, one each) and then
-        copied to their tiles: the composition, and its backward, cost one slice per scenario, not per tile."""
-        if self.traced:
+        composed once per scenario present (`present()`) and then copied to their tiles: the composition, and
+        its backward, cost one slice per scenario, not per tile."""
+        if self.traced or self.present().num_tiles >= self.num_tiles:
             return compose(self)
-        present = np.flatnonzero(self.counts)
-        if len(present) >= self.num_tiles:
-            return compose(self)
-        view = copy.copy(self)
-        view.tile_scenario = torch.from_numpy(present).to(self.scenario.device)
-        view.num_tiles, view.ascending = len(present), True
+        return self._present_to_tiles(compose(self.present()))
+
+    def _present_to_tiles(self, per_present: Tensor) -> Tensor:
+        """`[U, ...]` (one per scenario present) -> `[N, ...]` (one per tile), tiles laid out by scenario or not."""
+        if self.ascending or (self.slot is not None and self.present().num_tiles == self.num_tiles):
+            return per_present  # one tile per scenario present, in order
         if self._tile_present is None:
-            self._tile_present = torch.searchsorted(view.tile_scenario, self.tile_scenario)
-        return compose(view).index_select(0, self._tile_present)
+            self._tile_present = torch.searchsorted(self.present().tile_scenario, self.tile_scenario)
+        return per_present.index_select(0, self._tile_present)
+
+    def linear_of(self, tiles: Tensor, weight_of: Callable[[ScenarioRouting], Tensor],
+                  bias_of: Callable[[ScenarioRouting], Tensor] | None = None) -> Tensor:
+        """`tiles [N, C, ..., in] @ W^T + b` per tile, with the weights `weight_of(routing) [K, out, in]` (and
+        biases `bias_of(routing) [K, out]`) built for a routing's K tiles from per-scenario parameters, as in
+        `per_tile`. Where the tiles lie in scenario order (laid out, or one scenario) and `in` and `out` are
+        multiples of 4 float32s (the kernel's 16-byte alignment), one grouped matmul (`F.grouped_mm`) over the
+        tiles' rows takes each present scenario's weights once: no per-tile copies of the weights nor per-tile
+        weight gradients summed per scenario (those grew with the scenarios present; docs/scenarios.md, "Cost
+        of a step"). Otherwise (export, every row its own tile in batch order) a batched matmul of per-tile
+        weights."""
+        in_order = not self.traced and (self.slot is not None or self.num_tiles == 1)
+        if not in_order or tiles.dtype != torch.float32 or tiles.shape[-1] % 4:
+            return tile_linear(tiles, self.per_tile(weight_of), None if bias_of is None else self.per_tile(bias_of))
+        weight = weight_of(self.present())  # [U, out, in]
+        bias = None if bias_of is None else self._present_to_tiles(bias_of(self.present()))
+        if weight.shape[1] % 4:
+            return tile_linear(tiles, self._present_to_tiles(weight), bias)
+        if self._group_ends is None:  # each present scenario's last tile, counted in tiles
+            counts = np.asarray(self.counts)
+            self._group_ends = np.cumsum((counts[counts > 0] + self.tile - 1) // self.tile)
+        rows_per_tile = tiles[0].numel() // tiles.shape[-1]
+        ends = torch.from_numpy(self._group_ends * rows_per_tile).to(device=tiles.device, dtype=torch.int32)
+        rows = tiles.reshape(-1, tiles.shape[-1]).contiguous()  # the kernel wants 16-byte aligned strides
+        out = F.grouped_mm(rows, weight.contiguous().transpose(1, 2), offs=ends)
+        out = out.view(*tiles.shape[:-1], out.shape[-1])
+        return out if bias is None else out + bias.view(bias.shape[0], *[1] * (tiles.dim() - 2), bias.shape[-1])
 
     def dropout(self, tiles: Tensor, p: float, training: bool) -> Tensor:
         """Dropout on tiles `[N, C, ...]`, its mask from `torch.rand` (about twice as fast as the `bernoulli_`
@@ -231,4 +273,4 @@ class ScenarioRouting:
 
     def linear(self, tiles: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """`tiles [N, C, ..., in] @ weight[s]^T + bias[s]` per tile, with `weight [S, out, in]`, `bias [S, out]`."""
-        return tile_linear(tiles, self.gather(weight), None if bias is None else self.gather(bias))
+        return self.linear_of(tiles, lambda r: r.gather(weight), None if bias is None else lambda r: r.gather(bias))

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from msrec.nn.grow import grow_rows
 from msrec.nn.levels import LevelParts
 from msrec.nn.mlp import ACTIVATIONS, MLPOptions
-from msrec.nn.routing import ScenarioRouting, stacked, tile_linear
+from msrec.nn.routing import ScenarioRouting, stacked
 from msrec.schema import ScenarioLevels
 
 
@@ -68,15 +68,13 @@ class StarLinear(nn.Module):
         return F.linear(x, weight[s], bias[s])
 
     def tiles(self, h: Tensor, routing: ScenarioRouting) -> Tensor:
-        """The layer on tiles `[N, C, in]`, each with its scenario's weights (composed once per scenario present,
-        `routing.per_tile`)."""
+        """The layer on tiles `[N, C, in]`, each with its scenario's weights, composed once per scenario present
+        (`routing.linear_of`)."""
         if self.weight_levels is None:
-            weight = routing.per_tile(lambda r: r.gather(self.weight_s) * self.weight)
-            bias = routing.per_tile(lambda r: r.gather(self.bias_s) + self.bias)
-        else:
-            weight = routing.per_tile(lambda r: self.weight_levels.tiles(r, self.weight_s) * self.weight)
-            bias = routing.per_tile(lambda r: self.bias_levels.tiles(r, self.bias_s) + self.bias)
-        return tile_linear(h, weight, bias)
+            return routing.linear_of(h, lambda r: r.gather(self.weight_s) * self.weight,
+                                     lambda r: r.gather(self.bias_s) + self.bias)
+        return routing.linear_of(h, lambda r: self.weight_levels.compose(r, self.weight_s) * self.weight,
+                                 lambda r: self.bias_levels.compose(r, self.bias_s) + self.bias)
 
 
 class StarFCN(nn.Module):

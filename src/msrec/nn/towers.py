@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from msrec.nn.grow import grow_rows
 from msrec.nn.levels import LevelParts
 from msrec.nn.mlp import ACTIVATIONS, MLP, MLPOptions
-from msrec.nn.routing import ScenarioRouting, stacked, tile_linear
+from msrec.nn.routing import ScenarioRouting, stacked
 from msrec.schema import ScenarioLevels
 
 MOMENTUM, EPS = 0.1, 1e-5  # BatchNorm1d's defaults, as the per-tower norms had
@@ -53,9 +53,11 @@ class SharedLinear(nn.Module):
         self.weight = LevelParts(levels, (out_dim, in_dim), "add", base=weight[0])
         self.bias = LevelParts(levels, (out_dim,), "add", base=bias[0])
 
-    def tiles(self, routing: ScenarioRouting, own_weight: Tensor | None,
-              own_bias: Tensor | None) -> tuple[Tensor, Tensor]:
-        return self.weight.tiles(routing, own_weight), self.bias.tiles(routing, own_bias)
+    def linear(self, tiles: Tensor, routing: ScenarioRouting, own_weight: Tensor | None,
+               own_bias: Tensor | None) -> Tensor:
+        """The layer on tiles, each tile's weights composed from its scenario's parts (`routing.linear_of`)."""
+        return routing.linear_of(tiles, lambda r: self.weight.compose(r, own_weight),
+                                 lambda r: self.bias.compose(r, own_bias))
 
     def every(self, own_weight: Tensor | None, own_bias: Tensor | None) -> tuple[Tensor, Tensor]:
         return self.weight.every(own_weight), self.bias.every(own_bias)
@@ -160,7 +162,7 @@ class ScenarioMLP(nn.Module):
             if self.shared is None:
                 h = routing.linear(h, self.weight[l], self.bias[l])
             else:  # each tile's layer composed from its combination's parts
-                h = tile_linear(h, *self.shared[l].tiles(routing, *self.own(l)))
+                h = self.shared[l].linear(h, routing, *self.own(l))
             if l < self.num_hidden:
                 if self.norms is not None:
                     h = self.norms[l](h, routing)
@@ -263,7 +265,7 @@ class ScenarioLinear(nn.Module):
     def forward(self, x: Tensor, routing: ScenarioRouting) -> Tensor:
         if self.shared is None:
             return routing.unpack(routing.linear(routing.pack(x), self.weight, self.bias))
-        return routing.unpack(tile_linear(routing.pack(x), *self.shared.tiles(routing, self.weight, self.bias)))
+        return routing.unpack(self.shared.linear(routing.pack(x), routing, self.weight, self.bias))
 
     def scenario(self, s: int) -> nn.Linear:
         """Scenario s's layer as an ordinary `nn.Linear` (a copy; for inspection and tests)."""
