@@ -27,7 +27,7 @@ def test_every_tiling_gives_each_row_its_own_scenarios_layer(tile, scenarios):
 
 
 def test_tile_size_is_whole_segments_for_few_large_scenarios_and_rows_for_singletons():
-    assert tile_size([2400, 1200, 400]) >= 128
+    assert tile_size([2400, 1200, 400]) >= 64
     assert tile_size([1] * 4000) == 1
 
 

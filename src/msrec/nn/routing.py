@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-TILE_COST = 16  # one tile's gathered weights cost about as much as this many rows' matmul (docs/scenarios.md)
+TILE_COST = 4  # what a tile costs beyond its rows, in rows (docs/scenarios.md, "Applying them: tiles")
 
 
 def stacked(param: nn.Parameter) -> nn.Parameter:
