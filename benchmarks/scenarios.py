@@ -13,7 +13,8 @@ the stacked per-scenario parameters with dense Adam (`train.scenario_updates`) f
 `--tiles` instead times one per-scenario tower (forward and backward, one batch) at each S with the tile
 size forced: 1 (every row gathers its own scenario's weights), 4 ... 256, the largest scenario's row count
 (one padded tile per scenario: sort rows by scenario, one matmul per segment) and the per-batch choice
-(`nn.routing.tile_size`).
+(`nn.routing.tile_size`); all with the grouped matmul where it applies, and `auto, bmm` the per-batch choice
+with a batched matmul of per-tile weights (every layer before the grouped matmul).
 
     python benchmarks/scenarios.py [--rows 600000] [--batch-size 4096] [--repeats 3] [--scenarios 3 10 100 1000]
                                    [--models dnn star ...] [--threads 2] [--clock wall|cpu]
@@ -127,7 +128,8 @@ def tiles(args) -> None:
     """One per-scenario tower (128 -> 64 -> 1, split_merge's default) forward and backward on a batch of
     `--batch-size` rows with Zipf scenario shares, at fixed tile sizes and at `tile_size`'s choice."""
     torch.manual_seed(0)
-    sizes = {"1 (per row)": 1, "4": 4, "16": 16, "64": 64, "256": 256, "segment": None, "auto": 0}
+    sizes = {"1 (per row)": 1, "4": 4, "16": 16, "64": 64, "256": 256, "segment": None, "auto": 0,
+             "auto, bmm": -1}
     print(f"{'tile size':<14}" + "".join(f"{'S=' + str(S):>12}" for S in args.scenarios) + "   (ms per step)")
     times = {(k, S): [] for k in sizes for S in args.scenarios}
     chosen = {}
@@ -140,11 +142,14 @@ def tiles(args) -> None:
         counts = torch.bincount(scenario, minlength=S).tolist()
         for _ in range(args.repeats * 2):
             for k, size in sizes.items():
-                tile = max(counts) if size is None else size or None
+                tile = max(counts) if size is None else size if size > 0 else None
                 t0 = time.perf_counter()
                 r = routing.ScenarioRouting(scenario, S, counts, tile=tile)
-                h = torch.relu(r.linear(r.pack(x), w1, b1))
-                r.unpack(r.linear(h, w2, b2)).sum().backward()
+                linear = r.linear if size != -1 else (  # per-tile weights, batched matmul (before grouped_mm)
+                    lambda t, w, b, r=r: routing.tile_linear(t, r.per_tile(lambda v, w=w: v.gather(w)),
+                                                             r.per_tile(lambda v, b=b: v.gather(b))))
+                h = torch.relu(linear(r.pack(x), w1, b1))
+                r.unpack(linear(h, w2, b2)).sum().backward()
                 times[(k, S)].append(1000 * (time.perf_counter() - t0))
                 if size == 0:
                     chosen[S] = r.tile
