@@ -1,9 +1,9 @@
 """`msrec extend RUN --data NEW.csv --out RUN2`: a trained run learns scenarios it has never seen, without a
 full retrain and without changing how it scores the old ones (docs/scenarios.md, "Onboarding a new scenario").
 
-1. The encoder grows (`Encoder.grown`): new scenarios and every sparse field's new values (`extend.vocab=all`,
-   the default: new users train rows of their own; `indicators`: the scenario-indicator features' only) get
-   ids appended after the old ones, so every old value keeps its id.
+1. The encoder grows (`Encoder.grown`): new scenarios and new values of the indicators and of the fields
+   `extend.vocab` picks (`auto`, the default: those whose new values fill half of NEW's rows, e.g. a new
+   scenario's own users) get ids appended after the old ones, so every old value keeps its id.
 2. The model grows (msrec.nn.grow): every part with per-scenario stacked tensors appends rows for the new
    scenarios copied from a source scenario (the parent level's in a hierarchy, else the old scenario whose
    parameters score the new rows best); new indicator ids copy their field's unknown row. The grown,
