@@ -156,7 +156,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     mark = args.out / "held_back.txt"  # the runs kept in --out were trained without this scenario
     if mark.exists() and mark.read_text() != f"{args.data} {held}":
-        raise SystemExit(f"{args.out} holds runs without {mark.read_text()}; choose another --out")
+        raise SystemExit(f"{args.out} holds runs trained without {mark.read_text()}; choose another --out")
     mark.write_text(f"{args.data} {held}")
     pq.write_table(old, args.out / "old.parquet")
     pq.write_table(new, args.out / "new.parquet")
