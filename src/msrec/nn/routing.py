@@ -2,27 +2,30 @@
 
 A per-scenario layer keeps its weights stacked, `W [S, out, in]`, `b [S, out]`. `ScenarioRouting` lays a
 batch's rows out as *tiles*: the rows sorted by scenario (stably), each scenario's rows cut into tiles of
-`C` rows (its last tile padded with zero rows), so every tile belongs to one scenario. A layer is then
-one batched matmul, `tile @ W[tile's scenario]^T + b[...]` (`torch.baddbmm`), whose cost is that of the
-padded rows plus one gathered weight matrix per tile: it depends on the batch's rows (and on how many
-scenarios they touch), not on S.
+`C` rows (its last tile padded with zero rows), so every tile belongs to one scenario and a scenario's tiles
+are consecutive. A layer (`linear`, `linear_of`) is then one grouped matmul over the tiles' rows
+(`F.grouped_mm`: each present scenario's rows times its weights, taken once), or, where that kernel does not
+apply, one batched matmul of per-tile weights (`tile_linear`). Its cost is that of the padded rows plus one
+weight slice per scenario present: it depends on the batch's rows (and on how many scenarios they touch),
+not on S.
 
     pack:    rows [B, ...]  ->  tiles [N, C, ...]        (index_copy; padding rows are zeros)
-    layer:   tiles @ W[tile_scenario]^T + b[tile_scenario]
+    layer:   rows of scenario s @ W[s]^T + b[s], for the scenarios present (one grouped matmul)
     unpack:  tiles [N, C, ...] -> rows [B, ...]          (index_select; padding is dropped, gets no gradient)
 
-The tile size is chosen per batch from the rows per scenario (`tile_size`): `C = 1` is "gather each row's
-weights and bmm" (best when nearly every row is alone in its scenario), a large `C` is "sort rows by
-scenario and run one matmul per contiguous segment" (best for a few large scenarios), and between them
-the size that minimises padded rows + `TILE_COST` x tiles (docs/scenarios.md has the measurements).
+The tile size is chosen per batch from the rows per scenario (`tile_size`): the size that minimises padded
+rows + `TILE_COST` x tiles (a tile's own overhead: per-tile biases, and the weight copy where the batched
+matmul is used; docs/scenarios.md has the measurements). A few large scenarios get large tiles, a long tail
+small ones, a batch of scenarios of one row each `C = 1`.
 One scenario in the batch: a single tile of the whole batch, no copy.
 
 A scenario's parameters see, and get gradient from, its own rows only (padding rows are dropped before the
 loss). A part declares its stacked parameters with `stacked` (explicitly: a width that happens to equal S is
 not a scenario axis); when the trainer's optimizer updates them row-sparsely (`train.scenario_updates`,
 msrec.train.optim) `gather` gives them a row-sparse gradient, the slices of the scenarios present only, so a
-step's backward and update cost follows the scenarios in the batch, not S. Export (TorchScript / ONNX tracing): the tiling depends on the data and would be baked into the
-graph, so there every row is its own tile (`C = 1`): the same results, for any batch.
+step's backward and update cost follows the scenarios in the batch, not S. Export (TorchScript / ONNX
+tracing): the tiling depends on the data and would be baked into the graph, so there every row is its own
+tile (`C = 1`, batched matmul): the same results, for any batch.
 """
 
 from __future__ import annotations
