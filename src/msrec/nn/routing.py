@@ -245,10 +245,11 @@ class ScenarioRouting:
         multiples of 4 float32s (the kernel's 16-byte alignment), one grouped matmul (`F.grouped_mm`) over the
         tiles' rows takes each present scenario's weights once: no per-tile copies of the weights nor per-tile
         weight gradients summed per scenario (those grew with the scenarios present; docs/scenarios.md, "Cost
-        of a step"). Otherwise (export, every row its own tile in batch order) a batched matmul of per-tile
+        of a step"). Otherwise (export, every row its own tile in batch order, not on CPU) a batched matmul of per-tile
         weights."""
         in_order = not self.traced and (self.slot is not None or self.num_tiles == 1)
-        if not in_order or tiles.dtype != torch.float32 or tiles.shape[-1] % 4:
+        cpu_float = tiles.device.type == "cpu" and tiles.dtype == torch.float32  # CUDA's kernel: bf16 on sm80+ only
+        if not in_order or not cpu_float or tiles.shape[-1] % 4:
             return tile_linear(tiles, self.per_tile(weight_of), None if bias_of is None else self.per_tile(bias_of))
         weight = weight_of(self.present())  # [U, out, in]
         bias = None if bias_of is None else self._present_to_tiles(bias_of(self.present()))
