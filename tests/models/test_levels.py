@@ -121,7 +121,7 @@ def test_parts_compose_per_tile_as_per_combination_and_level_id_0_is_the_identit
         torch.testing.assert_close(parts.every(own)[s], expected)
     scenario = torch.tensor([4, 0, 0, 1, 3, 3, 3, 2, 4, 0, 1])
     routing = ScenarioRouting(scenario, 5, tile=tile)
-    torch.testing.assert_close(parts.tiles(routing, own), parts.every(own)[routing.tile_scenario])
+    torch.testing.assert_close(routing.per_tile(lambda r: parts.compose(r, own)), parts.every(own)[routing.tile_scenario])
 
 
 def test_level_shared_towers_and_gates_score_each_row_with_its_combinations_network():
@@ -239,7 +239,8 @@ def test_parts_composed_once_per_present_combination_match_every_combinations_va
         own = torch.randn(5, 3, 2, requires_grad=True)
         scenario = torch.tensor(present * 3)
         routing = ScenarioRouting(scenario, 5, tile=1)
-        out = parts.tiles(routing, own) if path == "tiles" else parts.every(own)[routing.tile_scenario]
+        out = (routing.per_tile(lambda r, p=parts, o=own: p.compose(r, o)) if path == "tiles"
+               else parts.every(own)[routing.tile_scenario])
         out.pow(2).sum().backward()
         results.append([out, own.grad, *(p.grad.to_dense() for p in parts.parts)])
     for got, expected in zip(*results, strict=True):

@@ -113,14 +113,9 @@ class LevelParts(nn.Module):
         out = functools.reduce(combine, parts)
         return out if self.base is None else out + self.base
 
-    def tiles(self, routing: ScenarioRouting, own: Tensor | None = None) -> Tensor:
-        """`[N, *shape]`: each tile's scenario's tensor (`own`: the stacked own slices `[S, *shape]`). Composed
-        once per scenario present when they are fewer than the tiles, then gathered per tile."""
-        return routing.per_tile(lambda view: self.compose(view, own))
-
     def compose(self, routing: ScenarioRouting, own: Tensor | None = None) -> Tensor:
-        """`[K, *shape]`: the tensor of each of a routing's K tiles, composed tile by tile (`tiles` composes it
-        once per scenario present; `ScenarioRouting.linear_of` takes it as a weight builder)."""
+        """`[K, *shape]`: the tensor of each of a routing's K tiles (`own`: the stacked own slices `[S, *shape]`),
+        composed tile by tile; `ScenarioRouting.per_tile` / `linear_of` call it once per scenario present."""
         ids = routing.gather(self.ids)  # [N, L]
         picked = [_gather_rows(routing, part, ids[:, l]) for l, part in enumerate(self.parts)]
         return self._compose(ids, picked, None if own is None else routing.gather(own))

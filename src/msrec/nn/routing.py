@@ -229,9 +229,13 @@ class ScenarioRouting:
             return compose(self)
         return self._present_to_tiles(compose(self.present()))
 
+    def _in_scenario_order(self) -> bool:
+        """Whether the tiles lie in scenario order, a scenario's tiles consecutive (laid out, or one tile)."""
+        return not self.traced and (self.slot is not None or self.num_tiles == 1)
+
     def _present_to_tiles(self, per_present: Tensor) -> Tensor:
         """`[U, ...]` (one per scenario present) -> `[N, ...]` (one per tile), tiles laid out by scenario or not."""
-        if self.ascending or (self.slot is not None and self.present().num_tiles == self.num_tiles):
+        if self.ascending or (self._in_scenario_order() and self.present().num_tiles == self.num_tiles):
             return per_present  # one tile per scenario present, in order
         if self._tile_present is None:
             self._tile_present = torch.searchsorted(self.present().tile_scenario, self.tile_scenario)
@@ -247,9 +251,8 @@ class ScenarioRouting:
         weight gradients summed per scenario (those grew with the scenarios present; docs/scenarios.md, "Cost
         of a step"). Otherwise (export, every row its own tile in batch order, not on CPU) a batched matmul of per-tile
         weights."""
-        in_order = not self.traced and (self.slot is not None or self.num_tiles == 1)
         cpu_float = tiles.device.type == "cpu" and tiles.dtype == torch.float32  # CUDA's kernel: bf16 on sm80+ only
-        if not in_order or not cpu_float or tiles.shape[-1] % 4:
+        if not self._in_scenario_order() or not cpu_float or tiles.shape[-1] % 4:
             return tile_linear(tiles, self.per_tile(weight_of), None if bias_of is None else self.per_tile(bias_of))
         weight = weight_of(self.present())  # [U, out, in]
         bias = None if bias_of is None else self._present_to_tiles(bias_of(self.present()))
