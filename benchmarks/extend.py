@@ -106,9 +106,13 @@ def one_seed(args, schema: dict, seed: int) -> dict[str, np.ndarray]:
     if not np.array_equal(kept["labels"], found["labels"]):
         raise SystemExit(f"{scratch}: other test rows than this extension's; remove it")
     found["scratch"] = kept["scratch"]
+    val = metrics["val"]["overall"]  # the extension's validation figures: what variants are chosen on
+    found["val"] = np.array([val["auc"], val["logloss"]])
     np.savez(args.out / f"{args.label}-{seed}.npz", **found)  # this extension's compared rows
+    phase2 = metrics["extend"].get("phase2")
     print(f"seed {seed}: source {metrics['extend']['source']}, training {metrics['extend']['training']}, "
           f"epochs {metrics['train']['epochs']} (best {metrics['train']['best_epoch']}), "
+          + (f"phase 2 {phase2}, " if phase2 else "") + f"val auc {val['auc']:.4f} logloss {val['logloss']:.4f}, "
           + ", ".join(f"{m} {auc(found['labels'], found[m]):.4f}" for m in ("unknown", "extend", "scratch")),
           flush=True)
     return found
@@ -120,7 +124,9 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def pooled(per_seed: dict[int, dict[str, np.ndarray]]) -> dict:
     """Each model's AUC averaged over the seeds; extend minus each baseline with its paired interval."""
-    out = {"seeds": sorted(per_seed), "test_rows": {s: len(r["labels"]) for s, r in per_seed.items()}}
+    out = {"seeds": sorted(per_seed), "test_rows": {s: len(r["labels"]) for s, r in per_seed.items()},
+           "extend_val_auc": float(np.mean([r["val"][0] for r in per_seed.values()])),
+           "extend_val_logloss": float(np.mean([r["val"][1] for r in per_seed.values()]))}
     reps = {}
     for seed, rows in per_seed.items():
         one = np.zeros(len(rows["labels"]), dtype=np.int64)

@@ -14,7 +14,8 @@ import torch
 
 from msrec.api import evaluate, predict, train
 from msrec.errors import MsrecError
-from msrec.extend import MIN_BATCH, STEPS_PER_EPOCH, _freeze, _read_new, _sources, extend, grow_model
+from msrec.extend import MIN_BATCH, STEPS_PER_EPOCH, _freeze, extend, grow_model
+from msrec.extend_data import read_new, sources
 from msrec.runs import load_run
 
 HELD = "s2"  # the smallest synthetic scenario
@@ -128,10 +129,10 @@ def test_batch_norm_statistics_of_frozen_parts_are_put_back(files, synthetic_con
 
 def test_only_the_new_rows_get_a_gradient(files, star_run):
     run = load_run(star_run)
-    new = _read_new(files / "new.csv", run, run.config)
+    new = read_new(files / "new.csv", run, run.config)
     grown = run.encoder.grown(new["all"])
     table = grown.transform(new["train"])
-    model, masks = grow_model(run, grown, _sources(run, grown, table, len(run.encoder.scenario_names)))
+    model, masks = grow_model(run, grown, sources(run, grown, table, len(run.encoder.scenario_names)))
     assert masks["fcn.layers.0.weight_s"].flatten().tolist() == [False, False, True]
     _freeze(model, masks)
     model.train()
@@ -200,10 +201,10 @@ def test_only_the_new_rows_get_a_row_sparse_gradient(files, star_run):
     from msrec.data.table import TensorTable
 
     run = load_run(star_run)
-    new = _read_new(files / "new.csv", run, run.config)
+    new = read_new(files / "new.csv", run, run.config)
     grown = run.encoder.grown(new["all"])
     table = grown.transform(new["train"])
-    model, masks = grow_model(run, grown, _sources(run, grown, table, len(run.encoder.scenario_names)))
+    model, masks = grow_model(run, grown, sources(run, grown, table, len(run.encoder.scenario_names)))
     stacked = [p for p in model.parameters() if getattr(p, "scenario_stacked", False)]
     assert stacked
     for param in stacked:
@@ -223,7 +224,7 @@ def test_the_extensions_training_is_sized_by_the_new_rows(files, star_run, tmp_p
     """The run trained with batches of 512 rows; the extension's batch follows NEW's training rows (about
     STEPS_PER_EPOCH steps an epoch, at least MIN_BATCH rows), unless `--set train.batch_size` says otherwise."""
     metrics = extend(star_run, files / "new.csv", tmp_path / "a", ["train.epochs=2", "extend.scratch=false"])
-    rows = _read_new(files / "new.csv", load_run(star_run), load_run(star_run).config)["train"].num_rows
+    rows = read_new(files / "new.csv", load_run(star_run), load_run(star_run).config)["train"].num_rows
     assert metrics["extend"]["training"]["batch_size"] == max(MIN_BATCH, min(512, rows // STEPS_PER_EPOCH)) < 512
     assert metrics["extend"]["training"]["monitor"] == "logloss" and metrics["extend"]["training"]["epochs"] == 2
     metrics = extend(star_run, files / "new.csv", tmp_path / "b",

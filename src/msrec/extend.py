@@ -10,7 +10,9 @@ full retrain and without changing how it scores the old ones (docs/scenarios.md,
    untrained model is therefore exactly the old model scoring the new rows as unknown, routed to the source.
 3. Only the new rows train (gradient hooks on the grown tensors, everything else frozen); afterwards every
    old value is put back bit for bit (frozen batch norms' running statistics move in training mode). The
-   training is sized by the new rows (`training_defaults`). `--set extend.all=true` trains everything.
+   training is sized by the new rows (`training_defaults`). `--set extend.all=true` trains everything;
+   `--set extend.replay=R` adds a phase in which everything trains on the new rows plus R old training rows
+   per new one (after the new entries' phase; with extend.all instead of it): see `_train`.
 4. metrics.json's `extend` block compares the new scenarios against the old model scoring them as unknown
    (the grown model before training) and a model trained from scratch on the old training rows plus the new
    ones, with paired bootstrap intervals (msrec.report.stats).
@@ -30,25 +32,21 @@ from rich.console import Console
 
 from msrec.api import as_config
 from msrec.config import Config
-from msrec.data.checks import check_table
 from msrec.data.encode import Encoder
-from msrec.data.io import read_table
-from msrec.data.prepare import EncodedData, _encoder, load_splits, split_rows
+from msrec.data.prepare import EncodedData, RawSplits, _encoder
 from msrec.data.table import TensorTable
 from msrec.errors import MsrecError
+from msrec.extend_data import ReplaySource, growing_fields, old_splits, read_new, sources
 from msrec.models.registry import build_model
 from msrec.nn.grow import field_sizes
 from msrec.report.stats import paired_differences, replicate_metrics
 from msrec.runs import Run, check_run_dir_free, load_run, write_run
+from msrec.train.metrics import monitor_value
 from msrec.train.predict import Scorer
 from msrec.train.trainer import Trainer
 
-OPTIONS = {"extend.all": False, "extend.scratch": True, "extend.replicates": 1000, "extend.vocab": "auto"}
-# extend.vocab=auto: a sparse field's vocabulary grows when at least this share of NEW's training rows hold a
-# value of it the run did not know (a new scenario that brings its own users); rarer new values stay unknown
-# (a few rows each would train their rows from a handful of examples). Measured in docs/scenarios.md.
-VOCAB_SHARE = 0.5
-SIMILARITY_ROWS = 4096  # new rows scored under each old scenario to pick the most similar one
+OPTIONS = {"extend.all": False, "extend.scratch": True, "extend.replicates": 1000, "extend.vocab": "auto",
+           "extend.replay": 0}
 # The extension's training is sized by NEW's training rows, not by the run's (a batch of 1,024-4,096 rows
 # gives a scenario of a few thousand rows a handful of steps): about STEPS_PER_EPOCH steps per epoch
 # (batches of at least MIN_BATCH rows, at most the run's), up to EPOCHS epochs, early stopping on the
@@ -85,68 +83,6 @@ def training_defaults(run_cfg: Config, rows: int, every_parameter: bool = False)
     batch = max(MIN_BATCH, min(run_cfg.train.batch_size, rows // STEPS_PER_EPOCH))
     return [f"train.batch_size={batch}", f"train.epochs={max(EPOCHS, run_cfg.train.epochs)}",
             f"train.patience={PATIENCE}", f"train.monitor={MONITOR}", f"train.lr={(1 if every_parameter else LR_FACTOR) * run_cfg.train.lr}"]
-
-
-def _growing_fields(run: Run, new: dict[str, pa.Table], source: str, vocab: str) -> list[str]:
-    """The sparse fields whose vocabularies grow by NEW's unseen values: the scenario indicators always; every
-    field with `all`; with `auto` those whose unseen values fill at least VOCAB_SHARE of NEW's training rows."""
-    schema = run.encoder.schema
-    if vocab != "auto":
-        return list(schema.sparse) if vocab == "all" else list(schema.scenario_features)
-    every = run.encoder.grown(new["all"], source, list(schema.sparse)).transform(new["train"], source)
-    unseen = (every.sparse >= torch.tensor(run.encoder.spec().sparse_vocab, dtype=every.sparse.dtype)).double().mean(0)
-    return [f for f, share in zip(schema.sparse, unseen.tolist(), strict=True)
-            if share >= VOCAB_SHARE or f in schema.scenario_features]
-
-
-def _read_new(path: str | Path, run: Run, cfg: Config) -> dict[str, pa.Table]:
-    """NEW's rows, checked against the run's schema, in the run's seeded train / val / test split."""
-    schema = run.encoder.schema
-    table = read_table(path, string_columns=schema.text_columns())
-    check_table(table, schema, str(path), missing_ids=run.encoder.missing_ids)
-    seed = cfg.data.split_seed if cfg.data.split_seed is not None else cfg.train.seed
-    parts = split_rows(table.num_rows, cfg.data.split, seed)
-    splits = {name: table.take(pa.array(rows)) for name, rows in zip(("train", "val", "test"), parts) if len(rows)}
-    if "train" not in splits or "val" not in splits:
-        raise MsrecError(f"{path}: too few rows to hold a training and a validation split")
-    return {"all": table, **splits}
-
-
-def _sources(run: Run, grown: Encoder, train: TensorTable, old_s: int) -> list[int]:
-    """The old scenario each new one starts from: its parent level's where the scenario is hierarchical and the
-    parent has an id of its own, else the old scenario whose parameters give the new rows the lowest log loss
-    (the old model, indicators unknown, every row routed to that scenario)."""
-    levels = grown.spec().levels
-    ids = [tuple(c) for c in levels.ids] if levels else []
-    old = {c: s for s, c in enumerate(ids[:old_s])}
-    scorer = Scorer(run.model, run.encoder.scenario_names, list(grown.schema.labels), run.config.train.eval_batch_size)
-    unknown = _as_unknown(train, run.encoder)
-    out = []
-    for s in range(old_s, len(grown.scenario_names)):
-        parent = old.get((ids[s][0], *[0] * (len(ids[s]) - 1))) if ids else None
-        if parent is not None:
-            out.append(parent)
-            continue
-        rows = (train.scenario == s).nonzero().squeeze(1)[:SIMILARITY_ROWS]
-        if not len(rows):
-            raise MsrecError(f"scenario {grown.scenario_names[s]}: no training rows in the new data to learn from")
-        part = unknown.subset(rows)
-        y = part.labels.double()
-        losses = []
-        for candidate in range(old_s):  # one scoring pass per old scenario, on a few thousand rows
-            part.scenario = torch.full_like(part.scenario, candidate)
-            p = scorer.predict(part).double().clamp(1e-7, 1 - 1e-7)
-            losses.append(float(-(y * p.log() + (1 - y) * (1 - p).log()).mean()))
-        out.append(int(np.argmin(losses)))
-    return out
-
-
-def _as_unknown(table: TensorTable, old: Encoder) -> TensorTable:
-    """Rows encoded by the grown encoder as the old encoder sees them: every new id unknown (0)."""
-    part = table.subset(torch.arange(len(table)))
-    sizes = torch.tensor(old.spec().sparse_vocab, dtype=part.sparse.dtype)
-    part.sparse[part.sparse >= sizes] = 0
-    return part
 
 
 def grow_model(run: Run, grown: Encoder, source: list[int]) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
@@ -195,8 +131,10 @@ def grow_model(run: Run, grown: Encoder, source: list[int]) -> tuple[torch.nn.Mo
     return fresh, masks
 
 
-def _freeze(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Only the masked (new) entries get a gradient: other parameters are frozen, grown ones hooked."""
+def _freeze(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> list:
+    """Only the masked (new) entries get a gradient: other parameters are frozen, grown ones hooked (the hooks'
+    handles are returned: `_thaw` removes them)."""
+    handles = []
     for key, param in model.named_parameters():
         if key not in masks:
             param.requires_grad_(False)
@@ -211,7 +149,16 @@ def _freeze(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None:
                                                check_invariants=False)
             return grad * keep
 
-        param.register_hook(hook)
+        handles.append(param.register_hook(hook))
+    return handles
+
+
+def _thaw(model: torch.nn.Module, handles: list) -> None:
+    """Every parameter trainable again, without `_freeze`'s hooks."""
+    for handle in handles:
+        handle.remove()
+    for param in model.parameters():
+        param.requires_grad_(True)
 
 
 @torch.no_grad()
@@ -223,10 +170,10 @@ def _restore(model: torch.nn.Module, before: dict[str, torch.Tensor], masks: dic
         tensor.copy_(old if keep is None else torch.where(keep.to(tensor.device), tensor, old))
 
 
-def _scratch(run: Run, cfg: Config, new: dict[str, pa.Table], test: pa.Table, console: Console | None) -> np.ndarray:
-    """Baseline (b): the run's model trained from scratch on its own training rows plus NEW's, scored on NEW's
-    test rows. Its encoder is fitted on the combined training rows, as `msrec train` would."""
-    old = load_splits(run.config.data, run.config.train.seed)
+def _scratch(old: RawSplits, cfg: Config, new: dict[str, pa.Table], test: pa.Table, console: Console | None
+             ) -> np.ndarray:
+    """Baseline (b): the run's model trained from scratch on its own training rows (`old`) plus NEW's, scored on
+    NEW's test rows. Its encoder is fitted on the combined training rows, as `msrec train` would."""
 
     def joined(split: str) -> pa.Table:
         base = old.tables[split]
@@ -236,13 +183,53 @@ def _scratch(run: Run, cfg: Config, new: dict[str, pa.Table], test: pa.Table, co
             raise MsrecError(f"NEW data's columns do not match the run's training data ({err})") from None
         return pa.concat_tables([base, extra])
 
-    encoder = _encoder(run.config.data, old.schema).fit(joined("train"), "old + new training rows")
+    encoder = _encoder(cfg.data, old.schema).fit(joined("train"), "old + new training rows")
     data = EncodedData(encoder, encoder.transform(joined("train")), encoder.transform(joined("val")))
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model.name, encoder.spec(), cfg.model.options())
     trainer = Trainer(model, cfg.train, encoder.scenario_names, list(encoder.schema.labels), console)
     trainer.fit(data.train, data.val)
     return trainer.scorer.predict(encoder.transform(test, "new test rows")).numpy()
+
+
+def _train(model: torch.nn.Module, masks: dict[str, torch.Tensor], before: dict[str, torch.Tensor], opts: dict,
+           cfg: Config, run: Run, rest: list[str], grown: Encoder, tables: dict[str, TensorTable],
+           old: RawSplits | None, console: Console | None) -> tuple[Trainer, dict, Config, dict]:
+    """The extension's training. Without extend.all, first the new entries alone on NEW's rows (`cfg`), every old
+    entry put back afterwards. With extend.all or extend.replay, (then) every parameter on NEW's training rows
+    plus `extend.replay` old training rows per new one, at the run's learning rate, sized by those rows; after
+    a first phase, the second is kept only if it lowers the new scenarios' validation loss (an early stop at
+    its epoch 0). Returns the last trainer, the first phase's metrics and config, and the `extend` block's
+    `replay_rows` / `phase2` entries."""
+    names, tasks = grown.scenario_names, list(grown.schema.labels)
+    fit_metrics, first = None, None
+    if not opts["all"]:
+        handles = _freeze(model, masks)
+        torch.manual_seed(cfg.train.seed)
+        trainer = Trainer(model, cfg.train, names, tasks, console)
+        fit_metrics, _ = trainer.fit_and_score(EncodedData(grown, tables["train"], tables["val"], tables.get("test")))
+        _restore(model, before, masks)
+        if not opts["replay"]:
+            return trainer, fit_metrics, cfg, {}
+        _thaw(model, handles)
+        first = ({k: v.clone() for k, v in model.state_dict().items()}, trainer.scorer.evaluate(tables["val"]))
+    source = tables["train"]
+    if opts["replay"]:
+        replayed = grown.transform(old.tables["train"], "the run's training rows (extend.replay)")
+        source = ReplaySource(tables["train"], replayed, opts["replay"])
+    every = as_config(run.config, [*training_defaults(run.config, len(source), True), *rest])
+    torch.manual_seed(every.train.seed)
+    trainer = Trainer(model, every.train, names, tasks, console)
+    metrics, _ = trainer.fit_and_score(EncodedData(grown, source, tables["val"], tables.get("test")))
+    replay_rows = {"replay_rows": len(source) - len(tables["train"])}
+    if first is None:
+        return trainer, metrics, every, replay_rows
+    kept = monitor_value(metrics["val"], every.train.monitor) > monitor_value(first[1], every.train.monitor)
+    if not kept:
+        model.load_state_dict(first[0])
+    return trainer, fit_metrics, cfg, {**replay_rows, "phase2": {"kept": kept, "epochs": metrics["train"]["epochs"],
+        "best_epoch": metrics["train"]["best_epoch"],
+        "training": {k: getattr(every.train, k) for k in ("batch_size", "epochs", "patience", "monitor", "lr")}}}
 
 
 def _compare(table: TensorTable, new_ids: list[int], names: list[str], tasks: list[str],
@@ -273,7 +260,8 @@ def extend(run_dir: str | Path, data: str | Path, out: str | Path, overrides: li
     """Extend the run in `run_dir` by the scenarios of `data` unseen in its training; write the run `out`
     (see the module's doc). `overrides`: `train.*` items for the extension's training, and `extend.all=true`
     (train every parameter), `extend.scratch=false` (no from-scratch baseline), `extend.replicates=N`,
-    `extend.vocab=auto|all|indicators` (which fields' unseen values get ids). Returns RUN2's metrics (its
+    `extend.vocab=auto|all|indicators` (which fields' unseen values get ids), `extend.replay=R` (every parameter
+    also trains on R of the run's training rows per new one; see `_train`). Returns RUN2's metrics (its
     `extend` block holds the comparison and the training used)."""
     return extend_scored(run_dir, data, out, overrides, console)[0]
 
@@ -288,44 +276,44 @@ def extend_scored(run_dir: str | Path, data: str | Path, out: str | Path, overri
         raise MsrecError(f"{out}: extend never modifies its run; choose another --out")
     check_run_dir_free(out, overwrite=False)
     run = load_run(run_dir)
-    new = _read_new(data, run, as_config(run.config, rest))
+    new = read_new(data, run, as_config(run.config, rest))
     cfg = as_config(run.config, [*training_defaults(run.config, new["train"].num_rows, opts["all"]), *rest])
+    if opts["replay"] < 0:
+        raise MsrecError(f"--set extend.replay={opts['replay']}: expected 0 or more old rows per new one")
     old_s = len(run.encoder.scenario_names)
     if opts["vocab"] not in ("auto", "indicators", "all"):
         raise MsrecError(f"--set extend.vocab={opts['vocab']}: expected auto, indicators or all")
-    grown = run.encoder.grown(new["all"], str(data), _growing_fields(run, new, str(data), opts["vocab"]))
+    grown = run.encoder.grown(new["all"], str(data), growing_fields(run, new, str(data), opts["vocab"]))
     names = grown.scenario_names
     new_ids = list(range(old_s, len(names)))
     if not new_ids:
         raise MsrecError(f"{data}: no scenario unseen in the training of {run_dir} (its scenarios: "
                          f"{', '.join(names[:20])}); extend adds new scenarios, `msrec train` retrains old ones")
     tables = {k: grown.transform(t, f"{data} ({k} split)") for k, t in new.items() if k != "all"}
-    source = _sources(run, grown, tables["train"], old_s)
+    source = sources(run, grown, tables["train"], old_s)
     model, masks = grow_model(run, grown, source)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     test = tables.get("test", tables["val"])
     scores = {"unknown": Scorer(model, names, list(grown.schema.labels)).predict(test).numpy()}
-    if not opts["all"]:
-        _freeze(model, masks)
-    torch.manual_seed(cfg.train.seed)
-    trainer = Trainer(model, cfg.train, names, list(grown.schema.labels), console)
-    fit_metrics, _ = trainer.fit_and_score(EncodedData(grown, tables["train"], tables["val"], tables.get("test")))
-    if not opts["all"]:
-        _restore(model, before, masks)
+    why = " and ".join(w for w, on in (("extend.replay", opts["replay"]), ("the from-scratch baseline", opts["scratch"]))
+                       if on)
+    old = old_splits(run, why) if why else None
+    trainer, fit_metrics, cfg, phases = _train(model, masks, before, opts, cfg, run, rest, grown, tables, old, console)
     metrics = {split: trainer.scorer.evaluate(t) for split, t in (("val", tables["val"]), ("test", tables.get("test")))
                if t is not None}
     scores["extend"] = trainer.scorer.predict(test).numpy()
     if opts["scratch"]:  # the run's own config: what a full retrain would be
-        scores["scratch"] = _scratch(run, run.config, new, new.get("test", new["val"]), console)
+        scores["scratch"] = _scratch(old, run.config, new, new.get("test", new["val"]), console)
     model.cpu()
     for p in model.parameters():
         p.requires_grad_(True)
     metrics.update(train=fit_metrics["train"], model=cfg.model.name, extend={
-        "from": str(Path(run_dir).resolve()), "all": opts["all"], "new_scenarios": [names[s] for s in new_ids],
+        "from": str(Path(run_dir).resolve()), "all": opts["all"], "replay": opts["replay"], **phases,
+        "new_scenarios": [names[s] for s in new_ids],
         "source": {names[s]: names[src] for s, src in zip(new_ids, source, strict=True)},
         "training": {k: getattr(cfg.train, k) for k in ("batch_size", "epochs", "patience", "monitor", "lr")},
         "trained_parameters": sum(int(m.expand_as(before[k]).sum()) for k, m in masks.items())
-        if not opts["all"] else sum(p.numel() for p in model.parameters()),
+        if not (opts["all"] or opts["replay"]) else sum(p.numel() for p in model.parameters()),
         "comparison": _compare(test, new_ids, names, list(grown.schema.labels), scores, opts["replicates"],
                                cfg.train.seed)})
     data_cfg = cfg.data.model_copy(update={"dataset": None, "path": None, "options": {}, "val": None, "test": None,
