@@ -158,6 +158,57 @@ def tiles(args) -> None:
     print("auto chose " + ", ".join(f"C={c} at S={S}" for S, c in chosen.items()))
 
 
+def star_floor(args, sets) -> None:
+    """What STAR's definition costs per step with every scenario present, apart from the rows: for each star
+    layer `W_s * W` formed (the scenarios present), its two gradients (`G * W`, `(G * W_s).sum(0)`) and the
+    fused Adam update of `W_s` and its moments, with PyTorch's own operators: the work that grows with S
+    when every scenario is in every batch. Timed alone next to a full training step; `bound` is the S=100 /
+    S=3 ratio a step would reach if everything else cost at S = S what it costs at S = 3."""
+    from msrec.nn.star import StarLinear
+
+    def weight_work(layers, grads, moments, step):
+        for layer, g, (m, v) in zip(layers, grads, moments, strict=True):
+            ws, w = layer.weight_s.detach().requires_grad_(), layer.weight.detach().requires_grad_()
+            (ws * w).backward(g)
+            torch._fused_adam_([layer.weight_s.data], [ws.grad], [m], [v], [], [step], amsgrad=False, lr=1e-3,
+                               beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, maximize=False)
+
+    times = {(k, S): [] for k in ("step", "weights") for S in args.scenarios}
+    for _ in range(args.repeats):
+        for S in args.scenarios:
+            cfg, spec, batches = sets[S]
+            torch.manual_seed(0)
+            model = build_model("star", spec, {}).train()
+            opt = build_optimizer(model, cfg.train)
+            layers = [m for m in model.modules() if isinstance(m, StarLinear)]
+            grads = [torch.randn_like(layer.weight_s) for layer in layers]
+            moments = [(torch.zeros_like(layer.weight_s), torch.zeros_like(layer.weight_s)) for layer in layers]
+            step = torch.zeros(())
+            for i, b in enumerate(batches):
+                t0 = CLOCKS[args.clock]()
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b), b.labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                t1 = CLOCKS[args.clock]()
+                step += 1
+                weight_work(layers, grads, moments, step)
+                t2 = CLOCKS[args.clock]()
+                if i >= 2:  # warm-up steps left out
+                    times[("step", S)].append(1000 * (t1 - t0))
+                    times[("weights", S)].append(1000 * (t2 - t1))
+            params = sum(layer.weight_s.numel() for layer in layers)
+            print(f"S={S}: {params / 1e6:.2f}M per-scenario weights", file=sys.stderr, flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = args.scenarios[0]
+    print(f"{'S':>6}{'step ms':>10}{'W_s work ms':>13}{'step - W_s work':>17}{'ratio':>8}{'bound':>8}")
+    for S in args.scenarios:
+        bound = med[("step", base)] / (med[("step", base)] + med[("weights", S)] - med[("weights", base)])
+        print(f"{S:>6}{med[('step', S)]:>10.1f}{med[('weights', S)]:>13.1f}"
+              f"{med[('step', S)] - med[('weights', S)]:>17.1f}{med[('step', base)] / med[('step', S)]:>8.2f}"
+              f"{bound:>8.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=600_000)
@@ -169,6 +220,7 @@ def main() -> None:
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     ap.add_argument("--scenario-updates", choices=["row_sparse", "dense"], default="row_sparse")
     ap.add_argument("--tiles", action="store_true")
+    ap.add_argument("--star-floor", action="store_true", help="star's per-scenario weight work alone, per step")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.tiles:
@@ -178,6 +230,8 @@ def main() -> None:
           f"~ 1/(k+1), batch {args.batch_size}, {torch.get_num_threads()} threads, one epoch, "
           f"median of {args.repeats} (interleaved); samples per {args.clock} second; stacked per-scenario "
           f"parameters {args.scenario_updates}")
+    if args.star_floor:
+        return star_floor(args, sets)
     zoo(args, sets)
 
 
