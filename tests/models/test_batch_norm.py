@@ -44,7 +44,7 @@ def test_every_model_trains_on_one_row_slices(name, scenarios):
     spec = make_spec()
     torch.manual_seed(0)
     model = build_model(name, spec, with_batch_norm(name)).train()
-    assert any(isinstance(m, BatchNorm | ScenarioBatchNorm) for m in model.modules()) or name in {"star", "adaptdhm"}
+    assert any(isinstance(m, BatchNorm | ScenarioBatchNorm) for m in model.modules()) or name in {"star", "adaptdhm", "mlora"}
     loss = bce(model, make_batch(spec, scenarios))
     loss.backward()
     assert torch.isfinite(loss)

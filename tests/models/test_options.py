@@ -68,8 +68,8 @@ def test_a_0_1_flat_config_builds_the_0_1_network(case):
 @pytest.mark.parametrize(("name", "part"), [(n, p) for n in sorted(REGISTRY) for p in parts(n)])
 def test_every_nested_part_option_changes_the_network(name, part):
     spec = make_spec(tasks=2)
-    refuses_batch_norm = (name, part) in {("star", "mlp"), ("hmoe", "tower"), ("dynamic_weight", "generator"),
-                                           ("adaptdhm", "mlp")}
+    refuses_batch_norm = (name, part) in {("star", "mlp"), ("mlora", "mlp"), ("hmoe", "tower"),
+                                           ("dynamic_weight", "generator"), ("adaptdhm", "mlp")}
     changed = {"hidden": [7], "dropout": 0.37, "activation": "prelu", "batch_norm": not refuses_batch_norm}
     default, _ = structure(build_model(name, spec))
     model = build_model(name, spec, {part: changed})
