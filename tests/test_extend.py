@@ -14,7 +14,7 @@ import torch
 
 from msrec.api import evaluate, predict, train
 from msrec.errors import MsrecError
-from msrec.extend import MIN_BATCH, STEPS_PER_EPOCH, _freeze, extend, grow_model
+from msrec.extend import MIN_BATCH, REPLAY_LR, STEPS_PER_EPOCH, _freeze, extend, grow_model
 from msrec.extend_data import read_new, sources
 from msrec.runs import load_run
 
@@ -268,3 +268,93 @@ def test_extend_by_a_new_country_of_a_level_shared_model(tmp_path, synthetic_con
     assert new[country].shape[0] == old[country].shape[0] + 1
     assert torch.equal(new[country][:-1], old[country])
     assert not torch.equal(new[country][-1], torch.ones_like(new[country][-1]))  # the new country's part trained
+
+
+def test_replay_source_mixes_fresh_old_rows_into_every_epoch():
+    """`extend.replay=R`: an epoch holds every new row once and R old rows per new one (all the old rows if
+    fewer), the old ones drawn afresh each epoch."""
+    from msrec.data.table import TensorTable
+    from msrec.extend_data import ReplaySource
+
+    def table(n: int, first: int) -> TensorTable:  # row i holds the id first + i
+        ids = torch.arange(first, first + n).unsqueeze(1)
+        return TensorTable(sparse=ids, dense=torch.zeros(n, 1), scenario=torch.zeros(n, dtype=torch.long),
+                           labels=torch.zeros(n, 1), truth=torch.zeros(n, 1))
+
+    source = ReplaySource(table(10, 0), table(100, 1000), ratio=2)
+    generator = torch.Generator().manual_seed(0)
+    epochs = [torch.cat([b.sparse[:, 0] for b in source.batches(7, shuffle=True, generator=generator)])
+              for _ in range(2)]
+    assert len(source) == 30 and source.steps(7) == 5
+    for rows in epochs:
+        assert len(rows) == 30 and sorted(rows[rows < 1000].tolist()) == list(range(10))
+        old = rows[rows >= 1000]
+        assert len(old) == 20 and len(set(old.tolist())) == 20
+    assert set(epochs[0][epochs[0] >= 1000].tolist()) != set(epochs[1][epochs[1] >= 1000].tolist())
+    assert len(ReplaySource(table(10, 0), table(15, 1000), ratio=2)) == 25  # every old row, none twice
+
+
+def test_extend_replay_trains_the_old_scenarios_own_parameters_on_old_rows(files, star_run, tmp_path):
+    """With extend.all, every parameter trains on NEW's rows; only with replay do the old scenarios' own
+    parameters (STAR's per-scenario weights) get a gradient, from the replayed old rows."""
+    old = load_run(star_run)
+    rows = _old_training_rows(old)
+    s_old = len(old.encoder.scenario_names)
+    base = old.model.state_dict()["fcn.layers.0.weight_s"]
+    moved = {}
+    for replay in (0, 1):
+        metrics = extend(star_run, files / "new.csv", tmp_path / f"r{replay}",
+                         ["extend.all=true", f"extend.replay={replay}", "extend.scratch=false", "train.epochs=1"])
+        grown = load_run(tmp_path / f"r{replay}").model.state_dict()["fcn.layers.0.weight_s"]
+        moved[replay] = not torch.equal(grown[:s_old], base)
+        new_rows = _read(files, star_run)["train"].num_rows
+        assert metrics["extend"].get("replay_rows", 0) == (min(rows, new_rows) if replay else 0)
+    assert moved == {0: False, 1: True}
+
+
+def _old_training_rows(run) -> int:
+    from msrec.extend_data import old_splits
+
+    return old_splits(run, "test").tables["train"].num_rows
+
+
+def _read(files, run_dir):
+    run = load_run(run_dir)
+    return read_new(files / "new.csv", run, run.config)
+
+
+@pytest.mark.parametrize("phase2_better", [False, True])
+def test_replay_after_the_new_entries_is_kept_only_if_it_lowers_the_validation_loss(
+        files, star_run, tmp_path, monkeypatch, phase2_better):
+    """`extend.replay` without extend.all: the new entries train first (old entries put back), then everything
+    on new + replayed rows; the second phase is kept only when the new scenario's validation improves, else
+    the model is the first phase's and the old scenarios score bit for bit as before."""
+    import importlib
+
+    verdicts = iter([1.0, 0.0] if phase2_better else [0.0, 1.0])  # phase 2's value, then phase 1's
+    monkeypatch.setattr(importlib.import_module("msrec.extend"), "monitor_value", lambda report, monitor: next(verdicts))
+    metrics = extend(star_run, files / "new.csv", tmp_path / "run2",
+                     ["extend.replay=1", "extend.scratch=false", "train.epochs=1"])
+    phase2 = metrics["extend"]["phase2"]
+    lr = load_run(star_run).config.train.lr
+    assert phase2["kept"] is phase2_better and phase2["training"]["lr"] == pytest.approx(REPLAY_LR * lr)
+    assert metrics["extend"]["training"]["lr"] == pytest.approx(10 * lr)  # phase 1's
+    same = predict(star_run, files / "old.csv", keep_columns=False).equals(
+        predict(tmp_path / "run2", files / "old.csv", keep_columns=False))
+    assert same is not phase2_better
+
+
+def test_replay_errors_and_the_default_path_needs_no_old_rows(files, synthetic_config, tmp_path):
+    import shutil
+
+    shutil.copy(files / "old.csv", tmp_path / "gone.csv")
+    config = synthetic_config(data={"train": str(tmp_path / "gone.csv"), "scenario_features": ["scenario"]},
+                              model={"name": "star", "embed_dim": 4, "hidden": [8]}, train={"epochs": 1})
+    run = train(config, out=tmp_path / "run").run_dir
+    with pytest.raises(MsrecError, match="extend.replay=-1"):
+        extend(run, files / "new.csv", tmp_path / "a", ["extend.replay=-1", "extend.scratch=false"])
+    (tmp_path / "gone.csv").unlink()
+    with pytest.raises(MsrecError, match=r"gone\.csv: the training data of the run cannot be read.*extend.replay"):
+        extend(run, files / "new.csv", tmp_path / "b", ["extend.replay=1", "extend.scratch=false"])
+    metrics = extend(run, files / "new.csv", tmp_path / "c", ["extend.scratch=false", "train.epochs=1"])
+    assert metrics["extend"]["replay"] == 0 and "phase2" not in metrics["extend"]
