@@ -85,7 +85,8 @@ def extend(run_dir: Path, data: Annotated[Path, typer.Option(help="CSV/Parquet r
            out_dir: Annotated[Path, typer.Option("--out", help="Run directory to write (RUN is never modified)")],
            set_: Annotated[list[str] | None, typer.Option("--set", help="train.* for the extension, or extend.all=true "
                                                           "/ extend.scratch=false / extend.replicates=N / "
-                                                          "extend.vocab=auto|indicators|all")] = None):
+                                                          "extend.vocab=auto|indicators|all / "
+                                                          "extend.replay=R")] = None):
     """Add the scenarios of DATA unseen in RUN_DIR's training (docs/scenarios.md, "Onboarding a new scenario")."""
     from msrec.extend import extend as run_extend
 
