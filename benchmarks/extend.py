@@ -30,9 +30,11 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from msrec.api import train
+from msrec.api import evaluate, train
+from msrec.data.prepare import load_splits
 from msrec.extend import extend, extend_scored
 from msrec.report.stats import paired_difference, replicate_metrics, weighted_auc
+from msrec.runs import load_run
 
 REPLICATES = 1000
 SYNTHETIC_ROWS = 40_000
@@ -108,11 +110,17 @@ def one_seed(args, schema: dict, seed: int) -> dict[str, np.ndarray]:
     found["scratch"] = kept["scratch"]
     val = metrics["val"]["overall"]  # the extension's validation figures: what variants are chosen on
     found["val"] = np.array([val["auc"], val["logloss"]])
+    old_test = args.out / f"old-test-{seed}.parquet"  # the old run's own test rows: what the old scenarios lose
+    if not old_test.exists():
+        pq.write_table(load_splits(load_run(run).config.data, seed).tables["test"], old_test)
+    before, after = evaluate(run, old_test), evaluate(run2, old_test)
+    found["old"] = np.array([before["macro_auc"], after["macro_auc"], before["overall"]["auc"], after["overall"]["auc"]])
     np.savez(args.out / f"{args.label}-{seed}.npz", **found)  # this extension's compared rows
     phase2 = metrics["extend"].get("phase2")
     print(f"seed {seed}: source {metrics['extend']['source']}, training {metrics['extend']['training']}, "
           f"epochs {metrics['train']['epochs']} (best {metrics['train']['best_epoch']}), "
           + (f"phase 2 {phase2}, " if phase2 else "") + f"val auc {val['auc']:.4f} logloss {val['logloss']:.4f}, "
+          f"old scenarios' macro AUC {found['old'][0]:.4f} -> {found['old'][1]:.4f}, "
           + ", ".join(f"{m} {auc(found['labels'], found[m]):.4f}" for m in ("unknown", "extend", "scratch")),
           flush=True)
     return found
@@ -126,7 +134,11 @@ def pooled(per_seed: dict[int, dict[str, np.ndarray]]) -> dict:
     """Each model's AUC averaged over the seeds; extend minus each baseline with its paired interval."""
     out = {"seeds": sorted(per_seed), "test_rows": {s: len(r["labels"]) for s, r in per_seed.items()},
            "extend_val_auc": float(np.mean([r["val"][0] for r in per_seed.values()])),
-           "extend_val_logloss": float(np.mean([r["val"][1] for r in per_seed.values()]))}
+           "extend_val_logloss": float(np.mean([r["val"][1] for r in per_seed.values()])),
+           # the old scenarios on the old run's test rows, before and after the extension (mean over seeds)
+           "old_macro_auc": [float(np.mean([r["old"][i] for r in per_seed.values()])) for i in (0, 1)],
+           "old_auc": [float(np.mean([r["old"][i] for r in per_seed.values()])) for i in (2, 3)],
+           "old_macro_auc_change_per_seed": [round(float(r["old"][1] - r["old"][0]), 4) for r in per_seed.values()]}
     reps = {}
     for seed, rows in per_seed.items():
         one = np.zeros(len(rows["labels"]), dtype=np.int64)
