@@ -21,9 +21,9 @@ from msrec.schema import FeatureSpec, ScenarioLevels
 COMBINATIONS = {"A/x": [1, 1], "A/y": [1, 2], "B/x": [2, 1], "C/y": [3, 2], "B/*": [2, 0]}
 LEVELS = ScenarioLevels(["country", "placement"], [["A", "B", "C"], ["x", "y"]], list(COMBINATIONS.values()))
 A_X, A_Y, B_X, C_Y, B_ANY = range(5)
-MODELS = ["star", "split_merge", "mmoe", "hmoe", "ple"]
+MODELS = ["star", "split_merge", "mmoe", "hmoe", "ple", "mlora"]
 # hmoe mixes every combination's tower into each row's score: with top_k 1 a row reads its own tower only
-OPTIONS = {"star": {}, "split_merge": {}, "mmoe": {}, "hmoe": {"top_k": 1}, "ple": {"specific_experts": 2}}
+OPTIONS = {"star": {}, "split_merge": {}, "mmoe": {}, "hmoe": {"top_k": 1}, "ple": {"specific_experts": 2}, "mlora": {}}
 
 
 def spec(levels: ScenarioLevels | None = LEVELS) -> FeatureSpec:
@@ -45,7 +45,7 @@ def batch(scenario: list[int], seed: int = 0) -> Batch:
 
 def per_scenario(name: str) -> bool:
     """The level parts and the combinations' own slices (not the shared network, nor per-combination norms)."""
-    return ".parts." in name or name.endswith(("weight_s", "bias_s")) or name.startswith(
+    return ".parts." in name or name.endswith(("weight_s", "bias_s", ".down", ".up")) or name.startswith(
         ("towers.weight.", "towers.bias.", "gates.weight", "gates.bias")) or (
         name.startswith("levels.") and (".specific.weight." in name or ".specific.bias." in name
                                         or ".gates.weight" in name or ".gates.bias" in name))
@@ -158,7 +158,7 @@ def grown_spec(values: list[list[str]], new: list[int]) -> FeatureSpec:
     return grown
 
 
-@pytest.mark.parametrize("name", ["star", "split_merge"])
+@pytest.mark.parametrize("name", ["star", "split_merge", "mlora"])
 def test_extend_grows_new_combinations_and_new_level_values(name):
     """msrec extend's growth (`grow_model`): a new combination of known values gets its own part (a copy of its
     source's) and reads its levels' trained parts; a new level value gets level parts of its own (the identity
@@ -187,7 +187,7 @@ def test_extend_grows_new_combinations_and_new_level_values(name):
     assert not any(key.endswith(".parts.1") for key in masks)  # no new placement
 
 
-@pytest.mark.parametrize("name", ["star", "split_merge"])
+@pytest.mark.parametrize("name", ["star", "split_merge", "mlora"])
 def test_a_traced_level_shared_model_scores_other_batches_as_the_model(name):
     """Export traces every row as its own tile: the per-tile composition, for any batch."""
     model = build_model(name, spec()).eval()

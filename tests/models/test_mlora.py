@@ -15,11 +15,6 @@ def build(spec, **options):
     return build_model("mlora", spec, {"mlp": {"hidden": [16, 8], "dropout": 0.0}, **options})
 
 
-def adapters(model, s):
-    """Scenario s's slices of every adapter tensor."""
-    return [t[s] for layer in model.layers for t in (layer.down, layer.up, layer.bias_s)]
-
-
 def randomize_adapters(model):
     with torch.no_grad():
         for layer in model.layers:
@@ -109,3 +104,31 @@ def test_multi_task_one_head_per_task():
 def test_learns_on_synthetic_data():
     before, after = learns("mlora")
     assert after > before + 0.08 and after > 0.6, (before, after)
+
+
+def test_hierarchical_adapters_compose_by_level_and_each_row_uses_its_combinations():
+    from test_levels import A_X, A_Y, B_ANY, B_X, C_Y, batch, spec
+
+    torch.manual_seed(0)
+    model = build_model("mlora", spec(), {"mlp": {"hidden": [16, 8], "dropout": 0.0}, "rank": 2}).eval()
+    layer = model.layers[0]
+    with torch.no_grad():
+        before = [layer.scenario_weight(s)[0].clone() for s in range(5)]
+        layer.levels["up"].parts[0][1].normal_()  # country A's factor B_A
+        after = [layer.scenario_weight(s)[0] for s in range(5)]
+    changed = [not torch.equal(a, b) for a, b in zip(before, after, strict=True)]
+    assert changed == [s in (A_X, A_Y) for s in range(5)]  # A/x and A/y hold country A; B/x, C/y, B/* do not
+    assert all(torch.linalg.matrix_rank(w - layer.shared.weight) <= 2 for w in after)
+    with torch.no_grad():
+        for part in (*model.layers[1].levels["up"].parts, *model.layers[1].levels["down"].parts):
+            part.normal_()
+        rows = batch([B_X, A_X, C_Y, B_ANY, A_Y, A_X])
+        h = model.embedding.flat(rows)
+        expected = []
+        for i, s in enumerate(rows.scenario.tolist()):
+            x = h[i:i + 1]
+            for each in model.layers:
+                weight, bias = each.scenario_weight(s)
+                x = torch.relu(torch.nn.functional.linear(x, weight, bias))
+            expected.append(model.out(x))
+        torch.testing.assert_close(model(rows), torch.cat(expected))

@@ -16,6 +16,7 @@ default 16: ranks 16 and 8 for [256, 128]); `A_s` drawn as a linear layer's weig
 dropout after each hidden activation, as every msrec MLP (the public code drops the shared branch's output
 before adding the adapter's); shared and adapter parts train together (the public code's default; its
 pretrain-then-freeze variants are not built); no normalization (the public configs' `norm: none`).
+A hierarchical scenario composes each combination's adapter factors from its level values' (nn.lora).
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from torch import Tensor, nn
 from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register, without_batch_norm
 from msrec.nn import FeatureEmbedding, MLPOptions, ScenarioRouting
+from msrec.nn.levels import LevelSharingOptions, shared_levels
 from msrec.nn.lora import ScenarioLoRALinear, lora_rank
 from msrec.nn.mlp import ACTIVATIONS
 from msrec.schema import FeatureSpec
 
 
-class MLoRAOptions(ModelOptions):
+class MLoRAOptions(LevelSharingOptions, ModelOptions):
     search_space = ModelOptions.search_space | {"model.rank_reduce": {"choices": [4, 8, 16, 32]}}
     mlp: Annotated[MLPOptions, without_batch_norm("the adapted layers have no normalization")] = part(
         [256, 128], dropout=0.2)
@@ -52,8 +54,10 @@ class MLoRA(nn.Module):
         self.num_scenarios = spec.num_scenarios
         self.embedding = FeatureEmbedding(spec, options.embed_dim, options.backbone)
         dims = [self.embedding.flat_dim, *options.mlp.hidden]
+        levels = shared_levels(spec, options)
         self.layers = nn.ModuleList(
-            ScenarioLoRALinear(a, b, lora_rank(b, options.rank, options.rank_reduce), spec.num_scenarios)
+            ScenarioLoRALinear(a, b, lora_rank(b, options.rank, options.rank_reduce), spec.num_scenarios, levels,
+                               options.combination_part)
             for a, b in pairwise(dims))
         self.act = ACTIVATIONS[options.mlp.activation]()
         self.dropout = nn.Dropout(options.mlp.dropout)  # its rate; applied over tiles by routing.dropout
