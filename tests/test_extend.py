@@ -342,6 +342,8 @@ def test_replay_after_the_new_entries_is_kept_only_if_it_lowers_the_validation_l
     same = predict(star_run, files / "old.csv", keep_columns=False).equals(
         predict(tmp_path / "run2", files / "old.csv", keep_columns=False))
     assert same is not phase2_better
+    every = sum(p.numel() for p in load_run(tmp_path / "run2").model.parameters())
+    assert (metrics["extend"]["trained_parameters"] == every) is phase2_better
 
 
 def test_replay_errors_and_the_default_path_needs_no_old_rows(files, synthetic_config, tmp_path):

@@ -318,7 +318,8 @@ def extend_scored(run_dir: str | Path, data: str | Path, out: str | Path, overri
         "source": {names[s]: names[src] for s, src in zip(new_ids, source, strict=True)},
         "training": {k: getattr(cfg.train, k) for k in ("batch_size", "epochs", "patience", "monitor", "lr")},
         "trained_parameters": sum(int(m.expand_as(before[k]).sum()) for k, m in masks.items())
-        if not (opts["all"] or opts["replay"]) else sum(p.numel() for p in model.parameters()),
+        if not (opts["all"] or phases.get("phase2", {}).get("kept", opts["replay"]))
+        else sum(p.numel() for p in model.parameters()),
         "comparison": _compare(test, new_ids, names, list(grown.schema.labels), scores, opts["replicates"],
                                cfg.train.seed)})
     data_cfg = cfg.data.model_copy(update={"dataset": None, "path": None, "options": {}, "val": None, "test": None,
