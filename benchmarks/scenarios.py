@@ -16,9 +16,14 @@ size forced: 1 (every row gathers its own scenario's weights), 4 ... 256, the la
 (`nn.routing.tile_size`); all with the grouped matmul where it applies, and `auto, bmm` the per-batch choice
 with a batched matmul of per-tile weights (every layer before the grouped matmul).
 
+`--star-floor` / `--separate-floor` time that model's per-scenario work alone (star: `W_s * W`, its gradients and
+their Adam update; separate: its stacked MLPs forward, backward and update) next to each training step, and print
+`bound`: the S=100 / S=3 ratio the model would reach if nothing but that work grew with S.
+
     python benchmarks/scenarios.py [--rows 600000] [--batch-size 4096] [--repeats 3] [--scenarios 3 10 100 1000]
                                    [--models dnn star ...] [--threads 2] [--clock wall|cpu]
                                    [--scenario-updates row_sparse|dense] [--tiles]
+                                   [--star-floor | --separate-floor]
 """
 
 from __future__ import annotations
@@ -163,8 +168,22 @@ def star_floor(args, sets) -> None:
     layer `W_s * W` formed (the scenarios present), its two gradients (`G * W`, `(G * W_s).sum(0)`) and the
     fused Adam update of `W_s` and its moments, with PyTorch's own operators: the work that grows with S
     when every scenario is in every batch. Timed alone next to a full training step; `bound` is the S=100 /
-    S=3 ratio a step would reach if everything else cost at S = S what it costs at S = 3."""
+    S=3 ratio a step would reach if everything else cost at S = S what it costs at S = 3. `matmuls` times the
+    star layers' matmuls alone (forward and backward over the batch's tiles, `ScenarioRouting.linear_of`, with
+    fixed weights per scenario present: no `W_s` work), whose small per-scenario GEMMs also grow with the
+    scenarios present; `bound, both`: the ratio if only these two grew with S."""
+    from msrec.nn import ScenarioRouting
     from msrec.nn.star import StarLinear
+
+    def matmuls(inputs, b, S):
+        """`inputs`: per star layer, rows `[batch, in]` and weights `[S, out, in]` drawn beforehand."""
+        routing = ScenarioRouting.of(b, S)
+        present = routing.present().num_tiles
+        for rows, weights in inputs:
+            tiles = routing.pack(rows[:len(b)]).requires_grad_()
+            weight = weights[:present].detach().requires_grad_()
+            out = routing.linear_of(tiles, lambda r, w=weight: w)
+            out.backward(torch.ones_like(out))
 
     def weight_work(layers, grads, moments, step):
         for layer, g, (m, v) in zip(layers, grads, moments, strict=True):
@@ -173,7 +192,7 @@ def star_floor(args, sets) -> None:
             torch._fused_adam_([layer.weight_s.data], [ws.grad], [m], [v], [], [step], amsgrad=False, lr=1e-3,
                                beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, maximize=False)
 
-    times = {(k, S): [] for k in ("step", "weights") for S in args.scenarios}
+    times = {(k, S): [] for k in ("step", "weights", "matmuls") for S in args.scenarios}
     for _ in range(args.repeats):
         for S in args.scenarios:
             cfg, spec, batches = sets[S]
@@ -184,6 +203,8 @@ def star_floor(args, sets) -> None:
             grads = [torch.randn_like(layer.weight_s) for layer in layers]
             moments = [(torch.zeros_like(layer.weight_s), torch.zeros_like(layer.weight_s)) for layer in layers]
             step = torch.zeros(())
+            inputs = [(torch.randn(args.batch_size, layer.weight.shape[1]), torch.randn_like(layer.weight_s))
+                      for layer in layers]
             for i, b in enumerate(batches):
                 t0 = CLOCKS[args.clock]()
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b), b.labels)
@@ -194,19 +215,75 @@ def star_floor(args, sets) -> None:
                 step += 1
                 weight_work(layers, grads, moments, step)
                 t2 = CLOCKS[args.clock]()
+                matmuls(inputs, b, S)
+                t3 = CLOCKS[args.clock]()
                 if i >= 2:  # warm-up steps left out
                     times[("step", S)].append(1000 * (t1 - t0))
                     times[("weights", S)].append(1000 * (t2 - t1))
+                    times[("matmuls", S)].append(1000 * (t3 - t2))
             params = sum(layer.weight_s.numel() for layer in layers)
             print(f"S={S}: {params / 1e6:.2f}M per-scenario weights", file=sys.stderr, flush=True)
+    print_floor(args, times, "W_s work", "matmuls")
+
+
+def separate_floor(args, sets) -> None:
+    """What separate's per-scenario MLPs cost per step: the stacked MLP (`model.mlp`, nn.towers.ScenarioMLP)
+    alone, forward and backward over the batch's own routing from the embedded batch (no gradient to the tables),
+    and the row-sparse Adam update of its stacked weights, timed next to each full training step. At S = 100
+    every scenario is in every batch: the grouped matmuls read each scenario's weights and write its gradient,
+    Adam reads and writes weights and moments. `bound`: the S=100 / S=3 ratio if the rest of the step (the
+    per-scenario tables included) cost at S = 100 what it costs at S = 3."""
+    from msrec.nn import ScenarioRouting
+
+    times = {(k, S): [] for k in ("step", "weights") for S in args.scenarios}
+    for _ in range(args.repeats):
+        for S in args.scenarios:
+            cfg, spec, batches = sets[S]
+            torch.manual_seed(0)
+            model = build_model("separate", spec, {}).train()
+            opt = build_optimizer(model, cfg.train)
+            stacked = opt.parts["scenarios"]  # RowSparseAdam over the MLPs' stacked weights
+            for i, b in enumerate(batches):
+                t0 = CLOCKS[args.clock]()
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b), b.labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                t1 = CLOCKS[args.clock]()
+                with torch.no_grad():
+                    x = model.embedding.flat(model.own_ids(b))
+                t2 = CLOCKS[args.clock]()
+                out = model.mlp(x.requires_grad_(), ScenarioRouting.of(b, S))
+                stacked.zero_grad(set_to_none=True)
+                out.backward(torch.full_like(out, 1 / len(b)))
+                stacked.step()
+                t3 = CLOCKS[args.clock]()
+                if i >= 2:  # warm-up steps left out
+                    times[("step", S)].append(1000 * (t1 - t0))
+                    times[("weights", S)].append(1000 * (t3 - t2))
+            params = sum(p.numel() for p in model.mlp.parameters())
+            print(f"S={S}: {params / 1e6:.2f}M per-scenario MLP weights", file=sys.stderr, flush=True)
+    print_floor(args, times, "MLP work")
+
+
+def print_floor(args, times, work: str, second: str | None = None) -> None:
+    """Per S: the step, the timed work (and a second one), and the S=3 step / step ratio with `bound`: the ratio
+    if only the step minus that work stayed at its S=3 cost (`bound, both`: minus both works)."""
     med = {k: statistics.median(v) for k, v in times.items()}
     base = args.scenarios[0]
-    print(f"{'S':>6}{'step ms':>10}{'W_s work ms':>13}{'step - W_s work':>17}{'ratio':>8}{'bound':>8}")
+    extra = f"{second + ' ms':>13}" if second else ""
+    print(f"{'S':>6}{'step ms':>10}{work + ' ms':>13}{extra}{'step - ' + work:>17}{'ratio':>8}{'bound':>8}"
+          + (f"{'bound, both':>13}" if second else ""))
+
+    def bound(S, keys):
+        grown = sum(med[(k, S)] - med[(k, base)] for k in keys)
+        return med[("step", base)] / (med[("step", base)] + grown)
+
     for S in args.scenarios:
-        bound = med[("step", base)] / (med[("step", base)] + med[("weights", S)] - med[("weights", base)])
-        print(f"{S:>6}{med[('step', S)]:>10.1f}{med[('weights', S)]:>13.1f}"
+        cells = f"{med[('matmuls', S)]:>13.1f}" if second else ""
+        print(f"{S:>6}{med[('step', S)]:>10.1f}{med[('weights', S)]:>13.1f}{cells}"
               f"{med[('step', S)] - med[('weights', S)]:>17.1f}{med[('step', base)] / med[('step', S)]:>8.2f}"
-              f"{bound:>8.2f}")
+              f"{bound(S, ['weights']):>8.2f}" + (f"{bound(S, ['weights', 'matmuls']):>13.2f}" if second else ""))
 
 
 def main() -> None:
@@ -221,6 +298,7 @@ def main() -> None:
     ap.add_argument("--scenario-updates", choices=["row_sparse", "dense"], default="row_sparse")
     ap.add_argument("--tiles", action="store_true")
     ap.add_argument("--star-floor", action="store_true", help="star's per-scenario weight work alone, per step")
+    ap.add_argument("--separate-floor", action="store_true", help="separate's per-scenario MLPs alone, per step")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.tiles:
@@ -232,6 +310,8 @@ def main() -> None:
           f"parameters {args.scenario_updates}")
     if args.star_floor:
         return star_floor(args, sets)
+    if args.separate_floor:
+        return separate_floor(args, sets)
     zoo(args, sets)
 
 

@@ -47,3 +47,11 @@ def test_scenarios_prints_a_row_per_model_with_a_speed_per_scenario_count():
                "--models", "dnn", "split_merge", "hmoe")
     for label in ("dnn", "split_merge", "hmoe", r"hmoe\[top_k=4\]"):
         assert re.search(rf"^{label}\s+[\d,]+\s+[\d,]+\s+\d+\.\d\d\s+[\d.]+M / [\d.]+M$", out, re.MULTILINE), out
+
+
+def test_floors_print_a_bound_per_scenario_count():
+    for flag in ("--star-floor", "--separate-floor"):
+        out = _run("scenarios.py", "--rows", "3000", "--batch-size", "512", "--repeats", "1", "--scenarios", "3", "20",
+                   flag)
+        for S in (3, 20):
+            assert re.search(rf"^\s+{S}(\s+\d+\.\d){{3,4}}(\s+\d+\.\d\d){{2,3}}$", out, re.MULTILINE), out
