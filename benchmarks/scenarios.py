@@ -163,6 +163,35 @@ def tiles(args) -> None:
     print("auto chose " + ", ".join(f"C={c} at S={S}" for S, c in chosen.items()))
 
 
+def timed_floor(args, sets, name: str, works_of) -> dict:
+    """Per repeat and S: `name` trained one epoch, each training step timed, and after it each of the works that
+    `works_of(model, optimizer, S)` returns (`{key: work(batch)}`) timed alone on the same batch. Returns the
+    times in ms by (key, S), `step` the training step's; the first 2 steps are left out (warm-up)."""
+    times: dict = {}
+    for _ in range(args.repeats):
+        for S in args.scenarios:
+            cfg, spec, batches = sets[S]
+            torch.manual_seed(0)
+            model = build_model(name, spec, {}).train()
+            opt = build_optimizer(model, cfg.train)
+            works = works_of(model, opt, S)
+            for i, b in enumerate(batches):
+                t0 = CLOCKS[args.clock]()
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b), b.labels)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                spent = {"step": CLOCKS[args.clock]() - t0}
+                for key, work in works.items():
+                    t0 = CLOCKS[args.clock]()
+                    work(b)
+                    spent[key] = CLOCKS[args.clock]() - t0
+                if i >= 2:
+                    for key, seconds in spent.items():
+                        times.setdefault((key, S), []).append(1000 * seconds)
+    return times
+
+
 def star_floor(args, sets) -> None:
     """What STAR's definition costs per step with every scenario present, apart from the rows: for each star
     layer `W_s * W` formed (the scenarios present), its two gradients (`G * W`, `(G * W_s).sum(0)`) and the
@@ -175,55 +204,37 @@ def star_floor(args, sets) -> None:
     from msrec.nn import ScenarioRouting
     from msrec.nn.star import StarLinear
 
-    def matmuls(inputs, b, S):
-        """`inputs`: per star layer, rows `[batch, in]` and weights `[S, out, in]` drawn beforehand."""
-        routing = ScenarioRouting.of(b, S)
-        present = routing.present().num_tiles
-        for rows, weights in inputs:
-            tiles = routing.pack(rows[:len(b)]).requires_grad_()
-            weight = weights[:present].detach().requires_grad_()
-            out = routing.linear_of(tiles, lambda r, w=weight: w)
-            out.backward(torch.ones_like(out))
+    def works_of(model, opt, S):
+        layers = [m for m in model.modules() if isinstance(m, StarLinear)]
+        grads = [torch.randn_like(layer.weight_s) for layer in layers]
+        moments = [(torch.zeros_like(layer.weight_s), torch.zeros_like(layer.weight_s)) for layer in layers]
+        step = torch.zeros(())
+        # per layer, rows [batch, in] and weights [S, out, in] drawn beforehand
+        inputs = [(torch.randn(args.batch_size, layer.weight.shape[1]), torch.randn_like(layer.weight_s))
+                  for layer in layers]
+        print(f"S={S}: {sum(layer.weight_s.numel() for layer in layers) / 1e6:.2f}M per-scenario weights",
+              file=sys.stderr, flush=True)
 
-    def weight_work(layers, grads, moments, step):
-        for layer, g, (m, v) in zip(layers, grads, moments, strict=True):
-            ws, w = layer.weight_s.detach().requires_grad_(), layer.weight.detach().requires_grad_()
-            (ws * w).backward(g)
-            torch._fused_adam_([layer.weight_s.data], [ws.grad], [m], [v], [], [step], amsgrad=False, lr=1e-3,
-                               beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, maximize=False)
+        def weight_work(b):
+            step.add_(1)
+            for layer, g, (m, v) in zip(layers, grads, moments, strict=True):
+                ws, w = layer.weight_s.detach().requires_grad_(), layer.weight.detach().requires_grad_()
+                (ws * w).backward(g)
+                torch._fused_adam_([layer.weight_s.data], [ws.grad], [m], [v], [], [step], amsgrad=False, lr=1e-3,
+                                   beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, maximize=False)
 
-    times = {(k, S): [] for k in ("step", "weights", "matmuls") for S in args.scenarios}
-    for _ in range(args.repeats):
-        for S in args.scenarios:
-            cfg, spec, batches = sets[S]
-            torch.manual_seed(0)
-            model = build_model("star", spec, {}).train()
-            opt = build_optimizer(model, cfg.train)
-            layers = [m for m in model.modules() if isinstance(m, StarLinear)]
-            grads = [torch.randn_like(layer.weight_s) for layer in layers]
-            moments = [(torch.zeros_like(layer.weight_s), torch.zeros_like(layer.weight_s)) for layer in layers]
-            step = torch.zeros(())
-            inputs = [(torch.randn(args.batch_size, layer.weight.shape[1]), torch.randn_like(layer.weight_s))
-                      for layer in layers]
-            for i, b in enumerate(batches):
-                t0 = CLOCKS[args.clock]()
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b), b.labels)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                t1 = CLOCKS[args.clock]()
-                step += 1
-                weight_work(layers, grads, moments, step)
-                t2 = CLOCKS[args.clock]()
-                matmuls(inputs, b, S)
-                t3 = CLOCKS[args.clock]()
-                if i >= 2:  # warm-up steps left out
-                    times[("step", S)].append(1000 * (t1 - t0))
-                    times[("weights", S)].append(1000 * (t2 - t1))
-                    times[("matmuls", S)].append(1000 * (t3 - t2))
-            params = sum(layer.weight_s.numel() for layer in layers)
-            print(f"S={S}: {params / 1e6:.2f}M per-scenario weights", file=sys.stderr, flush=True)
-    print_floor(args, times, "W_s work", "matmuls")
+        def matmuls(b):
+            routing = ScenarioRouting.of(b, S)
+            present = routing.present().num_tiles
+            for rows, weights in inputs:
+                tiles = routing.pack(rows[:len(b)]).requires_grad_()
+                weight = weights[:present].detach().requires_grad_()
+                out = routing.linear_of(tiles, lambda r, w=weight: w)
+                out.backward(torch.ones_like(out))
+
+        return {"weights": weight_work, "matmuls": matmuls}
+
+    print_floor(args, timed_floor(args, sets, "star", works_of), "W_s work", "matmuls")
 
 
 def separate_floor(args, sets) -> None:
@@ -235,35 +246,22 @@ def separate_floor(args, sets) -> None:
     per-scenario tables included) cost at S = 100 what it costs at S = 3."""
     from msrec.nn import ScenarioRouting
 
-    times = {(k, S): [] for k in ("step", "weights") for S in args.scenarios}
-    for _ in range(args.repeats):
-        for S in args.scenarios:
-            cfg, spec, batches = sets[S]
-            torch.manual_seed(0)
-            model = build_model("separate", spec, {}).train()
-            opt = build_optimizer(model, cfg.train)
-            stacked = opt.parts["scenarios"]  # RowSparseAdam over the MLPs' stacked weights
-            for i, b in enumerate(batches):
-                t0 = CLOCKS[args.clock]()
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(b), b.labels)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                t1 = CLOCKS[args.clock]()
-                with torch.no_grad():
-                    x = model.embedding.flat(model.own_ids(b))
-                t2 = CLOCKS[args.clock]()
-                out = model.mlp(x.requires_grad_(), ScenarioRouting.of(b, S))
-                stacked.zero_grad(set_to_none=True)
-                out.backward(torch.full_like(out, 1 / len(b)))
-                stacked.step()
-                t3 = CLOCKS[args.clock]()
-                if i >= 2:  # warm-up steps left out
-                    times[("step", S)].append(1000 * (t1 - t0))
-                    times[("weights", S)].append(1000 * (t3 - t2))
-            params = sum(p.numel() for p in model.mlp.parameters())
-            print(f"S={S}: {params / 1e6:.2f}M per-scenario MLP weights", file=sys.stderr, flush=True)
-    print_floor(args, times, "MLP work")
+    def works_of(model, opt, S):
+        stacked = opt.parts["scenarios"]  # RowSparseAdam over the MLPs' stacked weights
+        print(f"S={S}: {sum(p.numel() for p in model.mlp.parameters()) / 1e6:.2f}M per-scenario MLP weights",
+              file=sys.stderr, flush=True)
+
+        def mlp_work(b):
+            with torch.no_grad():
+                x = model.embedding.flat(model.own_ids(b))
+            out = model.mlp(x.requires_grad_(), ScenarioRouting.of(b, S))
+            stacked.zero_grad(set_to_none=True)
+            out.backward(torch.full_like(out, 1 / len(b)))
+            stacked.step()
+
+        return {"weights": mlp_work}
+
+    print_floor(args, timed_floor(args, sets, "separate", works_of), "MLP work")
 
 
 def print_floor(args, times, work: str, second: str | None = None) -> None:
