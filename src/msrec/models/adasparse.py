@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register
 from msrec.nn import MLP, FeatureEmbedding, MLPOptions
+from msrec.nn.mlp import Dropout
 from msrec.schema import FeatureSpec
 
 
@@ -122,7 +123,7 @@ class AdaSparse(nn.Module):
             self.layers.append(MLP(dim, [width], activation=o.mlp.activation, batch_norm=o.mlp.batch_norm))
             self.pruners.append(Pruner(z_dim + dim, width, o))
             dim = width
-        self.dropout = nn.Dropout(o.mlp.dropout)
+        self.dropout = Dropout(o.mlp.dropout)
         self.out = nn.Linear(dim, spec.num_tasks)
         self.register_buffer("alpha", torch.tensor(o.alpha_start))
 

@@ -39,7 +39,7 @@ from msrec.models.registry import ModelOptions, part, register
 from msrec.nn import FeatureEmbedding, MLPOptions
 from msrec.nn.hyper import CoreGenerator, LowRankCoreLinear
 from msrec.nn.meta import condition
-from msrec.nn.mlp import ACTIVATIONS, BatchNorm
+from msrec.nn.mlp import ACTIVATIONS, BatchNorm, Dropout
 from msrec.schema import FeatureSpec
 
 
@@ -81,7 +81,7 @@ class APG(nn.Module):
                                         for a in dims[:-1])
         self.norms = nn.ModuleList(BatchNorm(b) if o.mlp.batch_norm else nn.Identity() for b in dims[1:])
         self.act = ACTIVATIONS[o.mlp.activation]()
-        self.dropout = nn.Dropout(o.mlp.dropout)
+        self.dropout = Dropout(o.mlp.dropout)
         self.out = nn.Linear(dims[-1], spec.num_tasks)
 
     def _core(self, k: int, z: Tensor, groups, h: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register, without_batch_norm
 from msrec.nn import MLP, FeatureEmbedding, MLPOptions
 from msrec.nn.meta import MetaMLP, condition
+from msrec.nn.mlp import Dropout
 from msrec.schema import FeatureSpec
 
 
@@ -75,7 +76,7 @@ class DynamicWeight(nn.Module):
             in_dim = self.embedding.flat_dim
         self.generated = MetaMLP(cond_dim, [in_dim, *o.generated], o.mlp.activation, o.generator, o.rank,
                                  o.generated_bias)
-        self.dropout = nn.Dropout(o.mlp.dropout)
+        self.dropout = Dropout(o.mlp.dropout)
         if o.position == "output":
             self.head = nn.Linear(o.generated[-1], spec.num_tasks)
         else:

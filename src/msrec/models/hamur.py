@@ -45,6 +45,7 @@ from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register, with_layers
 from msrec.nn import MLP, FeatureEmbedding, MLPOptions
 from msrec.nn.hyper import CoreGenerator, LowRankCoreLinear
+from msrec.nn.mlp import Dropout
 from msrec.nn.norm import PartitionedNorm
 from msrec.schema import FeatureSpec
 
@@ -101,7 +102,7 @@ class Hamur(nn.Module):
             if i in chosen:
                 self.adapters[str(i)] = AdapterCell(width, o.bottleneck, o.rank, spec.num_scenarios, o.domain_norm)
             dim = width
-        self.dropout = nn.Dropout(o.mlp.dropout)
+        self.dropout = Dropout(o.mlp.dropout)
         self.out = nn.Linear(dim, spec.num_tasks)
         self.hyper = CoreGenerator(self.embedding.flat_dim, o.rank, o.hyper)
 

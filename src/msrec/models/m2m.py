@@ -32,7 +32,7 @@ from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register, with_layers
 from msrec.nn import MLP, FeatureEmbedding, MLPOptions
 from msrec.nn.meta import ConditionGroups, MetaMLP, condition
-from msrec.nn.mlp import ACTIVATIONS
+from msrec.nn.mlp import ACTIVATIONS, Dropout
 from msrec.schema import FeatureSpec
 
 
@@ -71,7 +71,7 @@ class M2M(nn.Module):
                           for _ in range(o.tower_layers))
             for _ in range(spec.num_tasks))
         self.act = ACTIVATIONS[act]()
-        self.dropout = nn.Dropout(o.mlp.dropout)
+        self.dropout = Dropout(o.mlp.dropout)
         self.heads = nn.ModuleList(nn.Linear(d, 1) for _ in range(spec.num_tasks))
 
     def _attend(self, batch: Batch) -> tuple[Tensor, Tensor, ConditionGroups, Tensor]:

@@ -32,7 +32,7 @@ from msrec.models.registry import ModelOptions, part, register, without_batch_no
 from msrec.nn import FeatureEmbedding, MLPOptions, ScenarioRouting
 from msrec.nn.levels import LevelSharingOptions, shared_levels
 from msrec.nn.lora import ScenarioLoRALinear, lora_rank
-from msrec.nn.mlp import ACTIVATIONS
+from msrec.nn.mlp import ACTIVATIONS, Dropout
 from msrec.schema import FeatureSpec
 
 
@@ -60,7 +60,7 @@ class MLoRA(nn.Module):
                                options.combination_part)
             for a, b in pairwise(dims))
         self.act = ACTIVATIONS[options.mlp.activation]()
-        self.dropout = nn.Dropout(options.mlp.dropout)  # its rate; applied over tiles by routing.dropout
+        self.dropout = Dropout(options.mlp.dropout)  # its rate; applied over tiles by routing.dropout
         self.out = nn.Linear(dims[-1], spec.num_tasks)
 
     def forward(self, batch: Batch) -> Tensor:

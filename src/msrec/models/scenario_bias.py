@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from msrec.data.table import Batch
 from msrec.models.registry import ModelOptions, part, register
 from msrec.nn import MLP, FeatureEmbedding, MLPOptions
+from msrec.nn.mlp import Dropout
 from msrec.schema import FeatureSpec
 
 
@@ -54,7 +55,7 @@ class ScenarioBias(nn.Module):
         self.embedding = FeatureEmbedding(spec, options.embed_dim, options.backbone, input_fields=keep)
         self.main = MLP.of(self.embedding.flat_dim, options.mlp, spec.num_tasks)
         self.shallow = MLP.of(len(self.scenario_fields) * options.embed_dim, options.shallow, spec.num_tasks)
-        self.shallow_dropout = nn.Dropout(options.logit_dropout)
+        self.shallow_dropout = Dropout(options.logit_dropout)
 
     def forward(self, batch: Batch) -> Tensor:
         e = self.embedding.flat(batch)

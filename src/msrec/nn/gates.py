@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from msrec.nn.embedding import table_offsets
 from msrec.nn.grow import field_sizes, grow_table
-from msrec.nn.mlp import MLP, MLPOptions
+from msrec.nn.mlp import MLP, Dropout, MLPOptions
 from msrec.schema import FeatureSpec
 
 
@@ -47,7 +47,7 @@ class GatedMLP(nn.Module):
             self.layers.append(MLP(dim, [width], activation=options.activation, batch_norm=options.batch_norm))
             self.gates.append(ScaleGate(gate_in, width, gate, gamma))
             dim = width
-        self.dropout = nn.Dropout(options.dropout)
+        self.dropout = Dropout(options.dropout)
         self.out = nn.Linear(dim, out_dim)
 
     def gate_values(self, g: Tensor) -> list[Tensor]:

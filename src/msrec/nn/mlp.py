@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
@@ -24,6 +25,30 @@ class MLPOptions(BaseModel):
     """Activation after each hidden layer."""
     batch_norm: bool = False
     """Batch normalization before each activation."""
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout (each unit kept with probability 1 - p, scaled by 1 / (1 - p)) whose mask, on CPU, comes
+    from the four 16-bit lanes of each 64-bit random draw: ~4x faster than nn.Dropout's `bernoulli_`, which took
+    45% of dnn's training step on CPU (docs/scenarios.md, "Cost of a step"). The keep probability is rounded to
+    a multiple of 1/65536 and kept units are scaled by the inverse of that rounded value, so the expectation is
+    x exactly. Other devices (fused kernels there), tracing and p outside (0, 1): `F.dropout`."""
+    keep = round((1.0 - p) * 65536)
+    if not training or p == 0:
+        return x
+    if x.device.type != "cpu" or not 0 < keep < 65536 or torch.jit.is_tracing():
+        return F.dropout(x, p, True)
+    n = x.numel()
+    lanes = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(1 << 63), None)
+    mask = lanes.view(torch.int16)[:n].view(x.shape).lt(keep - 32768)  # lanes are uniform over [-32768, 32767]
+    return x * mask.to(x.dtype).mul_(65536 / keep)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout through `dropout` (its faster mask on CPU)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
 
 
 class BatchNorm(nn.BatchNorm1d):
@@ -51,7 +76,7 @@ class MLP(nn.Module):
                 layers.append(BatchNorm(width))
             layers.append(ACTIVATIONS[activation]())
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             dim = width
         if out_dim is not None:
             layers.append(nn.Linear(dim, out_dim))

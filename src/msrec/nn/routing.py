@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from msrec.nn.mlp import dropout
+
 TILE_COST = 4  # what a tile costs beyond its rows, in rows (docs/scenarios.md, "Applying them: tiles")
 
 
@@ -269,14 +271,10 @@ class ScenarioRouting:
         return out if bias is None else out + bias.view(bias.shape[0], *[1] * (tiles.dim() - 2), bias.shape[-1])
 
     def dropout(self, tiles: Tensor, p: float, training: bool) -> Tensor:
-        """Dropout on tiles `[N, C, ...]`, its mask from `torch.rand` (about twice as fast as the `bernoulli_`
-        of nn.Dropout on CPU; the same distribution: each unit kept with probability 1 - p and scaled by
-        1 / (1 - p)). Padding rows get a mask too (they are dropped at `unpack`): drawing only the batch's rows
-        and packing them cost more than the padding's draws (measured at a third of the rows padding)."""
-        if not training or p == 0:
-            return tiles
-        keep = 1.0 - p
-        return tiles * torch.rand_like(tiles).lt_(keep).div_(keep)  # 0 or 1 / keep
+        """Dropout on tiles `[N, C, ...]` (`msrec.nn.mlp.dropout`: its CPU mask from 16-bit random lanes). Padding
+        rows get a mask too (they are dropped at `unpack`): drawing only the batch's rows and packing them cost
+        more than the padding's draws (measured at a third of the rows padding)."""
+        return dropout(tiles, p, training)
 
     def linear(self, tiles: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """`tiles [N, C, ..., in] @ weight[s]^T + bias[s]` per tile, with `weight [S, out, in]`, `bias [S, out]`."""

@@ -14,7 +14,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
-from msrec.nn.mlp import ACTIVATIONS, BatchNorm, MLPOptions
+from msrec.nn.mlp import ACTIVATIONS, BatchNorm, Dropout, MLPOptions
 
 
 class StackedMLP(nn.Module):
@@ -35,7 +35,7 @@ class StackedMLP(nn.Module):
         self.norms = nn.ModuleList(BatchNorm(num * width) if options.batch_norm else nn.Identity()
                                    for width in options.hidden)
         self.act = ACTIVATIONS[options.activation]()
-        self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
+        self.dropout = Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         h = torch.einsum("bi,nio->bno", x, self.weight[0]) + self.bias[0]

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from msrec.nn.grow import grow_rows
 from msrec.nn.levels import LevelParts
-from msrec.nn.mlp import ACTIVATIONS, MLPOptions
+from msrec.nn.mlp import ACTIVATIONS, Dropout, MLPOptions
 from msrec.nn.routing import ScenarioRouting, stacked
 from msrec.schema import ScenarioLevels
 
@@ -89,7 +89,7 @@ class StarFCN(nn.Module):
         dims = [in_dim, *options.hidden, out_dim]
         self.layers = nn.ModuleList(StarLinear(a, b, num_scenarios, levels, own) for a, b in pairwise(dims))
         self.act = ACTIVATIONS[options.activation]()
-        self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
+        self.dropout = Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
         self.dropout_p = options.dropout
 
     def scenario_forward(self, s: int, x: Tensor) -> Tensor:

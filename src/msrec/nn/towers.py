@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from msrec.nn.grow import grow_rows
 from msrec.nn.levels import LevelParts
-from msrec.nn.mlp import ACTIVATIONS, MLP, MLPOptions
+from msrec.nn.mlp import ACTIVATIONS, MLP, Dropout, MLPOptions
 from msrec.nn.routing import ScenarioRouting, stacked
 from msrec.schema import ScenarioLevels
 
@@ -133,7 +133,7 @@ class ScenarioMLP(nn.Module):
         self.prelu = nn.ParameterList(stacked(nn.Parameter(torch.full((num_scenarios, 1), 0.25))) for _ in range(hidden)) \
             if options.activation == "prelu" else None
         self.act = ACTIVATIONS[options.activation]() if options.activation != "prelu" else None
-        self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
+        self.dropout = Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
         self.num_hidden = hidden
         self.out_dim = dims[-1]
 
