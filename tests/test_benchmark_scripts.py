@@ -55,3 +55,9 @@ def test_floors_print_a_bound_per_scenario_count():
                    flag)
         for S in (3, 20):
             assert re.search(rf"^\s+{S}(\s+\d+\.\d){{3,4}}(\s+\d+\.\d\d){{2,3}}$", out, re.MULTILINE), out
+
+
+def test_dropout_prints_each_mask_against_f_dropout():
+    out = _run("dropout.py", "--rows", "256", "--width", "64", "--repeats", "3")
+    for name in ("F.dropout", "torch.rand mask", "msrec.nn.mlp.dropout"):
+        assert re.search(rf"^{re.escape(name)}.*\s+\d+\.\d\d\s+\d+\.\d\d$", out, re.MULTILINE), out
