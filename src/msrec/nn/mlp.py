@@ -32,7 +32,8 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     from the four 16-bit lanes of each 64-bit random draw: ~3x faster than nn.Dropout's `bernoulli_` (forward and
     backward, benchmarks/dropout.py), which took 45% of dnn's training step on CPU (BENCHMARKS.md, "Dropout
     mask on CPU"). The keep probability is rounded to a multiple of 1/65536 and kept units are scaled by the
-    inverse of that rounded value, so the expectation is x exactly. Other devices (fused kernels there), tracing and p outside (0, 1): `F.dropout`."""
+    inverse of that rounded value, so the expectation is x exactly. Other devices (fused kernels there), tracing
+    and p outside (0, 1): `F.dropout`."""
     keep = round((1.0 - p) * 65536)
     if not training or p == 0:
         return x
