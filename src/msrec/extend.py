@@ -282,7 +282,8 @@ def extend_scored(run_dir: str | Path, data: str | Path, out: str | Path, overri
     check_run_dir_free(out, overwrite=False)
     run = load_run(run_dir)
     new = read_new(data, run, as_config(run.config, rest))
-    cfg = as_config(run.config, [*training_defaults(run.config, new["train"].num_rows, 1 if opts["all"] else LR_FACTOR), *rest])
+    lr_factor = 1 if opts["all"] else LR_FACTOR
+    cfg = as_config(run.config, [*training_defaults(run.config, new["train"].num_rows, lr_factor), *rest])
     if opts["replay"] < 0:
         raise MsrecError(f"--set extend.replay={opts['replay']}: expected 0 or more old rows per new one")
     old_s = len(run.encoder.scenario_names)
