@@ -61,3 +61,9 @@ def test_dropout_prints_each_mask_against_f_dropout():
     out = _run("dropout.py", "--rows", "256", "--width", "64", "--repeats", "3")
     for name in ("F.dropout", "torch.rand mask", "msrec.nn.mlp.dropout"):
         assert re.search(rf"^{re.escape(name)}.*\s+\d+\.\d\d\s+\d+\.\d\d$", out, re.MULTILINE), out
+
+
+def test_grouped_gemm_prints_every_method_per_scenario_count():
+    out = _run("grouped_gemm.py", "--rows", "3000", "--batch-size", "512", "--scenarios", "3", "20", "--batches", "2")
+    for S in (3, 20):
+        assert re.search(rf"^\s+{S}\s+\d+\s+\d+(\s+\d+\.\d\d){{6}}$", out, re.MULTILINE), out
