@@ -64,6 +64,8 @@ def test_dropout_prints_each_mask_against_f_dropout():
 
 
 def test_grouped_gemm_prints_every_method_per_scenario_count():
-    out = _run("grouped_gemm.py", "--rows", "3000", "--batch-size", "512", "--scenarios", "3", "20", "--batches", "2")
+    out = _run("grouped_gemm.py", "--rows", "3000", "--batch-size", "512", "--scenarios", "3", "20", "--batches", "2",
+               "--fbgemm")
     for S in (3, 20):
-        assert re.search(rf"^\s+{S}\s+\d+\s+\d+(\s+\d+\.\d\d){{6}}$", out, re.MULTILINE), out
+        assert re.search(rf"^\s+{S}\s+\d+\s+\d+(\s+\d+\.\d\d){{7}}$", out, re.MULTILINE), out
+    assert len(re.findall(r"fbgemm jagged_dense_bmm forward [\d.]+ ms, grouped forward [\d.]+ ms", out)) == 2, out
