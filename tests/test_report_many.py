@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 
 from msrec.report.cells import value
-from msrec.report.tables import LIMIT, scenario_cells, scenario_table
+from msrec.report.tables import LIMIT, rich_table, scenario_cells, scenario_table
 from msrec.train.metrics import evaluation_report
 
 
@@ -76,6 +76,27 @@ def test_per_level_tables_follow_the_combinations_table():
     text = printed(scenario_table({"dnn": report}, "AUC"))
     assert "AUC - per country" in text and "AUC - per placement" in text
     assert "US (" in text and "top (" in text
+
+
+def test_a_table_wider_than_the_console_turns_its_columns_into_rows_with_every_number_whole():
+    """rich fits a table to the console by cutting cells: in a narrow terminal, or piped to a file (80 columns),
+    a per-country table showed `0.58…` and `weig…`."""
+    rng = np.random.default_rng(0)
+    names = ["BR/feed", "DE/feed", "FR/feed", "JP/feed", "US/feed", "UK/feed"]
+    n = 3000
+    report = evaluation_report(torch.from_numpy(rng.integers(0, 2, (n, 1))).float(), torch.rand(n, 1),
+                               torch.from_numpy(rng.integers(0, len(names), n)), names, ["click"])
+    cells = scenario_cells("AUC", {"dnn": [report["tasks"]["click"]]})
+    numbers = [c.text for c in cells.rows[0][1:]]
+    for width, wide in ((60, False), (200, True)):
+        console = Console(file=io.StringIO(), width=width)
+        console.print(rich_table(cells))
+        text = console.file.getvalue()
+        assert "…" not in text and all(x in text for x in numbers), text
+        assert max(map(len, text.splitlines())) <= width
+        rows = [line for line in text.splitlines() if line.startswith("│")]
+        assert len(rows) == (1 if wide else len(cells.header) - 1), text  # a row per model, or per column
+        assert "weighted macro" in text
 
 
 def test_the_metrics_speed_benchmark_runs_at_a_tiny_size():

@@ -11,8 +11,9 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-from rich.console import Group
+from rich.console import Console, ConsoleOptions, Group
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from msrec.report.cells import LIMIT, WIDE, Cell, TableData, by_label, columns_of, fmt, fmt_seconds, level_blocks, value
@@ -55,7 +56,7 @@ def scenario_cells(title: str, runs: dict[str, list[dict]], metric: str = "auc",
 
 
 def scenario_table(results: dict[str, dict], title: str, task: str | None = None,
-                   metric: str = "auc") -> Table | Group:
+                   metric: str = "auc") -> FittedTable | Group:
     """`msrec train` / `evaluate`: one split's metrics per model, for `task` (default: the only one); with a
     hierarchical scenario, a table per level follows the one of the combinations."""
     blocks = {}
@@ -244,13 +245,36 @@ def failure_table(failures: list[Failure]) -> TableData | None:
                      "runs/<model>--seed<seed>.failed.json.")
 
 
-def rich_table(t: TableData, compact: bool = False) -> Table:
-    """The table for the terminal; `compact` shows the short form of cells that have one (no intervals)."""
-    table = Table(title=t.title + (" (* = 95% interval excludes 0; see the report)" if compact else ""))
+def rich_table(t: TableData, compact: bool = False) -> FittedTable:
+    """The table for the terminal; `compact` shows the short form of cells that have one (no intervals).
+    Where it is wider than the console, its columns become rows (`FittedTable`)."""
+    title = t.title + (" (* = 95% interval excludes 0; see the report)" if compact else "")
+    texts = [[escape(c.short if compact and c.short else c.text) for c in row] for row in t.rows]
+    marked = [[f"[bold green]{x}[/bold green]" if c.best else x for x, c in zip(xs, row)]
+              for xs, row in zip(texts, t.rows)]
+    wide = Table(title=title, min_width=len(title))  # a title longer than the table wrapped mid-phrase
     for j, h in enumerate(t.header):
-        table.add_column(h, justify="left" if j == 0 else "right", no_wrap=j == 0)
-    for i, row in enumerate(t.rows):
-        texts = [escape(c.short if compact and c.short else c.text) for c in row]
-        table.add_row(*[f"[bold green]{x}[/bold green]" if c.best else x for x, c in zip(texts, row)],
-                      style="dim italic" if i in t.muted else None)
-    return table
+        wide.add_column(h, justify="left" if j == 0 else "right", no_wrap=j == 0)
+    for i, row in enumerate(marked):
+        wide.add_row(*row, style="dim italic" if i in t.muted else None)
+    tall = Table(title=title, min_width=len(title))
+    tall.add_column("", no_wrap=True)
+    for i, row in enumerate(marked):
+        tall.add_column(row[0], justify="right", style="dim italic" if i in t.muted else None)
+    for j, h in enumerate(t.header[1:], 1):
+        tall.add_row(escape(h), *[row[j] for row in marked])
+    return FittedTable(wide, tall)
+
+
+class FittedTable:
+    """A table as built (a row per model) or, where that is wider than the console, transposed (a row per
+    column) if that is narrower: rich fits a table to the console by cutting its cells, so that a narrow
+    terminal, or output piped to a file (80 columns), showed AUCs as `0.58…` and headers as `weig…`."""
+
+    def __init__(self, wide: Table, tall: Table):
+        self.wide, self.tall = wide, tall
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions):
+        uncut = options.update(max_width=1 << 16)
+        wide, tall = (Measurement.get(console, uncut, t).maximum for t in (self.wide, self.tall))
+        yield self.wide if wide <= options.max_width or wide <= tall else self.tall
