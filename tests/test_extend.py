@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -189,7 +190,10 @@ def test_the_command_prints_the_comparison_and_names_its_errors(files, star_run,
     result = cli("extend", star_run, "--data", files / "new.csv", "--out", tmp_path / "run2",
                  "--set", "extend.scratch=false", "--set", "extend.replicates=50")
     assert result.code == 0, result.stderr
-    assert f"click {HELD}: AUC unknown" in result.stdout and "extend minus vs_unknown" in result.stdout
+    assert "click: test AUC of the new scenarios" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.startswith(f"│ {HELD} "))
+    assert re.search(r"\d\.\d{4} │ +unknown │ +\d\.\d{4} │ +[+-]\d\.\d{4} │ \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]",
+                     row), result.stdout
     result = cli("extend", star_run, "--data", files / "old.csv", "--out", tmp_path / "run3")
     assert result.code == 1 and "no scenario unseen" in result.stderr
 

@@ -89,14 +89,11 @@ def extend(run_dir: Path, data: Annotated[Path, typer.Option(help="CSV/Parquet r
                                                           "extend.replay=R")] = None):
     """Add the scenarios of DATA unseen in RUN_DIR's training (docs/scenarios.md, "Onboarding a new scenario")."""
     from msrec.extend import extend as run_extend
+    from msrec.report.tables import extend_table, rich_table
 
     metrics = run_extend(run_dir, data, out_dir, set_ or [])
     for task, block in metrics["extend"]["comparison"].items():
-        for name, entry in block.items():
-            diffs = "; ".join(f"{k}: {v['delta']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]"
-                              for k, v in entry.items() if k.startswith("vs_"))
-            aucs = ", ".join(f"{k[:-4]} {v:.4f}" for k, v in entry.items() if k.endswith("_auc"))
-            out.print(f"{task} {name}: AUC {aucs}; extend minus {diffs}", highlight=False)
+        out.print(rich_table(extend_table(task, block)))
     out.print(f"run written to {out_dir}")
 
 

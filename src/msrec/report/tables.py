@@ -245,6 +245,22 @@ def failure_table(failures: list[Failure]) -> TableData | None:
                      "runs/<model>--seed<seed>.failed.json.")
 
 
+def extend_table(task: str, comparison: dict[str, dict]) -> TableData:
+    """`msrec extend`'s comparison for one task: per new scenario (and over all new rows) the extension's test AUC
+    and, per baseline (the old model scoring the rows as unknown, the model trained from scratch), the
+    baseline's AUC and the extension's difference from it with its 95% paired bootstrap interval (metrics.json
+    `extend.comparison`). A row per scenario and baseline, so that it fits 80 columns."""
+    rows = []
+    for name, entry in comparison.items():
+        for i, key in enumerate(k for k in entry if k.startswith("vs_")):
+            d = entry[key]
+            rows.append([Cell(name if i == 0 else ""), Cell(fmt(entry["extend_auc"]) if i == 0 else ""),
+                         Cell(key[3:]), Cell(fmt(entry[f"{key[3:]}_auc"])), Cell(fmt(d["delta"], sign=True)),
+                         Cell(f"[{fmt(d['low'], sign=True)}, {fmt(d['high'], sign=True)}]")])
+    return TableData(f"{task}: test AUC of the new scenarios, extend against each baseline",
+                     ["scenario", "extend", "baseline", "its AUC", "extend - it", "95% interval"], rows)
+
+
 def rich_table(t: TableData, compact: bool = False) -> FittedTable:
     """The table for the terminal; `compact` shows the short form of cells that have one (no intervals).
     Where it is wider than the console, its columns become rows (`FittedTable`)."""
