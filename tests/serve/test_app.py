@@ -74,6 +74,20 @@ def test_records_are_scored_in_order_and_independently_of_the_request(client):
     assert len(np.unique(together.round(6), axis=0)) > 1  # the rows really are scored differently
 
 
+def test_a_multi_hot_list_may_be_sent_as_a_json_array(client):
+    """`["t1", "t3"]` scores as the training data's text `"t1|t3"` (numbers as their text form); an empty array
+    as an empty list."""
+    rows = request_rows()
+    rows[2]["tags"], rows[3]["tags"] = "t1|t3", ""
+    as_text = np.array(client.post("/predict", json=rows).json()["scores"])
+    arrays = [{**r, "tags": r["tags"].split("|") if r["tags"] else []} for r in rows]
+    answer = client.post("/predict", json=arrays)
+    assert answer.status_code == 200, answer.text
+    np.testing.assert_allclose(np.array(answer.json()["scores"]), as_text, atol=1e-6)
+    dropped = np.array(client.post("/predict", json=[{**rows[2], "tags": ["t1"]}]).json()["scores"])
+    assert not np.allclose(dropped, as_text[2:3], atol=1e-6)  # the list is read: one tag less scores otherwise
+
+
 def test_one_request_is_one_batch(client):
     """The records of a request go through the model in one forward pass, not one per record."""
     sizes: list[int] = []
@@ -112,6 +126,8 @@ BAD_REQUESTS = {
     "non-finite number": (lambda r: [{**r[0], "age": float("inf")}], 422, "age"),
     "id beyond int64": (lambda r: [{**r[0], "user_id": 2**70}], 422, "user_id"),
     "unknown scenario": (lambda r: [r[0], {**r[1], "page": "checkout"}], 422, "page"),
+    "wrong type (number for a multi-hot list)": (lambda r: [{**r[0], "tags": 5}], 422, "tags"),
+    "an id holding the list's separator": (lambda r: [{**r[0], "tags": ["t1", "t2|t3"]}], 422, "tags"),
     "not a list": (lambda r: r[0], 422, None),
     "too many records": (lambda r: (r * 3)[:51], 413, None),
 }

@@ -8,7 +8,8 @@ The coercions are those `msrec predict` applies to a CSV file, where every id ar
 - a text id column (or scenario) takes text, or a JSON number whose text form (`0`, `7.0` -> `"7"`) is a
   known value: pandas turns a CSV's `"0"` into `0`; a number naming no known value is refused rather than
   silently scored as unknown (send unknown ids as text);
-- a blank id (`null`, `""`, `"nan"`) is left to the encoder, which applies the run's `data.missing_ids`.
+- a blank id (`null`, `""`, `"nan"`) is left to the encoder, which applies the run's `data.missing_ids`;
+- a multi-hot list takes its text as in the training data (`"a|b"`) or a JSON array of ids (`["a", "b"]`).
 
 Every problem is reported with the record (counted from 0) and the field it is in, whether pydantic or the
 encoder found it.
@@ -117,8 +118,34 @@ def _scenario(kind: str, values: list) -> Callable[[Any], Any]:
     return check
 
 
+def _id_list(sep: str) -> Callable[[Any], str | None]:
+    """A multi-hot value: the text as in the training data (pieces joined by `sep`), or a JSON array of ids
+    (text, or numbers in their text form), joined by `sep` for the encoder to split as it splits a CSV cell. An
+    id holding the separator is refused: it would be split into other ids."""
+    def check(value: Any) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"expected text joined by {sep!r} or an array of ids")  # noqa: TRY004 (pydantic: 422)
+        pieces = []
+        for item in value:
+            if isinstance(item, int | float) and not isinstance(item, bool) and math.isfinite(item):
+                item = _text_form(item)
+            if not isinstance(item, str):
+                raise ValueError(f"expected an array of ids (text or numbers), got {item!r}")  # noqa: TRY004
+            if sep in item:
+                raise ValueError(f"id {item!r} holds the separator {sep!r}")
+            pieces.append(item)
+        return sep.join(pieces)
+
+    return check
+
+
 INT_SCHEMA = {"anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "null"}]}
 TEXT_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "null"}]}
+LIST_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"anyOf": [{"type": "string"},
+                                                                               {"type": "number"}]}},
+                         {"type": "null"}]}
 
 
 class RecordTable:
@@ -140,8 +167,9 @@ class RecordTable:
                     pa.string()
         for name in s.dense:
             types[name], arrow[name] = DENSE, pa.float64()
-        for name in s.lists:  # the raw text list, separator-joined as in the training data
-            types[name], arrow[name] = str | None, pa.string()
+        for name, sep in s.lists.items():  # separator-joined text as in the training data, or an array of ids
+            types[name] = Annotated[Any, PlainValidator(_id_list(sep)), WithJsonSchema(LIST_SCHEMA)]
+            arrow[name] = pa.string()
         for name, kind, values in encoder.scenario_columns():
             types[name] = Annotated[Any, PlainValidator(_scenario(kind, values)), WithJsonSchema({"enum": values})]
             arrow[name] = pa.int64() if kind == "int" else pa.string()
