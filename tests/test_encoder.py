@@ -121,6 +121,25 @@ def test_lists_are_multi_hot_padded_unknown_dropped_and_truncated():
     assert enc.spec().list_vocab == [len(vocab) + 1]
 
 
+def test_a_column_of_lists_encodes_as_its_joined_text_does():
+    """Parquet holds a multi-hot column as `list<string>` (or integers): the same ids as the CSV's `a|b` text,
+    a null list or a null id as nothing; a list of another type is an error naming the column."""
+    def as_lists(table: pa.Table) -> pa.Table:
+        lists = [None if t is None else [x or None for x in t.split("|")] for t in table["tags"].to_pylist()]
+        return table.set_column(table.schema.get_field_index("tags"), "tags", pa.array(lists, pa.list_(pa.string())))
+
+    text = fitted()
+    native = Encoder(schema()).fit(as_lists(TRAIN))
+    assert native.lists["tags"].vocab == text.lists["tags"].vocab
+    gaps = VAL.set_column(3, "tags", pa.array(["z|a", "b||c", "a|b|c|a"]))  # "b||c": a null id in the list
+    for table in (TRAIN, VAL, gaps):
+        assert native.transform(as_lists(table)).lists[0].tolist() == text.transform(table).lists[0].tolist()
+    ints = Encoder(schema()).fit(TRAIN.set_column(3, "tags", pa.array([[1, 2], [2], [], None, [3, 1, 2], [1]])))
+    assert ints.lists["tags"].vocab == ["1", "2", "3"]
+    with pytest.raises(MsrecError, match=r"`tags`.*lists of ids"):
+        Encoder(schema()).fit(TRAIN.set_column(3, "tags", pa.array([[1.5]] * 6)))
+
+
 def test_list_length_defaults_to_the_longest_training_list():
     enc = fitted()
     assert enc.lists["tags"].max_len == 3

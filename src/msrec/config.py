@@ -48,7 +48,7 @@ class DataConfig(_Strict):
     dense: list[str] | None = None
     """Numeric columns, standardised with the training split's mean/std; missing: 0 plus a flag."""
     lists: dict[str, str] | None = None
-    """Multi-hot text columns and their separator, e.g. `{genres: "|"}`."""
+    """Multi-hot columns and their separator, e.g. `{genres: "|"}` (text `a|b`; a Parquet list column as is)."""
     list_max_len: int = 32
     """Longest list kept (the longest training list, at most this)."""
     scenario: str | list[str] | None = None

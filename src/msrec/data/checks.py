@@ -197,6 +197,14 @@ def label_values(table: pa.Table, name: str, source: str, row_offset: int = 0) -
 
 
 def split_lists(col: pa.ChunkedArray, sep: str, name: str, source: str) -> pa.ListArray:
+    """A multi-hot column as lists of text ids: text split on `sep` (a CSV cell `a|b`), or a column that already
+    holds lists (Parquet's `list<string>` or `list<int64>`), its ids as text; a null is an empty list."""
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+        values = col.type.value_type
+        if not (pa.types.is_string(values) or pa.types.is_large_string(values) or pa.types.is_integer(values)):
+            raise ColumnError(source, name, None, f"must hold lists of ids (text or integers), not {col.type}")
+        lists = pc.fill_null(col.combine_chunks(), pa.scalar([], col.type)).cast(pa.list_(pa.string()))
+        return pa.ListArray.from_arrays(lists.offsets, pc.fill_null(lists.values, ""))
     if not is_text(col):
         try:
             col = pc.cast(col, pa.string())
