@@ -69,3 +69,11 @@ def test_grouped_gemm_prints_every_method_per_scenario_count():
     for S in (3, 20):
         assert re.search(rf"^\s+{S}\s+\d+\s+\d+(\s+\d+\.\d\d){{7}}$", out, re.MULTILINE), out
     assert len(re.findall(r"fbgemm jagged_dense_bmm forward [\d.]+ ms, grouped forward [\d.]+ ms", out)) == 2, out
+
+
+def test_predict_memory_prints_both_modes(tmp_path):
+    out = _run("predict_memory.py", "--rows", "20000", "--file-rows", "10000", "--chunk-rows", "3000", "--repeats", "1",
+               "--out", str(tmp_path))
+    assert "scores identical" in out, out
+    for mode in ("whole", "chunked"):
+        assert re.search(rf"^{mode}\s+\d+\.\d\s+[\d,]+\s+[\d,]+\s+\d+\.\d\d$", out, re.MULTILINE), out

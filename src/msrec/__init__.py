@@ -17,15 +17,16 @@ _LAZY = {  # public name -> "module:attribute"
     "Config": "msrec.config:Config", "load_config": "msrec.config:load_config",
     "MsrecError": "msrec.errors:MsrecError",
     "evaluate": "msrec.api:evaluate", "load_run": "msrec.runs:load_run", "predict": "msrec.api:predict",
+    "predict_file": "msrec.api:predict_file",
     "prepare_data": "msrec.api:prepare_data", "train": "msrec.api:train", "extend": "msrec.extend:extend",
     "benchmark": "msrec.bench.runner:run_benchmark", "InputEncoder": "msrec.serve.inputs:InputEncoder",
 }
 
-__all__ = ["Config", "InputEncoder", "MsrecError", "benchmark", "evaluate", "extend", "load_config", "load_run", "predict", "prepare_data",
-           "train"]
+__all__ = ["Config", "InputEncoder", "MsrecError", "benchmark", "evaluate", "extend", "load_config", "load_run", "predict",
+           "predict_file", "prepare_data", "train"]
 
 if TYPE_CHECKING:
-    from msrec.api import evaluate, predict, prepare_data, train
+    from msrec.api import evaluate, predict, predict_file, prepare_data, train
     from msrec.bench.runner import run_benchmark as benchmark
     from msrec.config import Config, load_config
     from msrec.errors import MsrecError

@@ -7,20 +7,23 @@ scores. How ranks share the work under torchrun is the training session's and th
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from rich.console import Console
 
 from msrec.config import Config, load_config, parse_config
 from msrec.data import prepare as data_prepare
-from msrec.data.checks import id_kind, is_text
+from msrec.data.checks import ColumnError, id_kind, is_text
 from msrec.data.encode import Encoder
-from msrec.data.io import is_parquet, read_table, write_table
+from msrec.data.io import is_parquet, read_table, table_writer, write_table
 from msrec.data.prepare import EncodedData, load_splits
+from msrec.data.stream import parquet_files
 from msrec.errors import MsrecError
 from msrec.models.registry import build_model, parse_options
 from msrec.runs import (
@@ -201,10 +204,54 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
     return out
 
 
+PREDICT_CHUNK_ROWS = 262_144  # rows read, scored and written at a time from a Parquet input (predict_file)
+
+
+def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str | Path, keep_columns: bool = True,
+                 chunk_rows: int = PREDICT_CHUNK_ROWS) -> int:
+    """Score a file into `output_path` (CSV or Parquet) as `predict` does; returns the rows scored. A Parquet input
+    (a file or a folder of files) is read, scored and written `chunk_rows` rows at a time, so that memory holds
+    one chunk whatever the input's size; a CSV input is read whole. The output appears only once complete."""
+    if not is_parquet(input_path):
+        return predict(run_dir, input_path, output_path, keep_columns).num_rows
+    run = load_run(run_dir)
+    scorer, tasks, rows = _scorer(run), run.encoder.schema.labels, 0
+    with table_writer(output_path) as write:
+        for file in parquet_files(input_path):
+            for offset, table in _parquet_chunks(file, chunk_rows):
+                try:
+                    scores = scorer.predict(run.encoder.transform(table, str(file), with_labels=False))
+                except ColumnError as err:  # the row counted over the file, not the chunk
+                    raise ColumnError(str(file), err.column, err.row, err.problem, row_offset=offset) from None
+                out = table if keep_columns else table.select([])
+                for j, task in enumerate(tasks):
+                    out = out.append_column(f"score_{task}", pa.array(scores[:, j].numpy()))
+                try:
+                    write(out)
+                except (ValueError, pa.ArrowInvalid):
+                    raise MsrecError(f"{file}: its columns differ from those of {input_path}'s first file") from None
+                rows += table.num_rows
+        if rows == 0:
+            raise MsrecError(f"{input_path}: the file has no data rows")
+    return rows
+
+
+def _parquet_chunks(file: Path, chunk_rows: int) -> Iterator[tuple[int, pa.Table]]:
+    """A Parquet file's rows, `chunk_rows` at a time, each with the number of rows before it."""
+    try:
+        batches = pq.ParquetFile(file).iter_batches(batch_size=chunk_rows)
+        offset = 0
+        for batch in batches:
+            yield offset, pa.Table.from_batches([batch])
+            offset += batch.num_rows
+    except (pa.ArrowInvalid, OSError) as err:
+        raise MsrecError(f"{file}: cannot be read as Parquet: {err}") from None
+
+
 def score_table(run: Run, table: pa.Table, source: str = "request") -> torch.Tensor:
     """Probabilities `[N, T]` for raw rows, with the run's own encoder (the serving path)."""
     return _scorer(run).predict(run.encoder.transform(table, source, with_labels=False))
 
 
-__all__ = ["EncodedData", "MsrecError", "TrainResult", "evaluate", "load_run", "predict", "prepare_data", "score_table",
-           "train"]
+__all__ = ["EncodedData", "MsrecError", "TrainResult", "evaluate", "load_run", "predict", "predict_file", "prepare_data",
+           "score_table", "train"]

@@ -73,11 +73,12 @@ def evaluate(run_dir: Path, data: Annotated[Path | None, typer.Option(help="Labe
 @app.command()
 def predict(run_dir: Path, input_path: Path, output_path: Path,
             scores_only: bool = typer.Option(False, help="Write only the score columns")):
-    """Score INPUT_PATH with a saved run; write OUTPUT_PATH (CSV or Parquet) with one score column per task."""
-    from msrec.api import predict as run_predict
+    """Score INPUT_PATH with a saved run; write OUTPUT_PATH (CSV or Parquet) with one score column per task.
+    A Parquet input (file or folder) is scored a chunk at a time, whatever its size."""
+    from msrec.api import predict_file
 
-    table = run_predict(run_dir, input_path, output_path, keep_columns=not scores_only)
-    out.print(f"{table.num_rows:,} rows scored -> {output_path}")
+    rows = predict_file(run_dir, input_path, output_path, keep_columns=not scores_only)
+    out.print(f"{rows:,} rows scored -> {output_path}")
 
 
 @app.command()

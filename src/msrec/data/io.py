@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -48,21 +50,49 @@ def read_table(path: str | Path, string_columns: list[str] | None = None) -> pa.
     return table
 
 
-def write_table(table: pa.Table, path: str | Path) -> None:
-    """Write atomically: a failed write never leaves a half file where the user's file was."""
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside `path` to write into, renamed to `path` when the block completes and removed
+    when it fails: a failed or killed write never leaves a half file where the user's file was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        if is_parquet(path):
-            pq.write_table(table, tmp)
-        else:
-            pacsv.write_csv(table, tmp)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_table(table: pa.Table, path: str | Path) -> None:
+    """Write CSV or Parquet (by suffix), atomically (`atomic_output`)."""
+    with atomic_output(path) as tmp:
+        if is_parquet(path):
+            pq.write_table(table, tmp)
+        else:
+            pacsv.write_csv(table, tmp)
+
+
+@contextmanager
+def table_writer(path: str | Path) -> Iterator[Callable[[pa.Table], None]]:
+    """A function writing a CSV or Parquet file (by suffix) one table at a time, atomically (`atomic_output`);
+    every table must have the first one's columns."""
+    with atomic_output(path) as tmp:
+        writer = None
+
+        def write(table: pa.Table) -> None:
+            nonlocal writer
+            if writer is None:
+                writer = (pq.ParquetWriter if is_parquet(path) else pacsv.CSVWriter)(tmp, table.schema)
+            writer.write_table(table)
+
+        try:
+            yield write
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
