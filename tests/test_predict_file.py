@@ -4,6 +4,8 @@ file (nor a changed one) when it fails."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -11,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import msrec
+from msrec import api
 from msrec.api import predict, predict_file
 from msrec.errors import MsrecError
 
@@ -73,3 +76,14 @@ def test_files_whose_columns_differ_are_refused_by_name(run_dir, folder, tmp_pat
     with pytest.raises(MsrecError, match=r"part-1\.parquet: its columns differ"):
         predict_file(run_dir, mixed, tmp_path / "scores.parquet")
     assert not (tmp_path / "scores.parquet").exists()
+
+
+def test_evaluate_reads_a_parquet_input_in_chunks_and_reports_as_the_whole_file_does(run_dir, folder, synthetic_csv,
+                                                                                     monkeypatch):
+    """The same report as the CSV read whole, GAUC included: a user's rows in different chunks and files are one
+    group (chunk-local groups would split them)."""
+    whole = msrec.evaluate(run_dir, synthetic_csv)
+    monkeypatch.setattr(api, "CHUNK_ROWS", 256)
+    chunked = msrec.evaluate(run_dir, folder)
+    assert chunked["tasks"]["click"]["overall"]["rows"] == 3000
+    assert "gauc" in json.dumps(whole) and json.dumps(chunked, sort_keys=True) == json.dumps(whole, sort_keys=True)

@@ -19,11 +19,12 @@ from rich.console import Console
 
 from msrec.config import Config, load_config, parse_config
 from msrec.data import prepare as data_prepare
-from msrec.data.checks import ColumnError, id_kind, is_text
+from msrec.data.checks import ColumnError, id_kind, is_text, user_groups
 from msrec.data.encode import Encoder
 from msrec.data.io import is_parquet, read_table, table_writer, write_table
 from msrec.data.prepare import EncodedData, load_splits
 from msrec.data.stream import parquet_files
+from msrec.data.table import TensorTable
 from msrec.errors import MsrecError
 from msrec.models.registry import build_model, parse_options
 from msrec.runs import (
@@ -43,6 +44,8 @@ from msrec.train.distributed import session as training_session
 from msrec.train.predict import Scorer
 from msrec.train.sharding import check as check_sharding
 from msrec.train.trainer import EpochHook, Trainer
+
+CHUNK_ROWS = 262_144  # rows read and scored at a time from a Parquet input (predict_file, evaluate)
 
 
 @dataclass(repr=False)
@@ -175,7 +178,35 @@ def evaluate(run: Run | str | Path, data: str | Path | None = None) -> dict:
         raw = load_splits(cfg, run.config.train.seed)
         split = "test" if "test" in raw.tables else "val"
         return _scorer(run).evaluate(run.encoder.transform(raw.tables[split], raw.sources[split]))
+    if is_parquet(data):
+        return _evaluate_chunks(run, data, CHUNK_ROWS)
     return _scorer(run).evaluate(run.encoder.transform(_read_input(data, run), str(data)))
+
+
+def _evaluate_chunks(run: Run, path: str | Path, chunk_rows: int) -> dict:
+    """`evaluate` of a Parquet file or folder read `chunk_rows` at a time: memory holds one chunk's features and
+    every row's scores, labels and scenario, not the whole input. GAUC's user groups are formed over the whole
+    user column (read alone), so that a user's rows in different chunks are one group."""
+    scorer, kept, has_user = _scorer(run), [], []
+    user = run.encoder.schema.user
+    for file in parquet_files(path):
+        for offset, table in _parquet_chunks(file, chunk_rows):
+            try:
+                encoded = run.encoder.transform(table, str(file))
+            except ColumnError as err:  # the row counted over the file, not the chunk
+                raise ColumnError(str(file), err.column, err.row, err.problem, row_offset=offset) from None
+            kept.append((encoded.scenario, encoded.labels, encoded.truth, scorer.predict(encoded)))
+            has_user.append(bool(user) and user in table.column_names)
+    if not kept:
+        raise MsrecError(f"{path}: the file has no data rows")
+    scenario, labels, truth, scores = (None if part[0] is None else torch.cat(part) for part in zip(*kept, strict=True))
+    groups = None
+    if all(has_user):
+        users = pa.chunked_array([pq.read_table(f, columns=[user])[user] for f in parquet_files(path)])
+        groups = torch.from_numpy(user_groups(users))
+    table = TensorTable(sparse=torch.zeros(len(scenario), 0, dtype=torch.long), dense=torch.zeros(len(scenario), 0),
+                        scenario=scenario, labels=labels, user=groups, truth=truth)
+    return scorer.report(table, scores)
 
 
 def _integer_ids(table: pa.Table, schema: Schema) -> pa.Table:
@@ -204,11 +235,8 @@ def predict(run_dir: str | Path, input_path: str | Path, output_path: str | Path
     return out
 
 
-PREDICT_CHUNK_ROWS = 262_144  # rows read, scored and written at a time from a Parquet input (predict_file)
-
-
 def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str | Path, keep_columns: bool = True,
-                 chunk_rows: int = PREDICT_CHUNK_ROWS) -> int:
+                 chunk_rows: int = CHUNK_ROWS) -> int:
     """Score a file into `output_path` (CSV or Parquet) as `predict` does; returns the rows scored. A Parquet input
     (a file or a folder of files) is read, scored and written `chunk_rows` rows at a time, so that memory holds
     one chunk whatever the input's size; a CSV input is read whole. The output appears only once complete."""
