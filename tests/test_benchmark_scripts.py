@@ -75,5 +75,8 @@ def test_predict_memory_prints_both_modes(tmp_path):
     out = _run("predict_memory.py", "--rows", "20000", "--file-rows", "10000", "--chunk-rows", "3000", "--repeats", "1",
                "--out", str(tmp_path))
     assert "scores identical" in out, out
+    out = _run("predict_memory.py", "--rows", "20000", "--file-rows", "10000", "--chunk-rows", "3000", "--repeats", "1",
+               "--out", str(tmp_path), "--evaluate")
+    assert "the same report" in out, out
     for mode in ("whole", "chunked"):
         assert re.search(rf"^{mode}\s+\d+\.\d\s+[\d,]+\s+[\d,]+\s+\d+\.\d\d$", out, re.MULTILINE), out
