@@ -54,7 +54,8 @@ def test_floors_print_a_bound_per_scenario_count():
         out = _run("scenarios.py", "--rows", "3000", "--batch-size", "512", "--repeats", "1", "--scenarios", "3", "20",
                    flag)
         for S in (3, 20):
-            assert re.search(rf"^\s+{S}(\s+\d+\.\d){{3,4}}(\s+\d+\.\d\d){{2,3}}$", out, re.MULTILINE), out
+            # (a difference of two timings: negative when the machine is noisy)
+            assert re.search(rf"^\s+{S}(\s+-?\d+\.\d){{3,4}}(\s+\d+\.\d\d){{2,3}}$", out, re.MULTILINE), out
 
 
 def test_dropout_prints_each_mask_against_f_dropout():

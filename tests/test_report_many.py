@@ -99,6 +99,20 @@ def test_a_table_wider_than_the_console_turns_its_columns_into_rows_with_every_n
         assert "weighted macro" in text
 
 
+def test_a_table_too_wide_either_way_is_cut_into_tables_of_a_few_columns_with_every_number_whole():
+    from msrec.report.cells import Cell, TableData
+
+    header = ["model", *[f"s{k} ({100 * k:,})" for k in range(14)], "overall", "macro", "weighted macro"]
+    rows = [[Cell(f"model_{m}"), *[Cell(f"0.{m}{j:03d} ± 0.00{j % 10}{m}") for j in range(17)]] for m in range(6)]
+    console = Console(file=io.StringIO(), width=70)
+    console.print(rich_table(TableData("AUC", header, rows)))
+    text = console.file.getvalue()
+    assert "…" not in text and max(map(len, text.splitlines())) <= 70, text
+    assert all(c.text in text for row in rows for c in row) and all(h in text for h in header), text
+    # turned (narrower: 7 columns of 18 rows) and cut: the first column, the row labels, in every part
+    assert text.count("(continued)") >= 1 and text.count("weighted macro") == text.count("(continued)") + 1, text
+
+
 def test_the_metrics_speed_benchmark_runs_at_a_tiny_size():
     """benchmarks/metrics_speed.py checks the loop and the one pass agree before it times them."""
     import subprocess

@@ -7,6 +7,7 @@ so the three never disagree. A metrics block is one task's `{overall, scenarios,
 
 from __future__ import annotations
 
+import io
 import math
 from typing import TYPE_CHECKING
 
@@ -263,34 +264,59 @@ def extend_table(task: str, comparison: dict[str, dict]) -> TableData:
 
 def rich_table(t: TableData, compact: bool = False) -> FittedTable:
     """The table for the terminal; `compact` shows the short form of cells that have one (no intervals).
-    Where it is wider than the console, its columns become rows (`FittedTable`)."""
+    Laid out to fit the console (`FittedTable`)."""
     title = t.title + (" (* = 95% interval excludes 0; see the report)" if compact else "")
     texts = [[escape(c.short if compact and c.short else c.text) for c in row] for row in t.rows]
     marked = [[f"[bold green]{x}[/bold green]" if c.best else x for x, c in zip(xs, row)]
               for xs, row in zip(texts, t.rows)]
-    wide = Table(title=title, min_width=len(title))  # a title longer than the table wrapped mid-phrase
-    for j, h in enumerate(t.header):
-        wide.add_column(h, justify="left" if j == 0 else "right", no_wrap=j == 0)
-    for i, row in enumerate(marked):
-        wide.add_row(*row, style="dim italic" if i in t.muted else None)
-    tall = Table(title=title, min_width=len(title))
-    tall.add_column("", no_wrap=True)
-    for i, row in enumerate(marked):
-        tall.add_column(row[0], justify="right", style="dim italic" if i in t.muted else None)
-    for j, h in enumerate(t.header[1:], 1):
-        tall.add_row(escape(h), *[row[j] for row in marked])
-    return FittedTable(wide, tall)
+    return FittedTable(title, [escape(h) for h in t.header], marked, t.muted)
 
 
 class FittedTable:
-    """A table as built (a row per model) or, where that is wider than the console, transposed (a row per
-    column) if that is narrower: rich fits a table to the console by cutting its cells, so that a narrow
-    terminal, or output piped to a file (80 columns), showed AUCs as `0.58…` and headers as `weig…`."""
+    """A table laid out for the console's width: as built (a row per model) where it fits (its headers may wrap);
+    otherwise transposed (a row per column) if that fits; otherwise the narrower of the two cut into tables of a
+    few columns each, the first column repeated. rich fits a table to the console by cutting its cells, so that a narrow terminal,
+    or output piped to a file (80 columns), showed AUCs as `0.58…` and headers as `weig…`."""
 
-    def __init__(self, wide: Table, tall: Table):
-        self.wide, self.tall = wide, tall
+    def __init__(self, title: str, header: list[str], rows: list[list[str]], muted: set[int]):
+        self.title = title
+        self.wide = (header, rows, {i: "dim italic" for i in muted}, {})
+        self.tall = (["", *[row[0] for row in rows]], [[h, *[row[j] for row in rows]] for j, h in enumerate(header) if j],
+                     {}, {i + 1: "dim italic" for i in muted})
+
+    def table(self, layout: tuple, columns: list[int] | None = None, title: str | None = None) -> Table:
+        header, rows, row_styles, column_styles = layout
+        columns = columns if columns is not None else list(range(len(header)))
+        title = self.title if title is None else title
+        table = Table(title=title, min_width=len(title))  # a title longer than the table wrapped mid-phrase
+        for j in columns:
+            table.add_column(header[j], justify="left" if j == 0 else "right", no_wrap=j == 0,
+                             style=column_styles.get(j))
+        for i, row in enumerate(rows):
+            table.add_row(*[row[j] for j in columns], style=row_styles.get(i))
+        return table
 
     def __rich_console__(self, console: Console, options: ConsoleOptions):
         uncut = options.update(max_width=1 << 16)
-        wide, tall = (Measurement.get(console, uncut, t).maximum for t in (self.wide, self.tall))
-        yield self.wide if wide <= options.max_width or wide <= tall else self.tall
+
+        def width(table: Table) -> int:
+            return Measurement.get(console, uncut, table).maximum
+
+        def cells_whole(table: Table) -> bool:  # headers may wrap (or lose a letter); no cell may be cut
+            probe = Console(file=io.StringIO(), width=options.max_width, color_system=None)
+            probe.print(table)
+            return not any(line.startswith("│") and "…" in line for line in probe.file.getvalue().splitlines())
+
+        wide, tall = self.table(self.wide), self.table(self.tall)
+        fits = [t for t in (wide, tall) if width(t) <= options.max_width or cells_whole(t)]
+        if fits:
+            yield fits[0]
+            return
+        layout = self.wide if width(wide) <= width(tall) else self.tall
+        groups: list[list[int]] = [[0]]
+        for j in range(1, len(layout[0])):  # greedily: as many columns as fit beside the first
+            if len(groups[-1]) > 1 and width(self.table(layout, [*groups[-1], j], "")) > options.max_width:
+                groups.append([0])
+            groups[-1].append(j)
+        for k, columns in enumerate(groups):
+            yield self.table(layout, columns, self.title if k == 0 else f"{self.title} (continued)")
