@@ -203,7 +203,8 @@ def difference_table(grid: Grid, diffs: dict[str, dict[str, Difference]], task: 
             f"resampled with Poisson(1) weights shared by both models; across seeds the seeds are resampled with "
             f"replacement, so the interval holds both test-sampling and training (seed) noise. "
             f"*: the interval excludes 0 (bold: a significant improvement). k/n: seeds where the model was better.")
-    header = ["scenario (rows)", *diffs] if long else ["model", *next(iter(diffs.values()))]
+    header = (["scenario (rows)", *diffs] if long else
+              ["model", *[{"weighted_macro": "weighted macro"}.get(c, c) for c in next(iter(diffs.values()))]])
     return TableData(_tagged(f"Difference from {ref} ({name})", task, multi_task), header, rows, note)
 
 
@@ -318,5 +319,9 @@ class FittedTable:
             if len(groups[-1]) > 1 and width(self.table(layout, [*groups[-1], j], "")) > options.max_width:
                 groups.append([0])
             groups[-1].append(j)
-        for k, columns in enumerate(groups):
-            yield self.table(layout, columns, self.title if k == 0 else f"{self.title} (continued)")
+        rest, size = list(range(1, len(layout[0]))), math.ceil((len(layout[0]) - 1) / len(groups))
+        even = [[0, *rest[k:k + size]] for k in range(0, len(rest), size)]  # as many parts, as even as fit
+        if all(width(self.table(layout, g, "")) <= options.max_width for g in even):
+            groups = even
+        for k, columns in enumerate(groups):  # a part's title as wide as its table (a long one would widen it)
+            yield self.table(layout, columns, self.title if k == 0 else "(continued)")
