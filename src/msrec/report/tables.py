@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from rich.console import Console, ConsoleOptions, Group
@@ -273,19 +273,29 @@ def rich_table(t: TableData, compact: bool = False) -> FittedTable:
     return FittedTable(title, [escape(h) for h in t.header], marked, t.muted)
 
 
+class Layout(NamedTuple):
+    """A table's cells (rich markup) with the styles of some rows or columns (the muted oracle)."""
+
+    header: list[str]
+    rows: list[list[str]]
+    row_styles: dict[int, str]
+    column_styles: dict[int, str]
+
+
 class FittedTable:
-    """A table laid out for the console's width: as built (a row per model) where it fits (its headers may wrap);
-    otherwise transposed (a row per column) if that fits; otherwise the narrower of the two cut into tables of a
-    few columns each, the first column repeated. rich fits a table to the console by cutting its cells, so that a narrow terminal,
-    or output piped to a file (80 columns), showed AUCs as `0.58…` and headers as `weig…`."""
+    """A table laid out for the console's width: as built (a row per model) where it fits (its headers may
+    wrap); otherwise transposed (a row per column) if that fits; otherwise the narrower of the two cut into
+    parts of a few columns each, the first column repeated. rich fits a table to the console by cutting its
+    cells, so that a narrow terminal, or output piped to a file (80 columns), showed AUCs as `0.58…`."""
 
     def __init__(self, title: str, header: list[str], rows: list[list[str]], muted: set[int]):
         self.title = title
-        self.wide = (header, rows, {i: "dim italic" for i in muted}, {})
-        self.tall = (["", *[row[0] for row in rows]], [[h, *[row[j] for row in rows]] for j, h in enumerate(header) if j],
-                     {}, {i + 1: "dim italic" for i in muted})
+        self.wide = Layout(header, rows, {i: "dim italic" for i in muted}, {})
+        self.tall = Layout(["", *[row[0] for row in rows]],
+                           [[h, *[row[j] for row in rows]] for j, h in enumerate(header) if j],
+                           {}, {i + 1: "dim italic" for i in muted})
 
-    def table(self, layout: tuple, columns: list[int] | None = None, title: str | None = None) -> Table:
+    def table(self, layout: Layout, columns: list[int] | None = None, title: str | None = None) -> Table:
         header, rows, row_styles, column_styles = layout
         columns = columns if columns is not None else list(range(len(header)))
         title = self.title if title is None else title
@@ -315,11 +325,11 @@ class FittedTable:
             return
         layout = self.wide if width(wide) <= width(tall) else self.tall
         groups: list[list[int]] = [[0]]
-        for j in range(1, len(layout[0])):  # greedily: as many columns as fit beside the first
+        for j in range(1, len(layout.header)):  # greedily: as many columns as fit beside the first
             if len(groups[-1]) > 1 and width(self.table(layout, [*groups[-1], j], "")) > options.max_width:
                 groups.append([0])
             groups[-1].append(j)
-        rest, size = list(range(1, len(layout[0]))), math.ceil((len(layout[0]) - 1) / len(groups))
+        rest, size = list(range(1, len(layout.header))), math.ceil((len(layout.header) - 1) / len(groups))
         even = [[0, *rest[k:k + size]] for k in range(0, len(rest), size)]  # as many parts, as even as fit
         if all(width(self.table(layout, g, "")) <= options.max_width for g in even):
             groups = even
