@@ -189,14 +189,9 @@ def _evaluate_chunks(run: Run, path: str | Path, chunk_rows: int) -> dict:
     user column (read alone), so that a user's rows in different chunks are one group."""
     scorer, kept, has_user = _scorer(run), [], []
     user = run.encoder.schema.user
-    for file in parquet_files(path):
-        for offset, table in _parquet_chunks(file, chunk_rows):
-            try:
-                encoded = run.encoder.transform(table, str(file))
-            except ColumnError as err:  # the row counted over the file, not the chunk
-                raise ColumnError(str(file), err.column, err.row, err.problem, row_offset=offset) from None
-            kept.append((encoded.scenario, encoded.labels, encoded.truth, scorer.predict(encoded)))
-            has_user.append(bool(user) and user in table.column_names)
+    for _, table, encoded in _encoded_chunks(run, path, chunk_rows, with_labels=True):
+        kept.append((encoded.scenario, encoded.labels, encoded.truth, scorer.predict(encoded)))
+        has_user.append(bool(user) and user in table.column_names)
     if not kept:
         raise MsrecError(f"{path}: the file has no data rows")
     scenario, labels, truth, scores = (None if part[0] is None else torch.cat(part) for part in zip(*kept, strict=True))
@@ -245,23 +240,32 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
     run = load_run(run_dir)
     scorer, tasks, rows = _scorer(run), run.encoder.schema.labels, 0
     with table_writer(output_path) as write:
-        for file in parquet_files(input_path):
-            for offset, table in _parquet_chunks(file, chunk_rows):
-                try:
-                    scores = scorer.predict(run.encoder.transform(table, str(file), with_labels=False))
-                except ColumnError as err:  # the row counted over the file, not the chunk
-                    raise ColumnError(str(file), err.column, err.row, err.problem, row_offset=offset) from None
-                out = table if keep_columns else table.select([])
-                for j, task in enumerate(tasks):
-                    out = out.append_column(f"score_{task}", pa.array(scores[:, j].numpy()))
-                try:
-                    write(out)
-                except (ValueError, pa.ArrowInvalid):
-                    raise MsrecError(f"{file}: its columns differ from those of {input_path}'s first file") from None
-                rows += table.num_rows
+        for file, table, encoded in _encoded_chunks(run, input_path, chunk_rows, with_labels=False):
+            scores = scorer.predict(encoded)
+            out = table if keep_columns else table.select([])
+            for j, task in enumerate(tasks):
+                out = out.append_column(f"score_{task}", pa.array(scores[:, j].numpy()))
+            try:
+                write(out)
+            except (ValueError, pa.ArrowInvalid):
+                raise MsrecError(f"{file}: its columns differ from those of {input_path}'s first file") from None
+            rows += table.num_rows
         if rows == 0:
             raise MsrecError(f"{input_path}: the file has no data rows")
     return rows
+
+
+def _encoded_chunks(run: Run, path: str | Path, chunk_rows: int,
+                    with_labels: bool) -> Iterator[tuple[Path, pa.Table, TensorTable]]:
+    """A Parquet file or folder `chunk_rows` rows at a time: each chunk's file, raw rows and encoding; a bad
+    value is named by its file and its row counted over that file."""
+    for file in parquet_files(path):
+        for offset, table in _parquet_chunks(file, chunk_rows):
+            try:
+                encoded = run.encoder.transform(table, str(file), with_labels=with_labels)
+            except ColumnError as err:
+                raise ColumnError(str(file), err.column, err.row, err.problem, row_offset=offset) from None
+            yield file, table, encoded
 
 
 def _parquet_chunks(file: Path, chunk_rows: int) -> Iterator[tuple[int, pa.Table]]:
